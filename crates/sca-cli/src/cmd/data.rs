@@ -1,0 +1,6 @@
+#[derive(clap::Subcommand)]
+pub enum DataCommand {}
+
+pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
+    match cmd {}
+}

@@ -1,0 +1,1 @@
+//! sca-export
