@@ -1,1 +1,19 @@
-pub fn placeholder() {}
+//! ResNet-18/34/50 backbones in torchvision's "v1.5" layout (stride on the 3×3 conv of the
+//! bottleneck), with an optional small-image stem for 28-64 px inputs.
+//!
+//! - [`config`]: [`Arch`] and [`ResNetConfig`].
+//! - [`resnet`]: the network; [`ResNet::forward_stages`] returns the four stage maps the
+//!   attention add-on taps, [`ResNet::forward_features`] the pooled feature.
+//! - [`conv`]: [`ConvImpl`] and [`conv_forward`], convolution as matmul (faster on CPU).
+//! - [`weights`]: safetensors whose keys and shapes are exactly torchvision's `state_dict`,
+//!   so weights move both ways between this crate and PyTorch.
+
+pub mod config;
+pub mod conv;
+pub mod resnet;
+pub mod weights;
+
+pub use config::{Arch, ResNetConfig};
+pub use conv::{conv_forward, ConvImpl};
+pub use resnet::{ResNet, Stages};
+pub use weights::{WeightsError, WeightsReport};

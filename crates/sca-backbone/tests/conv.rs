@@ -1,0 +1,152 @@
+//! The matmul convolution path against Burn's `conv2d`: outputs and gradients.
+
+use burn::backend::{Autodiff, Flex};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::PaddingConfig2d;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use sca_backbone::conv::{conv_forward, conv_matmul_with_layout, Layout};
+use sca_backbone::{Arch, ConvImpl, ResNetConfig};
+
+type B = Autodiff<Flex>;
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    /// (top, left, bottom, right)
+    pad: (usize, usize, usize, usize),
+    dilation: usize,
+    bias: bool,
+    batch: usize,
+    h: usize,
+    w: usize,
+}
+
+const fn case(cin: usize, cout: usize, k: usize, stride: usize, p: usize, batch: usize, h: usize, w: usize) -> Case {
+    Case { cin, cout, k, stride, pad: (p, p, p, p), dilation: 1, bias: false, batch, h, w }
+}
+
+fn max_abs(t: &TensorData) -> f32 {
+    t.as_slice::<f32>().unwrap().iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// `got` equals `want` within 1e-4 of `want`'s largest magnitude, which must be non-trivial.
+fn assert_close(what: &str, got: TensorData, want: TensorData) {
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    let scale = max_abs(&want);
+    assert!(scale > 1e-3, "{what}: degenerate reference (max {scale})");
+    let (g, w) = (got.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap());
+    let err = g.iter().zip(w).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-4 * scale, "{what}: max error {err} vs scale {scale}");
+}
+
+/// Output, input gradient and weight (and bias) gradient of `f` with a fixed output weighting.
+fn run(conv: &Conv2d<B>, x: &Tensor<B, 4>, f: impl Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>) -> Vec<TensorData> {
+    let x = x.clone().detach().require_grad();
+    let y = f(conv, x.clone());
+    // A non-uniform output gradient, so every tap and channel is distinguished.
+    let r = Tensor::<B, 4>::from_data(
+        TensorData::new((0..y.shape().num_elements()).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect(), y.shape()),
+        &y.device(),
+    );
+    let grads = (y.clone() * r).sum().backward();
+    let mut out = vec![
+        y.into_data(),
+        x.grad(&grads).expect("x grad").into_data(),
+        conv.weight.val().grad(&grads).expect("weight grad").into_data(),
+    ];
+    if let Some(b) = &conv.bias {
+        out.push(b.val().grad(&grads).expect("bias grad").into_data());
+    }
+    out
+}
+
+fn check(c: Case) {
+    let device = Default::default();
+    let (t, l, b, r) = c.pad;
+    let conv: Conv2d<B> = Conv2dConfig::new([c.cin, c.cout], [c.k, c.k])
+        .with_stride([c.stride, c.stride])
+        .with_dilation([c.dilation, c.dilation])
+        .with_padding(PaddingConfig2d::Explicit(t, l, b, r))
+        .with_bias(c.bias)
+        .init(&device);
+    let x = Tensor::<B, 4>::random([c.batch, c.cin, c.h, c.w], Distribution::Normal(0.0, 1.0), &device);
+    let want = run(&conv, &x, |m, x| m.forward(x));
+    let names = ["output", "input grad", "weight grad", "bias grad"];
+    let paths: [(&str, &dyn Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>); 3] = [
+        ("auto", &|m, x| conv_forward(m, x, ConvImpl::Matmul)),
+        ("batched", &|m, x| conv_matmul_with_layout(m, x, Layout::Batched)),
+        ("flat", &|m, x| conv_matmul_with_layout(m, x, Layout::Flat)),
+    ];
+    for (path, f) in paths {
+        let got = run(&conv, &x, f);
+        assert_eq!(got.len(), want.len());
+        for ((g, w), name) in got.into_iter().zip(want.iter().cloned()).zip(names) {
+            assert_close(&format!("{path} {name}, {c:?}"), g, w);
+        }
+    }
+}
+
+#[test]
+fn matmul_conv_matches_conv2d_in_outputs_and_gradients() {
+    let cases = [
+        // 1×1, stride 1 and 2 (even and odd sides: stride 2 keeps rows 0, 2, ...)
+        case(8, 16, 1, 1, 0, 2, 6, 5),
+        case(8, 12, 1, 2, 0, 2, 8, 8),
+        case(6, 5, 1, 2, 0, 3, 7, 9),
+        // 3×3, the ResNet cases, and odd / non-square sides
+        case(4, 8, 3, 1, 1, 2, 8, 8),
+        case(5, 7, 3, 2, 1, 2, 9, 7),
+        case(6, 4, 3, 2, 1, 1, 8, 6),
+        case(3, 8, 3, 1, 0, 2, 5, 6),
+        // 7×7 stride-2 stem, even and odd sides
+        case(3, 8, 7, 2, 3, 2, 16, 16),
+        case(3, 4, 7, 2, 3, 1, 11, 13),
+        // Asymmetric padding, dilation and a bias
+        Case { pad: (1, 0, 2, 1), ..case(4, 6, 3, 1, 0, 2, 6, 7) },
+        Case { dilation: 2, ..case(4, 6, 3, 1, 2, 2, 7, 7) },
+        Case { bias: true, ..case(4, 6, 3, 2, 1, 2, 7, 7) },
+        Case { bias: true, ..case(4, 6, 1, 1, 0, 2, 3, 3) },
+        // Spatial 1×1 output (ResNet's last stage on tiny inputs)
+        case(8, 8, 3, 2, 1, 2, 2, 2),
+    ];
+    for c in cases {
+        check(c);
+    }
+}
+
+#[test]
+fn resnet18_forward_is_the_same_under_both_impls() {
+    let device = Default::default();
+    type F = Flex;
+    let native = ResNetConfig::new(Arch::ResNet18).with_small_stem(true).with_conv_impl(ConvImpl::Native).init::<F>(&device);
+    assert_eq!(native.conv_impl, ConvImpl::Native);
+    let x = Tensor::<F, 4>::random([2, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    // Run before cloning: Burn initialises parameters lazily and a clone of an uninitialised
+    // module draws its own weights.
+    let a = native.forward_stages(x.clone());
+    let matmul = native.clone().with_conv_impl(ConvImpl::Matmul);
+    let b = matmul.forward_stages(x);
+    for (i, (a, b)) in a.to_array().into_iter().zip(b.to_array()).enumerate() {
+        assert_close(&format!("stage c{}", i + 2), b.into_data(), a.into_data());
+    }
+    // Switching the impl changes no parameter.
+    assert_eq!(native.num_params(), matmul.num_params());
+}
+
+#[test]
+fn conv_impl_config_and_names() {
+    assert_eq!(ResNetConfig::new(Arch::ResNet18).conv_impl, ConvImpl::Matmul);
+    assert_eq!(ConvImpl::default(), ConvImpl::Matmul);
+    for imp in ConvImpl::ALL {
+        assert_eq!(imp.to_string().parse::<ConvImpl>(), Ok(imp));
+        assert_eq!(serde_json::to_string(&imp).unwrap(), format!("\"{imp}\""));
+    }
+    assert!("winograd".parse::<ConvImpl>().is_err());
+    let json = serde_json::to_string(&ResNetConfig::new(Arch::ResNet50)).unwrap();
+    assert!(json.contains(r#""conv_impl":"matmul""#), "{json}");
+    let cfg: ResNetConfig = serde_json::from_str(&json.replace(r#""matmul""#, r#""native""#)).unwrap();
+    assert_eq!(cfg.conv_impl, ConvImpl::Native);
+}
