@@ -1,0 +1,486 @@
+//! The pretraining loop: epoch-start clustering (add-on), steps, the KNN monitor and
+//! checkpoints. It does no I/O itself: files, progress and Ctrl-C belong to the caller's
+//! [`Observer`].
+//!
+//! Determinism: every random choice (augmentation, shuffling, positives, k-means) is keyed
+//! by (seed, epoch, index, ...), the backend RNG is used only for the initial weights, and a
+//! checkpoint carries the model, both optimisers' momentum, the SwAV queue, the epoch's
+//! pseudo-labels and the position. A resumed run therefore replays exactly what the
+//! uninterrupted run would have done; on the CPU backend the weights are bit-identical.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use serde_json::json;
+
+use sca_backbone::resnet::global_avg_pool;
+use sca_data::{Dataset, EvalTransform, LoaderConfig, TrainBatch};
+use sca_engine::swav::{SwavQueue, SwavQueueData};
+use sca_optim::lars::{Lars, LarsConfig};
+use sca_optim::schedule::warmup_cosine;
+
+use crate::checkpoint::{CheckpointError, Container};
+use crate::config::{EngineConfig, LrSchedule, TrainConfig};
+use crate::model::{to_tensor, Engine, SslModel};
+
+type Optim<B> = OptimizerAdaptor<Lars<<B as AutodiffBackend>::InnerBackend>, SslModel<B>, B>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("loss term '{term}' is {value} at epoch {epoch}, step {step}; stopping (the last checkpoint is kept)")]
+    NonFinite { term: String, value: f64, epoch: usize, step: usize },
+    #[error(transparent)]
+    Data(#[from] sca_data::DataError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    #[error("checkpoint does not fit this run: {0}")]
+    Incompatible(String),
+    #[error("{0}")]
+    Observer(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One logged step.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepMetrics {
+    pub epoch: usize,
+    pub step: usize,
+    pub batch: usize,
+    pub batches: usize,
+    pub lr: f64,
+    pub lr_addon: f64,
+    pub loss: f64,
+    pub loss_ssl: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_mu: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_cls: Option<f64>,
+    pub images_per_s: f64,
+}
+
+/// What the loop needs from the outside world.
+pub trait Observer {
+    /// An epoch begins (`start_batch` > 0 when resuming inside it).
+    fn epoch_start(&mut self, epoch: usize, batches: usize, start_batch: usize);
+    /// After every step (progress bars).
+    fn step(&mut self, m: &StepMetrics);
+    /// A line for `metrics.jsonl`.
+    fn record(&mut self, line: serde_json::Value);
+    /// A human-readable note (cluster statistics, warnings).
+    fn info(&mut self, msg: &str);
+    /// Persist a checkpoint; `keep_epoch` asks for an extra numbered copy.
+    fn checkpoint(&mut self, bytes: Vec<u8>, keep_epoch: Option<usize>) -> Result<(), String>;
+    /// Ctrl-C or similar: checkpoint and leave after the current step.
+    fn stop_requested(&self) -> bool;
+}
+
+/// How a call to [`Trainer::run`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    Finished,
+    Interrupted { epoch: usize, batch: usize },
+}
+
+/// The KNN monitor, supplied by the caller so this crate does not depend on evaluation.
+pub type KnnMonitor<B> =
+    Box<dyn FnMut(&sca_backbone::ResNet<<B as AutodiffBackend>::InnerBackend>) -> Result<(f64, f64), String>>;
+
+struct Losses<B: AutodiffBackend> {
+    total: Tensor<B, 1>,
+    ssl: Tensor<B, 1>,
+    mu: Option<Tensor<B, 1>>,
+    cls: Option<Tensor<B, 1>>,
+    /// Embeddings of the assignment crops, for the SwAV queue.
+    queue_z: Vec<Tensor<B, 2>>,
+}
+
+pub struct Trainer<B: AutodiffBackend> {
+    pub cfg: TrainConfig,
+    device: B::Device,
+    pub model: SslModel<B>,
+    optim_core: Optim<B>,
+    optim_addon: Optim<B>,
+    queue: Option<SwavQueue<B>>,
+    /// Pseudo-labels of the current epoch (add-on only).
+    pseudo: Option<Vec<u32>>,
+    pub epoch: usize,
+    /// Next batch inside `epoch`.
+    pub batch: usize,
+    /// Global optimiser step.
+    pub step: usize,
+    /// Whether every SwAV loss of this epoch so far sat within 1% of ln K.
+    near_collapse: bool,
+    train: Arc<dyn Dataset>,
+    knn: Option<KnnMonitor<B>>,
+}
+
+fn optimiser<B: AutodiffBackend>(cfg: &TrainConfig) -> Optim<B> {
+    let o = &cfg.optim;
+    LarsConfig::new()
+        .with_lars(o.lars)
+        .with_momentum(o.momentum)
+        .with_weight_decay(o.weight_decay)
+        .with_exclude_bias_and_bn(o.exclude_bias_and_bn)
+        .init::<B, SslModel<B>>()
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A fresh run. `knn` is called after every `eval.knn_every` epochs.
+    pub fn new(cfg: TrainConfig, train: Arc<dyn Dataset>, knn: Option<KnnMonitor<B>>, device: B::Device) -> Self {
+        let model = SslModel::new(&cfg, &device);
+        let queue = match &cfg.engine {
+            EngineConfig::Swav { queue_length, assignment_crops, out_dim, .. } if *queue_length > 0 => {
+                Some(SwavQueue::new(assignment_crops.len(), *queue_length, *out_dim, &device))
+            }
+            _ => None,
+        };
+        Self {
+            optim_core: optimiser::<B>(&cfg),
+            optim_addon: optimiser::<B>(&cfg),
+            cfg,
+            device,
+            model,
+            queue,
+            pseudo: None,
+            epoch: 0,
+            batch: 0,
+            step: 0,
+            near_collapse: true,
+            train,
+            knn,
+        }
+    }
+
+    pub fn steps_per_epoch(&self) -> usize {
+        sca_data::num_train_batches(self.train.len(), self.cfg.batch_size)
+    }
+
+    fn lr(&self, s: &LrSchedule) -> f64 {
+        let lr = warmup_cosine(self.step, self.steps_per_epoch(), s.warmup_epochs, self.cfg.epochs, s.start, s.base, s.final_lr);
+        self.cfg.scaled(lr)
+    }
+
+    fn loader_config(&self) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: self.cfg.batch_size,
+            workers: self.cfg.data.workers,
+            prefetch: self.cfg.data.prefetch,
+            seed: self.cfg.seed,
+        }
+    }
+
+    /// Runs from the current position to the last epoch, or until the observer asks to stop.
+    pub fn run(&mut self, obs: &mut dyn Observer) -> Result<RunEnd, TrainError> {
+        while self.epoch < self.cfg.epochs {
+            if self.cfg.addon.enabled && (self.pseudo.is_none() || self.batch == 0) {
+                self.cluster(obs)?;
+            }
+            let batches = self.steps_per_epoch();
+            obs.epoch_start(self.epoch, batches, self.batch);
+            let started = Instant::now();
+            let mut sums = [0f64; 4];
+            let mut counted = 0usize;
+            let positives = self.positive_fn();
+            let aug = self.cfg.data.augment.clone();
+            let iter = sca_data::train_batches(self.train.clone(), &aug, &self.loader_config(), self.epoch, self.batch, positives);
+            for batch in iter {
+                let t0 = Instant::now();
+                let batch = batch?;
+                let n_images = batch.crops.len() * batch.indices.len() + batch.positive_indices.len();
+                let m = self.train_step(batch, batches, n_images, t0)?;
+                sums[0] += m.loss;
+                sums[1] += m.loss_ssl;
+                sums[2] += m.loss_mu.unwrap_or(0.0);
+                sums[3] += m.loss_cls.unwrap_or(0.0);
+                counted += 1;
+                obs.step(&m);
+                if m.step % self.cfg.log_every == 0 || self.batch == batches {
+                    obs.record(serde_json::to_value(&m).expect("plain struct"));
+                }
+                if obs.stop_requested() && self.batch < batches {
+                    let bytes = self.checkpoint_bytes();
+                    obs.checkpoint(bytes, None).map_err(TrainError::Observer)?;
+                    return Ok(RunEnd::Interrupted { epoch: self.epoch, batch: self.batch });
+                }
+            }
+            self.finish_epoch(obs, sums, counted, started)?;
+        }
+        Ok(RunEnd::Finished)
+    }
+
+    fn finish_epoch(&mut self, obs: &mut dyn Observer, sums: [f64; 4], counted: usize, started: Instant) -> Result<(), TrainError> {
+        let epoch = self.epoch;
+        let n = counted.max(1) as f64;
+        let mut line = json!({
+            "epoch": epoch, "step": self.step, "lr": self.lr(&self.cfg.optim.core),
+            "loss": sums[0] / n, "loss_ssl": sums[1] / n, "epoch_seconds": started.elapsed().as_secs_f64(),
+        });
+        if self.cfg.addon.enabled {
+            line["loss_mu"] = json!(sums[2] / n);
+            line["loss_cls"] = json!(sums[3] / n);
+        }
+        if let EngineConfig::Swav { prototypes, .. } = &self.cfg.engine {
+            if self.near_collapse && counted > 0 {
+                obs.info(&format!(
+                    "WARNING: the SwAV loss stayed within 1% of ln K = {:.4} for all of epoch {epoch}: the codes look collapsed (uniform). Check the learning rate, batch size and number of prototypes.",
+                    (*prototypes as f64).ln()
+                ));
+                line["collapse_warning"] = json!(true);
+            }
+        }
+        let every = self.cfg.eval.knn_every;
+        if every > 0 && ((epoch + 1) % every == 0 || epoch + 1 == self.cfg.epochs) {
+            if let Some(knn) = self.knn.as_mut() {
+                let (top1, top5) = knn(&self.model.valid().backbone).map_err(TrainError::Other)?;
+                line["knn_top1"] = json!(top1);
+                line["knn_top5"] = json!(top5);
+            }
+        }
+        obs.record(line);
+        self.epoch += 1;
+        self.batch = 0;
+        self.pseudo = None;
+        self.near_collapse = true;
+        let keep = (self.epoch % self.cfg.checkpoint_every == 0).then_some(self.epoch);
+        let bytes = self.checkpoint_bytes();
+        obs.checkpoint(bytes, keep).map_err(TrainError::Observer)
+    }
+
+    /// One optimiser step on a given batch outside the epoch loop (benchmarks, tests).
+    pub fn step_batch(&mut self, batch: TrainBatch) -> Result<StepMetrics, TrainError> {
+        let n_images = batch.crops.len() * batch.indices.len() + batch.positive_indices.len();
+        let batches = self.steps_per_epoch();
+        self.train_step(batch, batches, n_images, Instant::now())
+    }
+
+    /// Pseudo-labels for the current epoch, e.g. to step the add-on without a clustering pass.
+    pub fn set_pseudo_labels(&mut self, labels: Vec<u32>) {
+        self.pseudo = Some(labels);
+    }
+
+    fn train_step(&mut self, batch: TrainBatch, batches: usize, n_images: usize, t0: Instant) -> Result<StepMetrics, TrainError> {
+        let (lr, lr_addon) = (self.lr(&self.cfg.optim.core), self.lr(&self.cfg.optim.addon));
+        let mut model = self.model.clone();
+        if let Engine::Swav(head) = model.engine {
+            model.engine = Engine::Swav(head.normalize_prototypes());
+        }
+        let losses = self.forward(&model, batch);
+        let scalar = |t: &Tensor<B, 1>| t.clone().into_scalar().elem::<f64>();
+        let values = [
+            ("ssl", Some(scalar(&losses.ssl))),
+            ("attention_mse", losses.mu.as_ref().map(scalar)),
+            ("cluster_ce", losses.cls.as_ref().map(scalar)),
+            ("total", Some(scalar(&losses.total))),
+        ];
+        for (term, v) in values {
+            if let Some(v) = v.filter(|v| !v.is_finite()) {
+                return Err(TrainError::NonFinite { term: term.into(), value: v, epoch: self.epoch, step: self.step });
+            }
+        }
+        let mut grads = losses.total.backward();
+        let addon_grads = match &model.addon {
+            Some(a) => GradientsParams::from_module(&mut grads, a),
+            None => GradientsParams::new(),
+        };
+        let mut core_grads = GradientsParams::from_grads(grads, &model);
+        if let (Engine::Swav(head), EngineConfig::Swav { freeze_prototypes_steps, .. }) = (&model.engine, &self.cfg.engine) {
+            if self.step < *freeze_prototypes_steps {
+                head.freeze_prototypes(&mut core_grads);
+            }
+            let ln_k = (head.n_prototypes() as f64).ln();
+            self.near_collapse &= (values[0].1.unwrap() - ln_k).abs() <= 0.01 * ln_k;
+        }
+        model = self.optim_core.step(lr, model, core_grads);
+        if model.addon.is_some() {
+            model = self.optim_addon.step(lr_addon, model, addon_grads);
+        }
+        self.model = model;
+        if let Some(queue) = self.queue.as_mut() {
+            if self.epoch >= queue_start(&self.cfg) {
+                for (i, z) in losses.queue_z.into_iter().enumerate() {
+                    queue.push(i, z);
+                }
+            }
+        }
+        self.step += 1;
+        self.batch += 1;
+        Ok(StepMetrics {
+            epoch: self.epoch,
+            step: self.step,
+            batch: self.batch,
+            batches,
+            lr,
+            lr_addon,
+            loss: values[3].1.unwrap(),
+            loss_ssl: values[0].1.unwrap(),
+            loss_mu: values[1].1,
+            loss_cls: values[2].1,
+            images_per_s: n_images as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+        })
+    }
+
+    /// Forward pass and the three loss terms for one batch.
+    fn forward(&self, model: &SslModel<B>, batch: TrainBatch) -> Losses<B> {
+        let b = batch.indices.len();
+        let views: Vec<Tensor<B, 4>> = batch.crops.into_iter().map(|c| to_tensor(c, &self.device)).collect();
+        // Views of one resolution go through the backbone together, as in SwAV.
+        let mut pooled = Vec::with_capacity(views.len());
+        let mut source_stages = None;
+        let mut i = 0;
+        while i < views.len() {
+            let size = views[i].dims()[2];
+            let j = (i..views.len()).find(|&j| views[j].dims()[2] != size).unwrap_or(views.len());
+            let stages = model.backbone.forward_stages(Tensor::cat(views[i..j].to_vec(), 0));
+            let feats = global_avg_pool(stages.c5.clone());
+            if i == 0 && model.addon.is_some() {
+                source_stages = Some(stages.to_array().map(|t| t.narrow(0, 0, b)));
+            }
+            pooled.extend(feats.chunk(j - i, 0));
+            i = j;
+        }
+        let (ssl, queue_z) = self.ssl_loss(model, pooled);
+        let w = self.cfg.addon.weights;
+        let (Some(addon), Some(src)) = (model.addon.as_ref(), source_stages) else {
+            return Losses { total: ssl.clone(), ssl, mu: None, cls: None, queue_z };
+        };
+        let pseudo = self.pseudo.as_ref().expect("clustering ran at epoch start");
+        let positives = to_tensor(batch.positives.expect("loader serves positives with the add-on"), &self.device);
+        let pos_stages = model.backbone.forward_stages(positives).to_array();
+        let labels = |idx: &[usize]| {
+            let v: Vec<i64> = idx.iter().map(|&i| pseudo[i] as i64).collect();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v, [idx.len()]), &self.device)
+        };
+        let out = crate::addon::forward(
+            addon,
+            &model.backbone,
+            src,
+            pos_stages,
+            labels(&batch.indices),
+            labels(&batch.positive_indices),
+        );
+        let total = ssl.clone().mul_scalar(w[0]) + out.loss_mu.clone().mul_scalar(w[1]) + out.loss_cls.clone().mul_scalar(w[2]);
+        Losses { total, ssl, mu: Some(out.loss_mu), cls: Some(out.loss_cls), queue_z }
+    }
+
+    fn ssl_loss(&self, model: &SslModel<B>, pooled: Vec<Tensor<B, 2>>) -> (Tensor<B, 1>, Vec<Tensor<B, 2>>) {
+        match (&model.engine, &self.cfg.engine) {
+            (Engine::Swav(head), EngineConfig::Swav { epsilon, sinkhorn_iterations, temperature, assignment_crops, .. }) => {
+                let views = pooled.len();
+                let (z, scores) = head.forward(Tensor::cat(pooled, 0));
+                let scores = scores.chunk(views, 0);
+                let z = z.chunk(views, 0);
+                let queue_scores = self
+                    .queue
+                    .as_ref()
+                    .filter(|q| self.epoch >= queue_start(&self.cfg) && q.is_full())
+                    .map(|q| q.scores(head.prototype_matrix()));
+                let loss = sca_losses::swav::swav_loss(&scores, assignment_crops, *temperature, *epsilon, *sinkhorn_iterations, queue_scores.as_deref());
+                let queue_z = assignment_crops.iter().map(|&a| z[a].clone().detach()).collect();
+                (loss, queue_z)
+            }
+            (Engine::SimSiam(head), EngineConfig::Simsiam { .. }) => {
+                let mut it = pooled.into_iter();
+                let (z1, p1) = head.forward(it.next().expect("two views"));
+                let (z2, p2) = head.forward(it.next().expect("two views"));
+                (sca_losses::simsiam::simsiam_loss(p1, p2, z1, z2), Vec::new())
+            }
+            _ => unreachable!("model and config built from the same engine choice"),
+        }
+    }
+
+    fn positive_fn(&self) -> Option<sca_data::PositiveFn> {
+        let labels = self.pseudo.as_ref()?;
+        let sampler = Arc::new(sca_cluster::positives::PositiveSampler::new(labels));
+        let p = self.cfg.addon.positives;
+        Some(Arc::new(move |index, key| sampler.sample(index, p, key)))
+    }
+
+    /// Epoch start: memory bank of z for every training image, k-means, pseudo-labels.
+    fn cluster(&mut self, obs: &mut dyn Observer) -> Result<(), TrainError> {
+        let started = Instant::now();
+        let model = self.model.valid();
+        let (labels, stats) = crate::addon::cluster_epoch(&model, &self.train, &self.cfg, self.epoch, &self.loader_config(), &self.device)?;
+        let line = json!({
+            "epoch": self.epoch, "clustering": stats, "cluster_seconds": started.elapsed().as_secs_f64(),
+        });
+        obs.info(&format!("epoch {} clusters: {}", self.epoch, crate::addon::describe(&stats)));
+        obs.record(line);
+        self.pseudo = Some(labels);
+        Ok(())
+    }
+
+    /// Everything needed to continue exactly where the run stands.
+    pub fn checkpoint_bytes(&self) -> Vec<u8> {
+        let rec = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let model = Recorder::<B>::record(&rec, self.model.clone().into_record(), ()).expect("in-memory record");
+        let core = Recorder::<B>::record(&rec, self.optim_core.to_record(), ()).expect("in-memory record");
+        let addon = Recorder::<B>::record(&rec, self.optim_addon.to_record(), ()).expect("in-memory record");
+        let mut blobs = vec![("model".to_string(), model), ("optim_core".into(), core), ("optim_addon".into(), addon)];
+        if let Some(q) = &self.queue {
+            blobs.push(("queue".into(), serde_json::to_vec(&q.to_data()).expect("plain data")));
+        }
+        if let Some(p) = &self.pseudo {
+            blobs.push(("pseudo_labels".into(), p.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        }
+        let meta = json!({
+            "format": 1, "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "near_collapse": self.near_collapse, "config": self.cfg,
+        });
+        Container { meta, blobs }.encode()
+    }
+
+    /// Continues from checkpoint bytes written by [`Trainer::checkpoint_bytes`].
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), TrainError> {
+        let c = Container::decode(bytes)?;
+        let get = |k: &str| c.meta.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let (Some(epoch), Some(batch), Some(step)) = (get("epoch"), get("batch"), get("step")) else {
+            return Err(TrainError::Incompatible("metadata lacks epoch/batch/step".into()));
+        };
+        let rec = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let model_rec = Recorder::<B>::load(&rec, c.blob("model")?.to_vec(), &self.device)
+            .map_err(|e| TrainError::Incompatible(format!("model: {e}")))?;
+        self.model = self.model.clone().load_record(model_rec);
+        let core = Recorder::<B>::load(&rec, c.blob("optim_core")?.to_vec(), &self.device)
+            .map_err(|e| TrainError::Incompatible(format!("optimiser: {e}")))?;
+        self.optim_core = self.optim_core.clone().load_record(core);
+        let addon = Recorder::<B>::load(&rec, c.blob("optim_addon")?.to_vec(), &self.device)
+            .map_err(|e| TrainError::Incompatible(format!("add-on optimiser: {e}")))?;
+        self.optim_addon = self.optim_addon.clone().load_record(addon);
+        if self.queue.is_some() {
+            let data: SwavQueueData = serde_json::from_slice(c.blob("queue")?)
+                .map_err(|e| TrainError::Incompatible(format!("queue: {e}")))?;
+            self.queue = Some(SwavQueue::from_data(&data, &self.device));
+        }
+        self.pseudo = c
+            .blob("pseudo_labels")
+            .ok()
+            .map(|b| b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect());
+        self.near_collapse = c.meta.get("near_collapse").and_then(|v| v.as_bool()).unwrap_or(true);
+        (self.epoch, self.batch, self.step) = (epoch, batch, step);
+        Ok(())
+    }
+
+    /// The backbone alone, torchvision-named: what pretraining hands to evaluation.
+    pub fn backbone_safetensors(&self) -> Vec<u8> {
+        self.model.valid().backbone.to_safetensors()
+    }
+
+    pub fn eval_transform(&self) -> EvalTransform {
+        let a = &self.cfg.data.augment;
+        EvalTransform::identity(self.cfg.data.image_size, a.mean, a.std)
+    }
+}
+
+fn queue_start(cfg: &TrainConfig) -> usize {
+    match &cfg.engine {
+        EngineConfig::Swav { queue_start_epoch, .. } => *queue_start_epoch,
+        _ => usize::MAX,
+    }
+}

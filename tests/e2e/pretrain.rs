@@ -1,0 +1,121 @@
+//! End-to-end runs of the `sca` binary on tiny data: exact resume after SIGKILL, corrupt
+//! checkpoints, config errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sca() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sca"))
+}
+
+/// A run small enough for a test: 64 training images at 32 px, batch 16, 3 epochs.
+const TINY: &[&str] = &[
+    "--set", "epochs=3",
+    "--set", "batch_size=16",
+    "--set", "data.train_size=64",
+    "--set", "data.test_size=32",
+    "--set", "data.image_size=32",
+    "--set", "data.workers=2",
+    "--set", "data.augment.crops=[{\"count\":2,\"size\":32,\"min_scale\":0.3,\"max_scale\":1.0}]",
+    "--set", "model.small_stem=false",
+    "--set", "addon.clusters=4",
+    "--set", "engine.prototypes=8",
+    "--set", "engine.hidden_dim=64",
+    "--set", "eval.knn_k=10",
+    "--set", "log_every=1",
+];
+
+fn pretrain(out: &Path, extra: &[&str]) -> Command {
+    let mut c = sca();
+    c.args(["pretrain", "--device", "cpu", "--out"]).arg(out).args(TINY).args(extra);
+    c
+}
+
+fn run_ok(mut c: Command) -> String {
+    let out = c.output().expect("sca runs");
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "sca failed:\n{text}");
+    text
+}
+
+fn run_err(mut c: Command) -> String {
+    let out = c.output().expect("sca runs");
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "sca should have failed:\n{text}");
+    text
+}
+
+fn read(p: PathBuf) -> Vec<u8> {
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn killed_run_resumes_to_bit_identical_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, killed) = (tmp.path().join("full"), tmp.path().join("killed"));
+    run_ok(pretrain(&full, &[]));
+
+    // Kill the second run with SIGKILL once its first checkpoint exists (mid-epoch 1).
+    let mut child = pretrain(&killed, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let latest = killed.join("checkpoints/latest.ckpt");
+    let t0 = Instant::now();
+    while !latest.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(600), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!killed.join("backbone.safetensors").exists(), "the run was killed before it finished");
+
+    let mut resume = sca();
+    resume.args(["pretrain", "--device", "cpu", "--resume"]).arg(&killed);
+    let log = run_ok(resume);
+    assert!(log.contains("resumed from"), "{log}");
+    assert_eq!(read(full.join("backbone.safetensors")), read(killed.join("backbone.safetensors")), "weights differ after resume");
+
+    // Both runs log every epoch with a KNN figure.
+    let metrics = String::from_utf8(read(full.join("metrics.jsonl"))).unwrap();
+    let epochs: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("epoch_seconds").is_some()).collect();
+    assert_eq!(epochs.len(), 3);
+    assert!(epochs.iter().all(|e| e["knn_top1"].as_f64().is_some() && e["loss_mu"].as_f64().is_some()));
+}
+
+#[test]
+fn corrupt_latest_checkpoint_falls_back_to_previous() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    run_ok(pretrain(&run, &["--set", "epochs=2"]));
+    let latest = run.join("checkpoints/latest.ckpt");
+    let mut bytes = read(latest.clone());
+    let n = bytes.len();
+    bytes[n - 10] ^= 0xFF;
+    std::fs::write(&latest, &bytes).unwrap();
+    let mut resume = sca();
+    resume.args(["pretrain", "--device", "cpu", "--resume"]).arg(&run);
+    let log = run_ok(resume);
+    assert!(log.contains("latest.ckpt is damaged (checkpoint blob"), "{log}");
+    assert!(log.contains("resumed from") && log.contains("previous.ckpt at epoch 1, batch 0"), "{log}");
+}
+
+#[test]
+fn config_errors_name_the_key_and_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |set: &str, expected: &str| {
+        let mut c = sca();
+        c.args(["pretrain", "--device", "cpu", "--out"]).arg(tmp.path().join("x")).args(["--set", set]);
+        let err = run_err(c);
+        assert!(err.contains(expected), "--set {set}: {err}");
+    };
+    check("addon.clusterz=5", "configs/default.json (built in): key 'addon.clusterz': unknown field `clusterz`");
+    check("epochs=\"many\"", "key 'epochs': invalid type: string \"many\", expected usize");
+    check("batch_size=0", "key 'batch_size' must be at least 1");
+    check("model.arch=resnet99", "key 'model.arch': unknown variant `resnet99`");
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, "{ \"name\": ").unwrap();
+    let mut c = sca();
+    c.args(["pretrain", "--config"]).arg(&bad);
+    let err = run_err(c);
+    assert!(err.contains("bad.json: invalid JSON"), "{err}");
+}
