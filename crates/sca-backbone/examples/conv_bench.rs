@@ -12,22 +12,28 @@ use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Distribution, Tensor};
 use sca_backbone::conv::{conv_forward, conv_matmul_with_layout, Layout};
+
 use sca_backbone::{Arch, ConvImpl, ResNet, ResNetConfig};
 
 type B = Autodiff<Flex>;
 
-/// Median seconds of `f` over at least `reps` runs and `min_s` seconds, after one warm-up.
-fn time(mut f: impl FnMut(), reps: usize, min_s: f64) -> f64 {
-    f();
+/// Best seconds of each closure, run round-robin (one warm-up each) for at least `rounds`
+/// rounds and `min_s` seconds. Interleaving and the minimum keep the comparison fair on a
+/// machine where other processes come and go: they only ever add time.
+fn compare(fs: &mut [&mut dyn FnMut()], rounds: usize, min_s: f64) -> Vec<f64> {
+    fs.iter_mut().for_each(|f| f());
+    let mut best = vec![f64::MAX; fs.len()];
     let start = Instant::now();
-    let mut t = Vec::new();
-    while t.len() < reps || start.elapsed().as_secs_f64() < min_s {
-        let s = Instant::now();
-        f();
-        t.push(s.elapsed().as_secs_f64());
+    let mut r = 0;
+    while r < rounds || start.elapsed().as_secs_f64() < min_s {
+        for (f, b) in fs.iter_mut().zip(best.iter_mut()) {
+            let t = Instant::now();
+            f();
+            *b = b.min(t.elapsed().as_secs_f64());
+        }
+        r += 1;
     }
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[t.len() / 2]
+    best
 }
 
 fn dev() -> burn::tensor::Device<B> {
@@ -65,7 +71,7 @@ fn conv_flops(conv: &Conv2d<B>, dims: [usize; 4]) -> f64 {
 enum Path {
     Native,
     Batched,
-    Flat,
+    Rows,
     Auto,
 }
 
@@ -73,14 +79,14 @@ fn run_conv(conv: &Conv2d<B>, x: Tensor<B, 4>, path: Path) -> Tensor<B, 4> {
     match path {
         Path::Native => conv_forward(conv, x, ConvImpl::Native),
         Path::Batched => conv_matmul_with_layout(conv, x, Layout::Batched),
-        Path::Flat => conv_matmul_with_layout(conv, x, Layout::Flat),
+        Path::Rows => conv_matmul_with_layout(conv, x, Layout::Rows),
         Path::Auto => conv_forward(conv, x, ConvImpl::Matmul),
     }
 }
 
 /// One forward + backward; the input gradient only where a network would need it.
-fn conv_step(conv: &Conv2d<B>, dims: [usize; 4], x_grad: bool, path: Path) {
-    let x = rand4(dims).set_require_grad(x_grad);
+fn conv_step(conv: &Conv2d<B>, x: &Tensor<B, 4>, x_grad: bool, path: Path) {
+    let x = x.clone().set_require_grad(x_grad);
     let grads = run_conv(conv, x, path).sum().backward();
     let gw = conv.weight.val().grad(&grads).expect("weight grad");
     std::hint::black_box(gw);
@@ -88,7 +94,7 @@ fn conv_step(conv: &Conv2d<B>, dims: [usize; 4], x_grad: bool, path: Path) {
 
 fn section_shapes() {
     println!("\n## (a) one convolution, forward + backward (ms; GFLOP/s counts fwd + dx + dW, dx skipped for 3-channel stems)");
-    println!("| conv | input [B,C,H,W] | native | matmul batched | matmul flat | auto (default) | best speed-up |");
+    println!("| conv | input [B,C,H,W] | native | matmul, rows layout | matmul, batched layout | matmul (default pick) | speed-up |");
     println!("|---|---|---|---|---|---|---|");
     // (cin, cout, k, stride, pad, batch, side): the shape classes of ResNet-18/50 at 32-64 px.
     let cases: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
@@ -115,19 +121,32 @@ fn section_shapes() {
         let dims = [b, cin, side, side];
         let x_grad = cin != 3;
         let flops = conv_flops(&conv, dims) * if x_grad { 3.0 } else { 2.0 };
-        let t: Vec<f64> = [Path::Native, Path::Batched, Path::Flat, Path::Auto]
-            .iter()
-            .map(|&path| time(|| conv_step(&conv, dims, x_grad, path), 3, 0.3))
+        let pointwise = k == 1 && s == 1;
+        let x = rand4(dims);
+        let paths: Vec<Path> = [Path::Native, Path::Rows, Path::Batched, Path::Auto]
+            .into_iter()
+            .filter(|&p| p != Path::Batched || pointwise)
             .collect();
-        let cell = |s: f64| format!("{:.1} ({:.0})", s * 1e3, flops / s / 1e9);
-        let best = t[1].min(t[2]);
+        let (conv, x) = (&conv, &x);
+        let mut fs: Vec<Box<dyn FnMut()>> =
+            paths.iter().map(|&p| Box::new(move || conv_step(conv, x, x_grad, p)) as Box<dyn FnMut()>).collect();
+        let mut refs: Vec<&mut dyn FnMut()> = fs.iter_mut().map(|f| f.as_mut() as &mut dyn FnMut()).collect();
+        let best = compare(&mut refs, 3, 1.0);
+        let t: Vec<Option<f64>> = [Path::Native, Path::Rows, Path::Batched, Path::Auto]
+            .iter()
+            .map(|p| paths.iter().position(|q| q == p).map(|i| best[i]))
+            .collect();
+        let cell = |t: Option<f64>| match t {
+            Some(s) => format!("{:.1} ms ({:.0})", s * 1e3, flops / s / 1e9),
+            None => "–".into(),
+        };
         println!(
             "| {k}×{k}/{s} {cin}→{cout} | [{b},{cin},{side},{side}] | {} | {} | {} | {} | {:.2}× |",
             cell(t[0]),
             cell(t[1]),
             cell(t[2]),
             cell(t[3]),
-            t[0] / best
+            t[0].unwrap() / t[3].unwrap()
         );
     }
 }
@@ -138,15 +157,41 @@ fn model(arch: Arch, small: bool, imp: ConvImpl) -> ResNet<B> {
 
 /// A training step without the optimiser: forward, loss, backward, all parameter grads.
 fn train_step(m: &ResNet<B>, x: Tensor<B, 4>) {
-    let f = m.forward_features(x);
+    finish_step(m, m.forward_features(x));
+}
+
+fn finish_step(m: &ResNet<B>, f: Tensor<B, 2>) {
     let grads = f.powi_scalar(2).mean().backward();
     std::hint::black_box(m.conv1.weight.val().grad(&grads).expect("stem grad"));
+}
+
+/// The same step through Burn's own modules only (`Conv2d::forward`, `BatchNorm::forward`):
+/// the baseline before this crate's fast paths.
+fn stock_train_step(m: &ResNet<B>, x: Tensor<B, 4>) {
+    let mut x = relu(m.bn1.forward(m.conv1.forward(x)));
+    if let Some(pool) = &m.maxpool {
+        x = pool.forward(x);
+    }
+    for blk in m.layer1.iter().chain(&m.layer2).chain(&m.layer3).chain(&m.layer4) {
+        let identity = match &blk.downsample {
+            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            None => x.clone(),
+        };
+        let mut out = blk.bn2.forward(blk.conv2.forward(relu(blk.bn1.forward(blk.conv1.forward(x)))));
+        if let (Some(c3), Some(b3)) = (&blk.conv3, &blk.bn3) {
+            out = b3.forward(c3.forward(relu(out)));
+        }
+        x = relu(out + identity);
+    }
+    finish_step(m, sca_backbone::resnet::global_avg_pool(x));
 }
 
 /// One op the network runs, with its input dims: the trace behind FLOP counts and the profile.
 enum Op<'a> {
     Conv(&'a Conv2d<B>, [usize; 4], bool),
     Bn(&'a BatchNorm<B>, [usize; 4]),
+    /// Burn's `BatchNorm::forward`, for comparison in the profile.
+    BurnBn(&'a BatchNorm<B>, [usize; 4]),
     Relu([usize; 4]),
     Add([usize; 4]),
     MaxPool([usize; 4]),
@@ -209,109 +254,97 @@ const STEPS: [(Arch, bool, usize, usize); 3] =
 
 fn section_steps() {
     println!("\n## (b) ResNet training step (forward + backward, no optimiser), images/s (conv GFLOP/s)");
-    println!("| model | input | native | matmul | speed-up |");
-    println!("|---|---|---|---|---|");
+    println!("| model | input | Burn modules (conv2d + BatchNorm) | native conv + fast BN | matmul conv + fast BN (default) | speed-up vs Burn |");
+    println!("|---|---|---|---|---|---|");
     for (arch, small, side, b) in STEPS {
         let dims = [b, 3, side, side];
-        let mut row = Vec::new();
-        for imp in ConvImpl::ALL {
-            let m = model(arch, small, imp);
-            let flops = step_flops(&m, dims);
-            let s = time(|| train_step(&m, rand4(dims)), 3, 1.0);
-            row.push((b as f64 / s, flops / s / 1e9));
-        }
+        let x = rand4(dims);
+        let native = model(arch, small, ConvImpl::Native);
+        // Same parameters: initialise, then switch the impl on a copy.
+        let _ = native.forward_features(x.clone());
+        let matmul = native.clone().with_conv_impl(ConvImpl::Matmul);
+        let flops = step_flops(&native, dims);
+        let best = compare(
+            &mut [
+                &mut || stock_train_step(&native, x.clone()),
+                &mut || train_step(&native, x.clone()),
+                &mut || train_step(&matmul, x.clone()),
+            ],
+            3,
+            4.0,
+        );
+        let row: Vec<(f64, f64)> = best.iter().map(|&s| (b as f64 / s, flops / s / 1e9)).collect();
         let stem = if small { "small stem" } else { "standard stem" };
+        let cell = |(ips, gf): (f64, f64)| format!("{ips:.1} img/s ({gf:.0})");
         println!(
-            "| {arch} {stem} | {b}×3×{side}×{side} | {:.1} img/s ({:.0}) | {:.1} img/s ({:.0}) | {:.2}× |",
-            row[0].0,
-            row[0].1,
-            row[1].0,
-            row[1].1,
-            row[1].0 / row[0].0
+            "| {arch} {stem} | {b}×3×{side}×{side} | {} | {} | {} | {:.2}× |",
+            cell(row[0]),
+            cell(row[1]),
+            cell(row[2]),
+            row[2].0 / row[0].0
         );
     }
 }
 
-/// Forward + backward of one op in isolation, minus the cost of `sum().backward()` itself.
+/// Forward + backward of one op in isolation, minus the cost of `sum().backward()` on its
+/// output alone (best of interleaved runs).
 fn op_time(op: &Op, imp: ConvImpl) -> f64 {
-    let reps = 3;
-    let base = |d: [usize; 4]| {
-        time(
-            || {
-                let x = rand4(d).require_grad();
-                std::hint::black_box(x.clone().sum().backward());
-            },
-            reps,
-            0.0,
-        )
-    };
-    let run = |d: [usize; 4], f: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>| {
-        let t = time(
-            || {
-                let x = rand4(d).require_grad();
-                std::hint::black_box(f(x).sum().backward());
-            },
-            reps,
+    let measure = |d: [usize; 4], out: [usize; 4], x_grad: bool, f: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>| {
+        let (x, y) = (rand4(d), rand4(out));
+        let t = compare(
+            &mut [
+                &mut || drop(std::hint::black_box(f(x.clone().set_require_grad(x_grad)).sum().backward())),
+                &mut || drop(std::hint::black_box(y.clone().require_grad().sum().backward())),
+            ],
+            3,
             0.0,
         );
-        (t - base(d)).max(0.0)
+        (t[0] - t[1]).max(0.0)
     };
     match op {
         Op::Conv(c, d, xg) => {
-            let t = time(
-                || {
-                    let x = rand4(*d).set_require_grad(*xg);
-                    std::hint::black_box(conv_forward(c, x, imp).sum().backward());
-                },
-                reps,
-                0.0,
-            );
             let out = [d[0], c.weight.dims()[0], out_side(c, d[2]), out_side(c, d[3])];
-            (t - base(out)).max(0.0)
+            measure(*d, out, *xg, &|x| conv_forward(c, x, imp))
         }
-        Op::Bn(bn, d) => run(*d, &|x| bn.forward(x)),
-        Op::Relu(d) => run(*d, &relu),
+        Op::Bn(bn, d) => measure(*d, *d, true, &|x| sca_backbone::norm::batch_norm_forward(bn, x)),
+        Op::BurnBn(bn, d) => measure(*d, *d, true, &|x| bn.forward(x)),
+        Op::Relu(d) => measure(*d, *d, true, &relu),
         Op::Add(d) => {
             let y = rand4(*d).require_grad();
-            run(*d, &|x| x + y.clone())
+            measure(*d, *d, true, &|x| x + y.clone())
         }
-        Op::MaxPool(d) => run(*d, &|x| {
-            burn::tensor::module::max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false)
-        }),
+        Op::MaxPool(d) => {
+            let out = [d[0], d[1], d[2].div_ceil(2), d[3].div_ceil(2)];
+            measure(*d, out, true, &|x| burn::tensor::module::max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false))
+        }
         Op::Pool(d) => {
-            let t = time(
-                || {
-                    let x = rand4(*d).require_grad();
-                    std::hint::black_box(sca_backbone::resnet::global_avg_pool(x).sum().backward());
-                },
-                reps,
-                0.0,
-            );
-            (t - time(
-                || {
-                    std::hint::black_box(rand4([d[0], d[1], 1, 1]).require_grad().sum().backward());
-                },
-                reps,
-                0.0,
-            ))
-                .max(0.0)
+            let pooled = |x: Tensor<B, 4>| {
+                let [b, c, _, _] = x.dims();
+                sca_backbone::resnet::global_avg_pool(x).reshape([b, c, 1, 1])
+            };
+            measure(*d, [d[0], d[1], 1, 1], true, &pooled)
         }
     }
 }
 
 fn section_profile() {
     println!("\n## (c) profile: each op of the step run alone (fwd + bwd, summed per class), matmul convs");
-    println!("| model | input | step | conv | batchnorm | relu | residual add | max-pool + avg-pool |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| model | input | step | conv | batch norm | relu | residual add | max-pool + avg-pool | (Burn's BatchNorm instead) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (arch, small, side, b) in STEPS {
         let dims = [b, 3, side, side];
         let m = model(arch, small, ConvImpl::Matmul);
-        let step = time(|| train_step(&m, rand4(dims)), 3, 0.0);
-        let mut sums = [0.0f64; 5];
+        let x = rand4(dims);
+        let step = compare(&mut [&mut || train_step(&m, x.clone())], 3, 0.0)[0];
+        let mut sums = [0.0f64; 6];
         for op in trace(&m, dims) {
             let i = match op {
                 Op::Conv(..) => 0,
-                Op::Bn(..) => 1,
+                Op::Bn(bn, d) => {
+                    sums[5] += op_time(&Op::BurnBn(bn, d), ConvImpl::Matmul);
+                    1
+                }
+                Op::BurnBn(..) => 5,
                 Op::Relu(..) => 2,
                 Op::Add(..) => 3,
                 Op::MaxPool(..) | Op::Pool(..) => 4,
@@ -321,30 +354,40 @@ fn section_profile() {
         let pct = |t: f64| format!("{:.0} ms ({:.0}%)", t * 1e3, 100.0 * t / step);
         let stem = if small { "small stem" } else { "standard stem" };
         println!(
-            "| {arch} {stem} | {b}×3×{side}×{side} | {:.0} ms | {} | {} | {} | {} | {} |",
+            "| {arch} {stem} | {b}×3×{side}×{side} | {:.0} ms | {} | {} | {} | {} | {} | {:.0} ms |",
             step * 1e3,
             pct(sums[0]),
             pct(sums[1]),
             pct(sums[2]),
             pct(sums[3]),
-            pct(sums[4])
+            pct(sums[4]),
+            sums[5] * 1e3
         );
     }
 }
 
-/// Where the batched layout stops paying: 3×3 and 1×1 convs over spatial sizes.
+/// Where the batched layout stops paying for 1×1 convs, against the default pick.
 fn section_layout() {
-    println!("\n## layout sweep: fwd + bwd ms, batched vs flat");
-    println!("| conv | B | side | batched | flat |");
+    println!("\n## 1×1 layout sweep: fwd + bwd ms, batch 32");
+    println!("| conv | side | batched | rows | picked |");
     println!("|---|---|---|---|---|");
-    for &(cin, cout, k) in &[(64usize, 64usize, 3usize), (128, 128, 3), (256, 256, 3), (256, 64, 1), (64, 256, 1), (512, 512, 1)] {
-        for &side in &[4usize, 8, 16, 32] {
-            let b = 32;
-            let conv: Conv2d<B> = conv_cfg(cin, cout, k, 1, k / 2).init(&dev());
-            let dims = [b, cin, side, side];
-            let tb = time(|| conv_step(&conv, dims, true, Path::Batched), 3, 0.2);
-            let tf = time(|| conv_step(&conv, dims, true, Path::Flat), 3, 0.2);
-            println!("| {k}×{k} {cin}→{cout} | {b} | {side} | {:.2} | {:.2} |", tb * 1e3, tf * 1e3);
+    for &(cin, cout) in &[(256usize, 64usize), (64, 256), (512, 128), (128, 512), (1024, 256), (256, 1024), (512, 512), (2048, 512), (512, 2048)] {
+        for &side in &[2usize, 4, 8, 16, 32] {
+            if cin.max(cout) * side * side > 512 * 16 * 16 {
+                continue; // bigger than any map of the nets we train at ≤64 px
+            }
+            let conv: Conv2d<B> = conv_cfg(cin, cout, 1, 1, 0).init(&dev());
+            let x = rand4([32, cin, side, side]);
+            let t = compare(
+                &mut [
+                    &mut || conv_step(&conv, &x, true, Path::Batched),
+                    &mut || conv_step(&conv, &x, true, Path::Rows),
+                    &mut || conv_step(&conv, &x, true, Path::Auto),
+                ],
+                3,
+                0.5,
+            );
+            println!("| 1×1 {cin}→{cout} | {side} | {:.2} | {:.2} | {:.2} |", t[0] * 1e3, t[1] * 1e3, t[2] * 1e3);
         }
     }
 }
@@ -371,7 +414,7 @@ fn section_parts() {
     };
     let cols = Tensor::cat(taps(), 0).reshape([9 * c, b * h * h]);
     let g = Tensor::<F, 2>::random([o, b * h * h], Distribution::Normal(0.0, 1.0), &d);
-    let ms = |f: &dyn Fn()| time(f, 3, 0.2) * 1e3;
+    let ms = |f: &dyn Fn()| compare(&mut [&mut || f()], 3, 0.2)[0] * 1e3;
     let flop = |m: usize, k: usize, n: usize, t: f64| 2.0 * (m * k * n) as f64 / t / 1e6;
     let t = ms(&|| drop(pad()));
     println!("pad (zeros + slice_assign): {t:.1}");
@@ -398,6 +441,67 @@ fn section_parts() {
         drop(acc)
     });
     println!("col2im as autodiff does it (9 × zeros + slice_assign, 8 adds): {t:.1}");
+    // Gather formulation: a zero column stands in for the padding.
+    use burn::tensor::{Int, TensorData};
+    let s_ = h * h + 1;
+    let pos = |k: usize, n: usize| -> i64 {
+        let (i, j, y, x) = (k / 3, k % 3, n / h, n % h);
+        let (r, q) = ((y + i) as i64 - 1, (x + j) as i64 - 1);
+        if r < 0 || q < 0 || r >= h as i64 || q >= h as i64 { (h * h) as i64 } else { r * h as i64 + q }
+    };
+    let idx_b: Vec<i64> = (0..9).flat_map(|k| (0..h * h).map(move |n| pos(k, n))).collect();
+    let idx_b = Tensor::<F, 1, Int>::from_data(TensorData::new(idx_b, [9 * h * h]), &d);
+    let xz = || Tensor::cat(vec![x.clone().reshape([b * c, h * h]), Tensor::zeros([b * c, 1], &d)], 1);
+    let t = ms(&|| drop(xz()));
+    println!("append zero column [2048,1024]→[2048,1025]: {t:.1}");
+    let xzv = xz();
+    let t = ms(&|| drop(xzv.clone().select(1, idx_b.clone())));
+    println!("gather im2col, batched [B·C, 9N]: {t:.1}");
+    let gb = Tensor::<F, 2>::random([b * c, 9 * h * h], Distribution::Normal(0.0, 1.0), &d);
+    let t = ms(&|| drop(Tensor::<F, 2>::zeros([b * c, s_], &d).select_assign(1, idx_b.clone(), gb.clone(), burn::tensor::IndexingUpdateOp::Add)));
+    println!("col2im by select_add, batched: {t:.1}");
+    let rows: Vec<i64> = (0..c).flat_map(|ci| (0..b).map(move |bi| (bi * c + ci) as i64)).collect();
+    let rows = Tensor::<F, 1, Int>::from_data(TensorData::new(rows, [b * c]), &d);
+    let t = ms(&|| drop(x.clone().reshape([b * c, h * h]).select(0, rows.clone())));
+    println!("row-select transpose [B·C,S]→[C·B,S]: {t:.1}");
+    let idx_f: Vec<i64> = (0..9).flat_map(|k| (0..b).flat_map(move |bi| (0..h * h).map(move |n| (bi * s_) as i64 + pos(k, n)))).collect();
+    let idx_f = Tensor::<F, 1, Int>::from_data(TensorData::new(idx_f, [9 * b * h * h]), &d);
+    let xf = Tensor::<F, 2>::random([c, b * s_], Distribution::Normal(0.0, 1.0), &d);
+    let t = ms(&|| drop(xf.clone().select(1, idx_f.clone())));
+    println!("gather im2col, flat [C, 9·B·N]: {t:.1}");
+    let gf = Tensor::<F, 2>::random([c, 9 * b * h * h], Distribution::Normal(0.0, 1.0), &d);
+    let t = ms(&|| drop(Tensor::<F, 2>::zeros([c, b * s_], &d).select_assign(1, idx_f.clone(), gf.clone(), burn::tensor::IndexingUpdateOp::Add)));
+    println!("col2im by select_add, flat: {t:.1}");
+    // Position-major ("SBC") formulation: rows are (position, image), columns channels.
+    let t = ms(&|| drop(x.clone().reshape([b * c, h * h]).transpose().reshape([h * h * b, c])));
+    println!("2-D transpose copy [B·C,S]→[S·B,C]: {t:.1}");
+    let idx_r: Vec<i64> = (0..h * h).flat_map(|n| (0..b).flat_map(move |bi| (0..9).map(move |k| pos(k, n) * b as i64 + bi as i64))).collect();
+    let idx_r = Tensor::<F, 1, Int>::from_data(TensorData::new(idx_r, [9 * b * h * h]), &d);
+    let xr = Tensor::<F, 2>::random([(h * h + 1) * b, c], Distribution::Normal(0.0, 1.0), &d);
+    let t = ms(&|| drop(xr.clone().select(0, idx_r.clone())));
+    println!("gather im2col by rows [9·N·B, C]: {t:.1}");
+    let idx_seq: Vec<i64> = (0..9).flat_map(|_| 0..(b * h * h) as i64).collect();
+    let idx_seq = Tensor::<F, 1, Int>::from_data(TensorData::new(idx_seq, [9 * b * h * h]), &d);
+    let t = ms(&|| drop(xr.clone().select(0, idx_seq.clone())));
+    println!("same size, sequential rows: {t:.1}");
+    let t = ms(&|| drop(Tensor::cat(vec![xr.clone(); 9], 0)));
+    println!("same size, cat of 9 copies: {t:.1}");
+    let gr = Tensor::<F, 2>::random([9 * b * h * h, c], Distribution::Normal(0.0, 1.0), &d);
+    let t = ms(&|| drop(Tensor::<F, 2>::zeros([(h * h + 1) * b, c], &d).select_assign(0, idx_r.clone(), gr.clone(), burn::tensor::IndexingUpdateOp::Add)));
+    println!("col2im by row select_add: {t:.1}");
+    let colsr = Tensor::<F, 2>::random([b * h * h, 9 * c], Distribution::Normal(0.0, 1.0), &d);
+    let wr = Tensor::<F, 2>::random([9 * c, o], Distribution::Normal(0.0, 1.0), &d);
+    let gr2 = Tensor::<F, 2>::random([b * h * h, o], Distribution::Normal(0.0, 1.0), &d);
+    let (m_, k_, n_) = (b * h * h, 9 * c, o);
+    let t = ms(&|| drop(colsr.clone().matmul(wr.clone())));
+    println!("matmul cols·W [32768,576]x[576,64]: {t:.1} ({:.0} GFLOP/s)", flop(m_, k_, n_, t));
+    let t = ms(&|| drop(colsr.clone().transpose().matmul(gr2.clone())));
+    println!("matmul colsᵀ·g [576,32768]x[32768,64]: {t:.1} ({:.0} GFLOP/s)", flop(m_, k_, n_, t));
+    let t = ms(&|| drop(gr2.clone().matmul(wr.clone().transpose())));
+    println!("matmul g·Wᵀ [32768,64]x[64,576]: {t:.1} ({:.0} GFLOP/s)", flop(m_, k_, n_, t));
+    let a1 = Tensor::<F, 2>::random([1024, 1024], Distribution::Normal(0.0, 1.0), &d);
+    let t = ms(&|| drop(a1.clone().matmul(a1.clone())));
+    println!("matmul 1024³: {t:.1} ({:.0} GFLOP/s)", flop(1024, 1024, 1024, t));
     let big = Tensor::<F, 4>::random([b, c, h, h], Distribution::Normal(0.0, 1.0), &d);
     let t = ms(&|| drop(big.clone() + big.clone()));
     println!("one add of [32,64,32,32]: {t:.2}");
@@ -405,10 +509,64 @@ fn section_parts() {
     println!("one transpose copy of [32,64,32,32]: {t:.2}");
 }
 
+/// GEMM orientation: the same product with the big dimension as M or as N (min of runs).
+fn section_gemm() {
+    type F = Flex;
+    let d = Default::default();
+    println!("\n## gemm orientation (ms, min of interleaved runs)");
+    for &(big, k, o) in &[(32768usize, 576usize, 64usize), (32768, 64, 576), (8192, 1152, 128), (2048, 2304, 256), (512, 4608, 512), (8192, 256, 64), (8192, 64, 256)] {
+        let a = Tensor::<F, 2>::random([big, k], Distribution::Normal(0.0, 1.0), &d);
+        let w = Tensor::<F, 2>::random([k, o], Distribution::Normal(0.0, 1.0), &d);
+        let at = Tensor::<F, 2>::random([k, big], Distribution::Normal(0.0, 1.0), &d);
+        let wt = Tensor::<F, 2>::random([o, k], Distribution::Normal(0.0, 1.0), &d);
+        let mut best = [f64::MAX; 3];
+        for _ in 0..5 {
+            let t = Instant::now();
+            drop(a.clone().matmul(w.clone()));
+            best[0] = best[0].min(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            drop(wt.clone().matmul(at.clone()));
+            best[1] = best[1].min(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            drop(at.clone().transpose().matmul(wt.clone().transpose()));
+            best[2] = best[2].min(t.elapsed().as_secs_f64());
+        }
+        let gf = |t: f64| 2.0 * (big * k * o) as f64 / t / 1e9;
+        println!(
+            "[{big},{k}]x[{k},{o}]: {:.1} ms ({:.0} GFLOP/s) | [{o},{k}]x[{k},{big}]: {:.1} ms ({:.0}) | strided views [{big},{k}]x[{k},{o}]: {:.1} ms ({:.0})",
+            best[0] * 1e3, gf(best[0]), best[1] * 1e3, gf(best[1]), best[2] * 1e3, gf(best[2])
+        );
+    }
+}
+
+/// Keeps freed memory in the heap instead of returning it to the OS: glibc serves blocks
+/// above 32 MiB with fresh mmaps, and their first-touch page faults cost more than the
+/// arithmetic on them here (im2col columns are that big). Same effect as
+/// `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...`.
+fn keep_freed_memory() {
+    // SAFETY: plain glibc tuning calls made before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let system_malloc = args.iter().any(|a| a == "--system-malloc");
+    args.retain(|a| a != "--system-malloc");
+    if !system_malloc {
+        keep_freed_memory();
+    }
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
-    println!("conv_bench: Flex backend, {} rayon threads", rayon_threads());
+    println!(
+        "conv_bench: Flex backend, {} threads, {}",
+        rayon_threads(),
+        if system_malloc { "glibc malloc defaults" } else { "malloc keeps freed memory (M_MMAP_MAX=0)" }
+    );
+    if want("gemm") && !args.is_empty() {
+        section_gemm();
+    }
     if want("parts") && !args.is_empty() {
         section_parts();
     }

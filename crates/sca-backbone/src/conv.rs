@@ -1,15 +1,21 @@
 //! Convolution as matrix multiplication, built only from differentiable tensor ops.
 //!
 //! Burn 0.21's `conv2d` is slow on the CPU backend (its backward runs a transposed conv for
-//! the input and a large-kernel conv for the weight), while its matmul reaches the machine's
-//! GEMM rate. [`conv_forward`] computes the same convolution as `Conv2d::forward` from the
-//! same module (same parameters, same weight files) either natively or as:
+//! the input and a large-kernel conv for the weight), while its matmul runs at the machine's
+//! GEMM rate. [`conv_forward`] computes the same convolution as `Conv2d::forward`, from the
+//! same module (same parameters, same weight files), either natively or as one GEMM:
 //!
-//! - 1×1: an optional strided slice (stride 2) and one matmul with the `[O, C]` weight;
-//! - k×k: im2col from k² shifted strided slices of the zero-padded input, stacked on the
-//!   channel axis, and one matmul with the weight reshaped to `[O, k·k·C]`.
+//! - 1×1 stride 1: a batched matmul straight on NCHW, or the position-major layout below;
+//! - everything else (k×k, strides, padding, dilation): im2col in position-major layout.
+//!   The input becomes rows of channels, one per (position, image), with one extra zero
+//!   position standing in for the padding; the k·k taps of each output are gathered as whole
+//!   rows with `select` (whose backward is one `select_add`, i.e. col2im); one GEMM with the
+//!   weight reordered to `[kh·kw·C, O]`; the result is transposed back to NCHW.
 //!
-//! Autodiff therefore works on every backend without custom backward code.
+//! Shifted strided slices (`slice` + `cat`) would express im2col too, but the Flex backend
+//! copies such 3-D strided views element by element and their backward materialises k·k
+//! zero tensors of input size; the row gather avoids both. Autodiff works on every backend
+//! without custom backward code.
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,7 +23,7 @@ use std::str::FromStr;
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Slice, Tensor};
+use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 /// How [`conv_forward`] computes a convolution.
@@ -59,30 +65,20 @@ impl FromStr for ConvImpl {
     }
 }
 
-/// Where the matmul puts the batch axis. Exposed for the benchmark; [`conv_forward`] picks.
+/// How the matmul path arranges its operands. Exposed for the benchmark and the tests;
+/// [`conv_forward`] picks one per convolution.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// `[1, O, K] @ [B, K, N]`: no transposes, but the weight gradient is formed per image
-    /// (`[B, O, K]`) and then summed, and small `N` makes thin per-image GEMMs.
+    /// 1×1 stride 1 only: `[1, O, C] @ [B, C, H·W]` straight on NCHW, no copies. Its weight
+    /// gradient is formed per image (`[B, O, C]`) and then summed, so it suits layers with
+    /// large maps and narrow weights.
     Batched,
-    /// `[O, K] @ [K, B·N]`: one wide GEMM; costs a transpose of the input and output.
-    Flat,
+    /// Position-major: the input is transposed to rows of channels, one per (position,
+    /// image); k×k taps are gathered as whole rows (a row `select`, i.e. memcpy-sized
+    /// copies); one `[H'·W'·B, K] @ [K, O]` GEMM; the result is transposed back to NCHW.
+    Rows,
 }
-
-/// Heuristic layout choice. The flat layout wins once the per-image GEMM gets thin (late
-/// stages, small inputs) or its per-image weight gradient `[B, O, K]` gets large.
-fn pick_layout(n: usize, k: usize, o: usize, b: usize) -> Layout {
-    // Measured on the 2-core CPU (examples/conv_bench.rs); see `flat_threshold`.
-    let _ = (k, o, b);
-    if n >= FLAT_BELOW_N {
-        Layout::Batched
-    } else {
-        Layout::Flat
-    }
-}
-
-const FLAT_BELOW_N: usize = 256;
 
 /// `conv.forward(x)` computed by `imp`. Cases the matmul path does not cover (groups,
 /// `Same` padding) fall back to the native convolution.
@@ -91,7 +87,11 @@ pub fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, imp: ConvImpl
         ConvImpl::Native => conv.forward(x),
         ConvImpl::Matmul => match matmul_geometry(conv, &x) {
             Some(g) => {
-                let layout = pick_layout(g.out_h * g.out_w, g.k, conv.weight.dims()[0], g.batch);
+                let layout = if g.pointwise && batched_pays(&g, conv.weight.dims()[0]) {
+                    Layout::Batched
+                } else {
+                    Layout::Rows
+                };
                 conv_matmul_impl(conv, x, g, layout)
             }
             None => conv.forward(x),
@@ -99,22 +99,33 @@ pub fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, imp: ConvImpl
     }
 }
 
-/// The matmul path with a forced layout (benchmarks and tests).
+/// The batched layout skips four transposes of activation size but materialises a per-image
+/// weight gradient `[B, O, C]`: worth it while `O·C` stays below the map size times the
+/// channels moved, `H·W·(C + O)` (measured crossover on the CPU backend, conv_bench `layout`).
+fn batched_pays(g: &Geometry, o: usize) -> bool {
+    let c = g.k;
+    o * c <= g.out_h * g.out_w * (c + o)
+}
+
+/// The matmul path with a forced layout (benchmarks and tests). `Batched` needs a 1×1,
+/// stride-1, unpadded convolution.
 #[doc(hidden)]
 pub fn conv_matmul_with_layout<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, layout: Layout) -> Tensor<B, 4> {
     let g = matmul_geometry(conv, &x).expect("conv supported by the matmul path");
+    assert!(layout == Layout::Rows || g.pointwise, "the batched layout needs a 1×1 stride-1 unpadded conv");
     conv_matmul_impl(conv, x, g, layout)
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
-    batch: usize,
     /// (top, bottom, left, right)
     pad: (usize, usize, usize, usize),
     out_h: usize,
     out_w: usize,
     /// Reduction length `C·kh·kw`.
     k: usize,
+    /// 1×1, stride 1, no padding: the input already is the column matrix.
+    pointwise: bool,
 }
 
 fn matmul_geometry<B: Backend>(conv: &Conv2d<B>, x: &Tensor<B, 4>) -> Option<Geometry> {
@@ -126,7 +137,7 @@ fn matmul_geometry<B: Backend>(conv: &Conv2d<B>, x: &Tensor<B, 4>) -> Option<Geo
         PaddingConfig2d::Explicit(top, left, bottom, right) => (top, bottom, left, right),
         PaddingConfig2d::Same => return None,
     };
-    let [b, c, h, w] = x.dims();
+    let [_, c, h, w] = x.dims();
     let [kh, kw] = conv.kernel_size;
     let [sh, sw] = conv.stride;
     let [dh, dw] = conv.dilation;
@@ -135,68 +146,89 @@ fn matmul_geometry<B: Backend>(conv: &Conv2d<B>, x: &Tensor<B, 4>) -> Option<Geo
     if hp < eh || wp < ew {
         return None; // let conv2d report the error
     }
-    Some(Geometry { batch: b, pad, out_h: (hp - eh) / sh + 1, out_w: (wp - ew) / sw + 1, k: c * kh * kw })
+    let pointwise = kh * kw == 1 && sh * sw == 1 && pad == (0, 0, 0, 0);
+    Some(Geometry { pad, out_h: (hp - eh) / sh + 1, out_w: (wp - ew) / sw + 1, k: c * kh * kw, pointwise })
+}
+
+fn int_tensor<B: Backend>(v: Vec<i64>, device: &B::Device) -> Tensor<B, 1, Int> {
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
 fn conv_matmul_impl<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, g: Geometry, layout: Layout) -> Tensor<B, 4> {
+    let device = x.device();
     let [b, c, h, w] = x.dims();
     let [o, _, kh, kw] = conv.weight.dims();
-    let [sh, sw] = conv.stride;
-    let [dh, dw] = conv.dilation;
-    let (oh, ow) = (g.out_h, g.out_w);
+    let (oh, ow, kk) = (g.out_h, g.out_w, kh * kw);
     let n = oh * ow;
-    let (top, bottom, left, right) = g.pad;
-
-    let x = if top + bottom + left + right > 0 {
-        let device = x.device();
-        Tensor::zeros([b, c, h + top + bottom, w + left + right], &device)
-            .slice_assign([0..b, 0..c, top..top + h, left..left + w], x)
-    } else {
-        x
-    };
-    // In the flat layout the channel axis leads, so that every shifted slice below is a
-    // view of `[C, B, ·, ·]` and the concatenation yields `[K, B, H', W']` directly.
-    let x = match layout {
-        Layout::Batched => x,
-        Layout::Flat => x.swap_dims(0, 1),
-    };
-    // One (strided) view per kernel tap; offsets are in padded coordinates.
-    let tap = |i: usize, j: usize| -> Tensor<B, 4> {
-        let (r0, c0) = (i * dh, j * dw);
-        let rows = Slice::new(r0 as isize, Some((r0 + sh * (oh - 1) + 1) as isize), sh as isize);
-        let cols = Slice::new(c0 as isize, Some((c0 + sw * (ow - 1) + 1) as isize), sw as isize);
-        x.clone().slice([Slice::full(), Slice::full(), rows, cols])
-    };
-    let identity_tap = kh == 1 && kw == 1 && sh == 1 && sw == 1;
-    let cols = if identity_tap {
-        x.clone()
-    } else {
-        let taps: Vec<_> = (0..kh).flat_map(|i| (0..kw).map(move |j| (i, j))).map(|(i, j)| tap(i, j)).collect();
-        // Tap-major, channel-minor; the weight is permuted to the same order below.
-        Tensor::cat(taps, match layout {
-            Layout::Batched => 1,
-            Layout::Flat => 0,
-        })
-    };
-    drop(x);
-    // [O, C, kh, kw] → [O, kh, kw, C] → [O, K]: a tiny copy compared with the activations.
-    let weight = if kh * kw == 1 {
-        conv.weight.val().reshape([o, g.k])
-    } else {
-        conv.weight.val().permute([0, 2, 3, 1]).reshape([o, g.k])
-    };
     let out = match layout {
         Layout::Batched => {
-            let cols = cols.reshape([b, g.k, n]);
-            weight.unsqueeze::<3>().matmul(cols).reshape([b, o, oh, ow])
+            let weight = conv.weight.val().reshape([1, o, c]);
+            weight.matmul(x.reshape([b, c, h * w])).reshape([b, o, oh, ow])
         }
-        Layout::Flat => {
-            let cols = cols.reshape([g.k, b * n]);
-            weight.matmul(cols).reshape([o, b, oh, ow]).swap_dims(0, 1)
+        Layout::Rows => {
+            // [B, C, H, W] → [H·W, B·C]: a 2-D transpose (the copy kernels' fast case).
+            let xt = x.reshape([b * c, h * w]).swap_dims(0, 1);
+            let cols = if g.pointwise {
+                xt.reshape([h * w * b, c])
+            } else {
+                let (idx, reads_padding) = gather_rows(&g, conv, [b, h, w]);
+                let src = if reads_padding {
+                    // One extra all-zero position: every tap that falls in the padding reads it.
+                    Tensor::cat(vec![xt, Tensor::zeros([1, b * c], &device)], 0)
+                } else {
+                    xt
+                };
+                let rows = src.dims()[0] * b;
+                src.reshape([rows, c]).select(0, int_tensor::<B>(idx, &device)).reshape([n * b, kk * c])
+            };
+            // Conv2d stores [O, C, kh, kw]; the gathered columns are tap-major, channel-minor.
+            let weight = conv.weight.val().reshape([o, c * kk]);
+            let weight = if kk == 1 {
+                weight
+            } else {
+                let perm = (0..kk).flat_map(|t| (0..c).map(move |ci| (ci * kk + t) as i64)).collect();
+                weight.select(1, int_tensor::<B>(perm, &device))
+            };
+            // [H'·W'·B, O] → [B·O, H'·W'] → NCHW.
+            cols.matmul(weight.transpose()).reshape([n, b * o]).swap_dims(0, 1).reshape([b, o, oh, ow])
         }
     };
     match &conv.bias {
         Some(bias) => out + bias.val().reshape([1, o, 1, 1]),
         None => out,
     }
+}
+
+/// Row indices into the `[(H·W [+1])·B, C]` input for every (output position, image, tap),
+/// in that order; positions in the padding read the extra zero position `H·W`. Also says
+/// whether any tap reads the padding.
+fn gather_rows<B: Backend>(g: &Geometry, conv: &Conv2d<B>, [b, h, w]: [usize; 3]) -> (Vec<i64>, bool) {
+    let [kh, kw] = conv.kernel_size;
+    let [sh, sw] = conv.stride;
+    let [dh, dw] = conv.dilation;
+    let (top, left) = (g.pad.0 as i64, g.pad.2 as i64);
+    let zero = (h * w) as i64;
+    let mut reads_padding = false;
+    let mut idx = Vec::with_capacity(g.out_h * g.out_w * b * kh * kw);
+    // Source position of every (output position, tap), computed once and repeated per image.
+    let mut taps = Vec::with_capacity(kh * kw);
+    for y in 0..g.out_h {
+        for x in 0..g.out_w {
+            taps.clear();
+            for i in 0..kh {
+                for j in 0..kw {
+                    let r = (y * sh + i * dh) as i64 - top;
+                    let q = (x * sw + j * dw) as i64 - left;
+                    let inside = r >= 0 && q >= 0 && r < h as i64 && q < w as i64;
+                    reads_padding |= !inside;
+                    taps.push(if inside { r * w as i64 + q } else { zero });
+                }
+            }
+            for bi in 0..b as i64 {
+                idx.extend(taps.iter().map(|&p| p * b as i64 + bi));
+            }
+        }
+    }
+    (idx, reads_padding)
 }

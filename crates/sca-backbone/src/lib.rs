@@ -5,11 +5,14 @@
 //! - [`resnet`]: the network; [`ResNet::forward_stages`] returns the four stage maps the
 //!   attention add-on taps, [`ResNet::forward_features`] the pooled feature.
 //! - [`conv`]: [`ConvImpl`] and [`conv_forward`], convolution as matmul (faster on CPU).
+//! - [`norm`]: [`norm::batch_norm_forward`], Burn's training-mode batch norm without its
+//!   transposes (the largest cost of a CPU training step before).
 //! - [`weights`]: safetensors whose keys and shapes are exactly torchvision's `state_dict`,
 //!   so weights move both ways between this crate and PyTorch.
 
 pub mod config;
 pub mod conv;
+pub mod norm;
 pub mod resnet;
 pub mod weights;
 

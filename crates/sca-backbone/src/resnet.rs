@@ -8,6 +8,7 @@ use burn::tensor::Tensor;
 
 use crate::config::{Arch, ResNetConfig};
 use crate::conv::{conv_forward, ConvImpl};
+use crate::norm::batch_norm_forward;
 
 /// torchvision initialises convolutions with Kaiming normal, fan-out, ReLU gain.
 fn conv(cin: usize, cout: usize, kernel: usize, stride: usize, pad: usize) -> Conv2dConfig {
@@ -66,13 +67,13 @@ impl<B: Backend> Block<B> {
 
     fn forward(&self, x: Tensor<B, 4>, imp: ConvImpl) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(conv_forward(&d.conv, x.clone(), imp)),
+            Some(d) => batch_norm_forward(&d.bn, conv_forward(&d.conv, x.clone(), imp)),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(conv_forward(&self.conv1, x, imp)));
-        let out = self.bn2.forward(conv_forward(&self.conv2, out, imp));
+        let out = relu(batch_norm_forward(&self.bn1, conv_forward(&self.conv1, x, imp)));
+        let out = batch_norm_forward(&self.bn2, conv_forward(&self.conv2, out, imp));
         let out = match (&self.conv3, &self.bn3) {
-            (Some(c3), Some(b3)) => b3.forward(conv_forward(c3, relu(out), imp)),
+            (Some(c3), Some(b3)) => batch_norm_forward(b3, conv_forward(c3, relu(out), imp)),
             _ => out,
         };
         relu(out + identity)
@@ -167,7 +168,7 @@ impl<B: Backend> ResNet<B> {
     }
 
     pub fn stem(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = relu(self.bn1.forward(conv_forward(&self.conv1, x, self.conv_impl)));
+        let x = relu(batch_norm_forward(&self.bn1, conv_forward(&self.conv1, x, self.conv_impl)));
         match &self.maxpool {
             Some(pool) => pool.forward(x),
             None => x,

@@ -75,11 +75,13 @@ fn check(c: Case) {
     let x = Tensor::<B, 4>::random([c.batch, c.cin, c.h, c.w], Distribution::Normal(0.0, 1.0), &device);
     let want = run(&conv, &x, |m, x| m.forward(x));
     let names = ["output", "input grad", "weight grad", "bias grad"];
-    let paths: [(&str, &dyn Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>); 3] = [
+    let mut paths: Vec<(&str, &dyn Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>)> = vec![
         ("auto", &|m, x| conv_forward(m, x, ConvImpl::Matmul)),
-        ("batched", &|m, x| conv_matmul_with_layout(m, x, Layout::Batched)),
-        ("flat", &|m, x| conv_matmul_with_layout(m, x, Layout::Flat)),
+        ("rows", &|m, x| conv_matmul_with_layout(m, x, Layout::Rows)),
     ];
+    if c.k == 1 && c.stride == 1 && c.pad == (0, 0, 0, 0) {
+        paths.push(("batched", &|m, x| conv_matmul_with_layout(m, x, Layout::Batched)));
+    }
     for (path, f) in paths {
         let got = run(&conv, &x, f);
         assert_eq!(got.len(), want.len());
@@ -92,8 +94,10 @@ fn check(c: Case) {
 #[test]
 fn matmul_conv_matches_conv2d_in_outputs_and_gradients() {
     let cases = [
-        // 1×1, stride 1 and 2 (even and odd sides: stride 2 keeps rows 0, 2, ...)
+        // 1×1, stride 1 (narrow weights pick the batched layout, wide ones the row layout)
+        // and stride 2 (even and odd sides: stride 2 keeps rows 0, 2, ...)
         case(8, 16, 1, 1, 0, 2, 6, 5),
+        case(64, 64, 1, 1, 0, 2, 2, 2),
         case(8, 12, 1, 2, 0, 2, 8, 8),
         case(6, 5, 1, 2, 0, 3, 7, 9),
         // 3×3, the ResNet cases, and odd / non-square sides
@@ -150,3 +154,49 @@ fn conv_impl_config_and_names() {
     let cfg: ResNetConfig = serde_json::from_str(&json.replace(r#""matmul""#, r#""native""#)).unwrap();
     assert_eq!(cfg.conv_impl, ConvImpl::Native);
 }
+
+#[test]
+fn fast_batch_norm_matches_burn_in_outputs_gradients_and_running_stats() {
+    use burn::nn::{BatchNorm, BatchNormConfig};
+    use sca_backbone::norm::batch_norm_forward;
+    let device = Default::default();
+    // Non-trivial γ, β and running statistics, so every term of the update is exercised.
+    let make = || -> BatchNorm<B> {
+        let mut bn = BatchNormConfig::new(6).with_momentum(0.3).init(&device);
+        let ramp = |a: f32, s: f32| Tensor::<B, 1>::from_data(TensorData::new((0..6).map(|i| a + s * i as f32).collect(), [6]), &device);
+        bn.gamma = bn.gamma.map(|_| ramp(0.5, 0.25).require_grad());
+        bn.beta = bn.beta.map(|_| ramp(-0.3, 0.1).require_grad());
+        bn.running_mean = burn::module::RunningState::new(ramp(0.2, -0.05));
+        bn.running_var = burn::module::RunningState::new(ramp(1.5, 0.2));
+        bn
+    };
+    let (burn_bn, fast_bn) = (make(), make());
+    // Per-channel offsets and scales far from 0 / 1, so centring and scaling matter.
+    let x = Tensor::<B, 4>::random([3, 6, 5, 4], Distribution::Normal(0.0, 1.0), &device)
+        * Tensor::<B, 1>::from_data(TensorData::new(vec![0.5f32, 1.0, 2.0, 3.0, 0.7, 1.3], [6]), &device).reshape([1, 6, 1, 1])
+        + 2.0;
+    let run = |f: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>, bn: &BatchNorm<B>| {
+        let x = x.clone().detach().require_grad();
+        let y = f(x.clone());
+        let r = Tensor::<B, 4>::from_data(
+            TensorData::new((0..y.shape().num_elements()).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect(), y.shape()),
+            &device,
+        );
+        let grads = (y.clone() * r).sum().backward();
+        vec![
+            y.into_data(),
+            x.grad(&grads).unwrap().into_data(),
+            bn.gamma.val().grad(&grads).unwrap().into_data(),
+            bn.beta.val().grad(&grads).unwrap().into_data(),
+            bn.running_mean.value().into_data(),
+            bn.running_var.value().into_data(),
+        ]
+    };
+    let want = run(&|x| burn_bn.forward(x), &burn_bn);
+    let got = run(&|x| batch_norm_forward(&fast_bn, x), &fast_bn);
+    let names = ["output", "input grad", "gamma grad", "beta grad", "running mean", "running var"];
+    for ((g, w), name) in got.into_iter().zip(want).zip(names) {
+        assert_close(name, g, w);
+    }
+}
+

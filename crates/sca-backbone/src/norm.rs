@@ -1,0 +1,44 @@
+//! Training-mode batch norm without the transposes of Burn's implementation.
+//!
+//! Burn 0.21's `BatchNorm::forward` computes the batch statistics through
+//! `swap_dims(0, 1).reshape([C, ·])`, twice, and its backward goes through the same
+//! transposes. On the CPU backend such 3-D transposes are copied element by element, which
+//! made BN cost more than the convolutions (see `examples/conv_bench.rs`, profile).
+//! [`batch_norm_forward`] computes the same function of the same module (same parameters,
+//! same running-statistics update) with reductions over `[B, C, H·W]` and per-channel
+//! scale and shift only.
+
+use burn::nn::BatchNorm;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// `bn.forward(x)` for `[B, C, H, W]` input. In training mode (autodiff enabled) it
+/// normalises with the biased batch statistics and updates the running mean and variance
+/// exactly as Burn does (`running = (1 − momentum)·running + momentum·batch`, biased
+/// variance); in inference mode it is `bn.forward(x)`.
+pub fn batch_norm_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let device = x.device();
+    if !B::ad_enabled(&device) {
+        return bn.forward(x);
+    }
+    let [b, c, h, w] = x.dims();
+    let x = x.reshape([b, c, h * w]);
+    // Two contiguous reductions instead of a transpose: mean over positions, then images.
+    let mean = x.clone().mean_dim(2).mean_dim(0); // [1, C, 1]
+    let centered = x - mean.clone();
+    let var = centered.clone().square().mean_dim(2).mean_dim(0);
+
+    let m = bn.momentum;
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    bn.running_mean.update(
+        running_mean.mul_scalar(1.0 - m).add(mean.detach().mul_scalar(m).reshape([c])).detach(),
+    );
+    bn.running_var.update(
+        running_var.mul_scalar(1.0 - m).add(var.clone().detach().mul_scalar(m).reshape([c])).detach(),
+    );
+
+    // Fold γ / σ into one per-channel factor: two full-size ops instead of three.
+    let scale = bn.gamma.val().reshape([1, c, 1]) / var.add_scalar(bn.epsilon).sqrt();
+    (centered * scale + bn.beta.val().reshape([1, c, 1])).reshape([b, c, h, w])
+}
