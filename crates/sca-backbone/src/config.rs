@@ -87,6 +87,23 @@ pub struct ResNetConfig {
 
 impl ResNetConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> ResNet<B> {
-        ResNet::new(self, device)
+        let model = ResNet::new(self, device);
+        materialize(&model);
+        model
     }
+}
+
+/// Draws every lazily initialised parameter of `module` now.
+///
+/// Burn initialises parameters on first use, and a clone taken before that draws its own,
+/// different values. Materialising right after construction makes every clone (saving,
+/// `valid()`, the training step) see the same weights.
+pub fn materialize<B: Backend, M: burn::module::Module<B>>(module: &M) {
+    struct Touch;
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
 }

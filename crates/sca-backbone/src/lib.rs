@@ -16,7 +16,7 @@ pub mod norm;
 pub mod resnet;
 pub mod weights;
 
-pub use config::{Arch, ResNetConfig};
+pub use config::{materialize, Arch, ResNetConfig};
 pub use conv::{conv_forward, ConvImpl};
 pub use resnet::{ResNet, Stages};
 pub use weights::{WeightsError, WeightsReport};

@@ -50,7 +50,9 @@ impl<B: Backend> SslModel<B> {
             ),
         };
         let addon = cfg.addon.enabled.then(|| addon_config(cfg, backbone.stage_channels()).init(device));
-        Self { backbone, engine, addon }
+        let model = Self { backbone, engine, addon };
+        sca_backbone::materialize(&model);
+        model
     }
 
     /// Embedding z used by the memory bank: the engine's projection of the pooled feature.

@@ -178,6 +178,14 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Runs from the current position to the last epoch, or until the observer asks to stop.
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<RunEnd, TrainError> {
+        if self.step == 0 && self.cfg.eval.knn_every > 0 {
+            // The randomly initialised network's score, the baseline every epoch is read against.
+            if let Some(knn) = self.knn.as_mut() {
+                let (top1, top5) = knn(&self.model.valid().backbone).map_err(TrainError::Other)?;
+                obs.info(&format!("KNN at initialisation: top-1 {top1:.2}%, top-5 {top5:.2}%"));
+                obs.record(json!({ "epoch": 0, "step": 0, "initial_knn_top1": top1, "initial_knn_top5": top5 }));
+            }
+        }
         while self.epoch < self.cfg.epochs {
             if self.cfg.addon.enabled && (self.pseudo.is_none() || self.batch == 0) {
                 self.cluster(obs)?;
