@@ -1,1 +1,122 @@
-pub fn placeholder(){}
+//! Run-time device choice: `auto`, `cpu`, `cuda` or `cuda:N`.
+//!
+//! The binary is built with both backends; `auto` probes for the CUDA driver library
+//! (the CUDA backend loads it dynamically) and falls back to the pure-Rust Flex backend.
+//! Code that needs a backend is written once as a generic function and called through
+//! [`with_backend!`], which picks the concrete type from the choice.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceArg::Auto),
+            "cpu" => Ok(DeviceArg::Cpu),
+            "cuda" => Ok(DeviceArg::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceArg::Cuda)
+                .ok_or_else(|| format!("unknown device '{s}' (expected auto, cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+/// A resolved device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl fmt::Display for Choice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Choice::Cpu => write!(f, "cpu (Flex backend)"),
+            Choice::Cuda(i) => write!(f, "cuda:{i} (CUDA backend)"),
+        }
+    }
+}
+
+/// Whether the NVIDIA driver library can be loaded on this machine.
+pub fn cuda_driver_present() -> bool {
+    ["libcuda.so.1", "libcuda.so", "nvcuda.dll"]
+        .iter()
+        // SAFETY: loading the driver runs only its own initialisers, as the CUDA backend would.
+        .any(|name| unsafe { libloading::Library::new(name) }.is_ok())
+}
+
+impl DeviceArg {
+    pub fn resolve(self) -> anyhow::Result<Choice> {
+        Ok(match self {
+            DeviceArg::Cpu => Choice::Cpu,
+            DeviceArg::Cuda(i) if cuda_driver_present() => Choice::Cuda(i),
+            DeviceArg::Cuda(i) => anyhow::bail!("device cuda:{i} requested but no NVIDIA driver (libcuda) was found"),
+            DeviceArg::Auto if cuda_driver_present() => Choice::Cuda(0),
+            DeviceArg::Auto => Choice::Cpu,
+        })
+    }
+
+    /// Resolves and tells the user what was picked.
+    pub fn resolve_and_report(self) -> anyhow::Result<Choice> {
+        let choice = self.resolve()?;
+        eprintln!("device: {choice}{}", if self == DeviceArg::Auto { " [auto]" } else { "" });
+        Ok(choice)
+    }
+}
+
+pub type CpuBackend = burn::backend::Flex;
+pub type CudaBackend = burn::backend::Cuda;
+
+/// `with_backend!(choice, |B, device| expr)`: evaluates `expr` with `B` bound to the
+/// autodiff backend of the chosen device and `device` to its device value.
+#[macro_export]
+macro_rules! with_backend {
+    ($choice:expr, |$b:ident, $dev:ident| $body:expr) => {
+        match $choice {
+            $crate::device::Choice::Cpu => {
+                type $b = burn::backend::Autodiff<$crate::device::CpuBackend>;
+                let $dev = burn::backend::flex::FlexDevice;
+                $body
+            }
+            $crate::device::Choice::Cuda(index) => {
+                type $b = burn::backend::Autodiff<$crate::device::CudaBackend>;
+                let $dev = burn::backend::cuda::CudaDevice::new(index);
+                $body
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: Result<DeviceArg, ()>) {
+        assert_eq!(input.parse::<DeviceArg>().map_err(|_| ()), expected, "{input}");
+    }
+
+    #[test]
+    fn parses_device_names() {
+        check("auto", Ok(DeviceArg::Auto));
+        check("cpu", Ok(DeviceArg::Cpu));
+        check("cuda", Ok(DeviceArg::Cuda(0)));
+        check("cuda:3", Ok(DeviceArg::Cuda(3)));
+        check("cuda:x", Err(()));
+        check("gpu", Err(()));
+    }
+
+    #[test]
+    fn cpu_resolves_to_cpu() {
+        assert_eq!(DeviceArg::Cpu.resolve().unwrap(), Choice::Cpu);
+    }
+}

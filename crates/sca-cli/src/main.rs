@@ -2,7 +2,10 @@
 //! and chooses a device; everything else lives in the library crates.
 
 mod cmd;
+mod datasets;
 mod device;
+mod files;
+mod run_dir;
 
 use clap::{Parser, Subcommand};
 
@@ -22,8 +25,19 @@ enum Command {
     /// Inspect datasets, preview augmentations, build subsets.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
+    /// Pretrain a backbone (SwAV or SimSiam, with or without the add-on).
+    Pretrain(cmd::pretrain::Args),
+    /// Weighted KNN accuracy of a backbone (k=200, T=0.1).
+    EvalKnn(cmd::eval::KnnArgs),
+    /// Linear probe on frozen backbone features.
+    EvalLinear(cmd::eval::LinearArgs),
+    /// CAM Average Drop / Average Increase (and localisation where boxes exist).
+    CamMetrics(cmd::eval::CamArgs),
     /// Export a backbone for torchvision and Detectron2.
     Export(cmd::export::Args),
+    /// Throughput benchmarks (training step, add-on share, k-means).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
 }
 
 fn main() {
@@ -32,7 +46,12 @@ fn main() {
         Command::Info(args) => cmd::info::run(args),
         Command::Weights(args) => cmd::weights::run(args),
         Command::Data(args) => cmd::data::run(args),
+        Command::Pretrain(args) => cmd::pretrain::run(args),
+        Command::EvalKnn(args) => cmd::eval::run_knn(args),
+        Command::EvalLinear(args) => cmd::eval::run_linear(args),
+        Command::CamMetrics(args) => cmd::eval::run_cam(args),
         Command::Export(args) => cmd::export::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -1,5 +1,8 @@
 //! One module per subcommand: its clap `Args` and a `run` function.
+pub mod bench;
 pub mod data;
+pub mod eval;
 pub mod export;
 pub mod info;
+pub mod pretrain;
 pub mod weights;

@@ -1,0 +1,160 @@
+//! `sca bench`: throughput figures for docs/BENCHMARKS.md. Each prints a table and can
+//! write JSON (`--json FILE`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Tensor};
+use sca_data::{ImageBatch, TrainBatch};
+use sca_train::{TrainConfig, Trainer};
+use serde_json::json;
+
+use crate::device::DeviceArg;
+use crate::{files, with_backend};
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Train-step images/s: ResNet-18 (small stem, 32 px) and ResNet-50 (224 px), SwAV.
+    Pretrain(Common),
+    /// The add-on's own share of a training step.
+    Addon(Common),
+    /// k-means on random unit vectors.
+    Kmeans {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100_000)]
+        n: usize,
+        #[arg(long, default_value_t = 128)]
+        d: usize,
+        #[arg(long, default_value_t = 1000)]
+        c: usize,
+        #[arg(long, default_value_t = 10)]
+        iterations: usize,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceArg,
+    /// Timed steps after the warm-up step.
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Also write the figures here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Batch size for ResNet-50 (default: 16 on CPU, 64 on CUDA).
+    #[arg(long)]
+    pub batch: Option<usize>,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    let common = match &cmd {
+        BenchCommand::Pretrain(c) | BenchCommand::Addon(c) | BenchCommand::Kmeans { common: c, .. } => c.clone(),
+    };
+    let choice = common.device.resolve_and_report()?;
+    let device_name = choice.to_string();
+    let rows = with_backend!(choice, |B, device| match cmd {
+        BenchCommand::Pretrain(c) => pretrain::<B>(&c, matches!(choice, crate::device::Choice::Cuda(_)), device)?,
+        BenchCommand::Addon(c) => addon::<B>(&c, device)?,
+        BenchCommand::Kmeans { n, d, c, iterations, .. } => kmeans::<B>(n, d, c, iterations, device)?,
+    });
+    println!("\n{:<52} {:>12} {:>12} {:>14}", "case", "images/s", "ms/step", "first step s");
+    for r in &rows {
+        let f = |k: &str| r.get(k).and_then(|v| v.as_f64()).map(|v| format!("{v:.2}")).unwrap_or("-".into());
+        println!("{:<52} {:>12} {:>12} {:>14}", r["case"].as_str().unwrap_or("?"), f("images_per_s"), f("ms_per_step"), f("first_step_s"));
+    }
+    if let Some(path) = common.json {
+        let doc = json!({ "device": device_name, "rows": rows });
+        files::write_atomic(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The default config, shrunk to the shapes being measured.
+fn config(overrides: &[&str]) -> anyhow::Result<TrainConfig> {
+    let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    Ok(sca_train::config::parse(crate::cmd::pretrain::DEFAULT_CONFIG, "configs/default.json (built in)", &o)?)
+}
+
+fn random_images<B: Backend>(n: usize, size: usize, device: &B::Device) -> ImageBatch {
+    let t = Tensor::<B, 4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), device);
+    ImageBatch { data: t.into_data().to_vec::<f32>().expect("f32"), shape: [n, 3, size, size] }
+}
+
+fn random_batch<B: Backend>(b: usize, views: usize, size: usize, positives: usize, device: &B::Device) -> TrainBatch {
+    TrainBatch {
+        indices: (0..b).collect(),
+        labels: vec![0; b],
+        crops: (0..views).map(|_| random_images::<B>(b, size, device)).collect(),
+        positives: (positives > 0).then(|| random_images::<B>(b * positives, size, device)),
+        positive_indices: (0..b * positives).map(|i| (i + 1) % b).collect(),
+    }
+}
+
+/// Times `steps` training steps after one warm-up step (compilation, autotune).
+fn time_steps<B: AutodiffBackend>(case: &str, cfg: TrainConfig, b: usize, views: usize, size: usize, steps: usize, device: B::Device) -> anyhow::Result<serde_json::Value> {
+    let p = if cfg.addon.enabled { cfg.addon.positives } else { 0 };
+    let images = b * (views + p);
+    let clusters = cfg.addon.clusters as u32;
+    let train = sca_data::DatasetSpec::builtin().open()?.0;
+    let mut trainer = Trainer::<B>::new(cfg, train, None, device.clone());
+    trainer.set_pseudo_labels((0..b as u32).map(|i| i % clusters).collect());
+    eprintln!("{case}: warm-up step");
+    let t0 = Instant::now();
+    trainer.step_batch(random_batch::<B>(b, views, size, p, &device))?;
+    B::sync(&device)?;
+    let first = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        trainer.step_batch(random_batch::<B>(b, views, size, p, &device))?;
+    }
+    B::sync(&device)?;
+    let per_step = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
+    eprintln!("{case}: {:.1} ms/step", per_step * 1e3);
+    Ok(json!({ "case": case, "images_per_s": images as f64 / per_step, "ms_per_step": per_step * 1e3, "first_step_s": first, "batch": b, "images_per_step": images }))
+}
+
+fn pretrain<B: AutodiffBackend>(c: &Common, cuda: bool, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
+    let b50 = c.batch.unwrap_or(if cuda { 64 } else { 16 });
+    let r18 = config(&["model.arch=resnet18", "model.small_stem=true", "addon.enabled=false", "batch_size=32"])?;
+    let r50 = config(&["model.arch=resnet50", "model.small_stem=false", "addon.enabled=false", "engine.hidden_dim=2048"])?;
+    Ok(vec![
+        time_steps::<B>("SwAV ResNet-18 small stem, 2x32 px, batch 32", r18, 32, 2, 32, c.steps, device.clone())?,
+        time_steps::<B>(&format!("SwAV ResNet-50, 2x224 px, batch {b50}"), r50, b50, 2, 224, c.steps, device)?,
+    ])
+}
+
+/// The add-on's own cost: a step with the add-on against an engine-only step that carries
+/// the same images through the backbone (the positives as a third SwAV view).
+fn addon<B: AutodiffBackend>(c: &Common, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
+    let b = c.batch.unwrap_or(32);
+    let bs = format!("batch_size={b}");
+    let with = config(&[&bs, "addon.enabled=true", "addon.positives=1"])?;
+    let same_images = config(&[&bs, "addon.enabled=false", "data.augment.crops=[{\"count\":3,\"size\":64,\"min_scale\":0.3,\"max_scale\":1.0}]"])?;
+    let engine_only = config(&[&bs, "addon.enabled=false"])?;
+    let a = time_steps::<B>(&format!("SwAV + add-on (P=1), ResNet-18 64 px, batch {b}"), with, b, 2, 64, c.steps, device.clone())?;
+    let s = time_steps::<B>(&format!("SwAV, 3 views (same images), batch {b}"), same_images, b, 3, 64, c.steps, device.clone())?;
+    let e = time_steps::<B>(&format!("SwAV, 2 views, batch {b}"), engine_only, b, 2, 64, c.steps, device)?;
+    let (ta, ts) = (a["ms_per_step"].as_f64().unwrap(), s["ms_per_step"].as_f64().unwrap());
+    let share = json!({ "case": format!("add-on's own share of its step: {:.1}%", 100.0 * (ta - ts) / ta), "ms_per_step": ta - ts });
+    Ok(vec![a, s, e, share])
+}
+
+fn kmeans<B: AutodiffBackend>(n: usize, d: usize, c: usize, iterations: usize, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    I::<B>::seed(&device, 0);
+    let z = Tensor::<I<B>, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
+    let z = sca_cluster::bank::l2_normalize(z);
+    I::<B>::sync(&device)?;
+    let cfg = sca_cluster::kmeans::KMeansConfig::new(c).with_iterations(iterations).with_seed(0);
+    let t0 = Instant::now();
+    let r = sca_cluster::kmeans::kmeans(&z, &cfg)?;
+    I::<B>::sync(&device)?;
+    let s = t0.elapsed().as_secs_f64();
+    Ok(vec![json!({
+        "case": format!("k-means N={n} d={d} C={c}, {} iterations (k-means++)", r.iterations_run),
+        "seconds": s, "ms_per_step": 1e3 * s / r.iterations_run.max(1) as f64,
+    })])
+}
