@@ -1,8 +1,12 @@
 //! Convolution speed on the CPU backend: Burn's `conv2d` against the matmul path, per conv
 //! shape and per ResNet training step (forward + backward), plus a per-op-class profile.
 //!
-//! `cargo run --release -p sca-backbone --example conv_bench [shapes|steps|profile|layout]...`
-//! (all sections when none is named).
+//! `cargo run --release -p sca-backbone --example conv_bench [SECTION]... [--system-malloc]`
+//!
+//! Sections: `shapes`, `steps`, `inference`, `profile` (all four when none is named), and the
+//! diagnostics behind the design, run only when named: `layout` (1×1 layout crossover),
+//! `parts` (where an im2col conv's time goes), `bnparts` (same for batch norm), `gemm` (GEMM
+//! orientation). Timings are the best of interleaved runs (see [`compare`]).
 
 use std::time::Instant;
 
@@ -286,6 +290,33 @@ fn section_steps() {
     }
 }
 
+/// Forward only, without autodiff (feature extraction, evaluation).
+fn section_inference() {
+    type F = Flex;
+    println!("\n## (d) forward only, no autodiff (inference-mode BN), images/s");
+    println!("| model | input | native | matmul | speed-up |");
+    println!("|---|---|---|---|---|");
+    for (arch, small, side, b) in STEPS.into_iter().chain([(Arch::ResNet50, false, 224, 8)]) {
+        let d = Default::default();
+        let x = Tensor::<F, 4>::random([b, 3, side, side], Distribution::Normal(0.0, 1.0), &d);
+        let native: ResNet<F> = ResNetConfig::new(arch).with_small_stem(small).with_conv_impl(ConvImpl::Native).init(&d);
+        let _ = native.forward_features(x.clone());
+        let matmul = native.clone().with_conv_impl(ConvImpl::Matmul);
+        let t = compare(
+            &mut [&mut || drop(native.forward_features(x.clone())), &mut || drop(matmul.forward_features(x.clone()))],
+            3,
+            2.0,
+        );
+        let stem = if small { "small stem" } else { "standard stem" };
+        println!(
+            "| {arch} {stem} | {b}×3×{side}×{side} | {:.1} | {:.1} | {:.2}× |",
+            b as f64 / t[0],
+            b as f64 / t[1],
+            t[0] / t[1]
+        );
+    }
+}
+
 /// Forward + backward of one op in isolation, minus the cost of `sum().backward()` on its
 /// output alone (best of interleaved runs).
 fn op_time(op: &Op, imp: ConvImpl) -> f64 {
@@ -392,121 +423,113 @@ fn section_layout() {
     }
 }
 
-/// Where the time of one im2col convolution goes (plain Flex, no autodiff).
+/// Where the time of one im2col convolution goes (plain Flex, no autodiff, ms): the obvious
+/// im2col from shifted slices against the row gather this crate uses, and the GEMMs.
 fn section_parts() {
-    use burn::tensor::Slice;
+    use burn::tensor::{IndexingUpdateOp, Int, Slice, TensorData};
     type F = Flex;
-    println!("\n## parts of a 3×3 64→64 conv, [32,64,32,32], flat layout (ms)");
+    println!("\n## parts of a 3×3 64→64 conv on [32,64,32,32] (ms)");
     let d = Default::default();
     let (b, c, o, h) = (32usize, 64usize, 64usize, 32usize);
+    let (n, k) = (h * h, 9 * c);
+    let ms = |f: &dyn Fn()| compare(&mut [&mut || f()], 3, 0.2)[0] * 1e3;
+    let gflops = |t: f64| 2.0 * (b * n * k * o) as f64 / t / 1e6;
+    let randn = |dims: [usize; 2]| Tensor::<F, 2>::random(dims, Distribution::Normal(0.0, 1.0), &d);
     let x = Tensor::<F, 4>::random([b, c, h, h], Distribution::Normal(0.0, 1.0), &d);
-    let w = Tensor::<F, 2>::random([o, 9 * c], Distribution::Normal(0.0, 1.0), &d);
-    let pad = || Tensor::<F, 4>::zeros([b, c, h + 2, h + 2], &d).slice_assign([0..b, 0..c, 1..h + 1, 1..h + 1], x.clone());
-    let xp = pad();
+
+    // Shifted strided slices of the padded input, concatenated: 3-D strided views, which
+    // Flex copies element by element; autodiff's col2im is 9 zero tensors + slice_assign.
+    let xp = Tensor::<F, 4>::zeros([b, c, h + 2, h + 2], &d).slice_assign([0..b, 0..c, 1..h + 1, 1..h + 1], x.clone());
     let taps = || -> Vec<Tensor<F, 4>> {
-        let xt = xp.clone().swap_dims(0, 1);
         (0..9)
-            .map(|t| {
-                let (i, j) = (t / 3, t % 3);
-                xt.clone().slice([Slice::full(), Slice::full(), Slice::from(i..i + h), Slice::from(j..j + h)])
-            })
+            .map(|t| xp.clone().slice([Slice::full(), Slice::full(), Slice::from(t / 3..t / 3 + h), Slice::from(t % 3..t % 3 + h)]))
             .collect()
     };
-    let cols = Tensor::cat(taps(), 0).reshape([9 * c, b * h * h]);
-    let g = Tensor::<F, 2>::random([o, b * h * h], Distribution::Normal(0.0, 1.0), &d);
-    let ms = |f: &dyn Fn()| compare(&mut [&mut || f()], 3, 0.2)[0] * 1e3;
-    let flop = |m: usize, k: usize, n: usize, t: f64| 2.0 * (m * k * n) as f64 / t / 1e6;
-    let t = ms(&|| drop(pad()));
-    println!("pad (zeros + slice_assign): {t:.1}");
-    let t = ms(&|| drop(Tensor::cat(taps(), 0)));
-    println!("cat of 9 strided taps: {t:.1}");
-    let t = ms(&|| drop(w.clone().matmul(cols.clone())));
-    println!("matmul W·cols [64,576]x[576,32768]: {t:.1} ({:.0} GFLOP/s)", flop(o, 9 * c, b * h * h, t));
-    let t = ms(&|| drop(w.clone().transpose().matmul(g.clone())));
-    println!("matmul Wᵀ·g [576,64]x[64,32768]: {t:.1} ({:.0} GFLOP/s)", flop(o, 9 * c, b * h * h, t));
-    let t = ms(&|| drop(g.clone().matmul(cols.clone().transpose())));
-    println!("matmul g·colsᵀ [64,32768]x[32768,576]: {t:.1} ({:.0} GFLOP/s)", flop(o, 9 * c, b * h * h, t));
-    let gcols = Tensor::<F, 4>::random([9 * c, b, h, h], Distribution::Normal(0.0, 1.0), &d);
+    println!("im2col by slices + cat: {:.1}", ms(&|| drop(Tensor::cat(taps(), 1))));
+    let gcols = Tensor::<F, 4>::random([b, k, h, h], Distribution::Normal(0.0, 1.0), &d);
     let t = ms(&|| {
-        let mut acc: Option<Tensor<F, 4>> = None;
-        for k in 0..9 {
-            let (i, j) = (k / 3, k % 3);
-            let part = gcols.clone().slice([Slice::from(k * c..(k + 1) * c), Slice::full(), Slice::full(), Slice::full()]);
-            let z = Tensor::<F, 4>::zeros([c, b, h + 2, h + 2], &d).slice_assign([0..c, 0..b, i..i + h, j..j + h], part);
-            acc = Some(match acc {
-                Some(a) => a + z,
-                None => z,
-            });
-        }
-        drop(acc)
+        let parts = (0..9).map(|t| {
+            let part = gcols.clone().slice([Slice::full(), Slice::from(t * c..(t + 1) * c), Slice::full(), Slice::full()]);
+            Tensor::<F, 4>::zeros([b, c, h + 2, h + 2], &d).slice_assign([0..b, 0..c, t / 3..t / 3 + h, t % 3..t % 3 + h], part)
+        });
+        drop(parts.reduce(|a, z| a + z))
     });
-    println!("col2im as autodiff does it (9 × zeros + slice_assign, 8 adds): {t:.1}");
-    // Gather formulation: a zero column stands in for the padding.
-    use burn::tensor::{Int, TensorData};
-    let s_ = h * h + 1;
-    let pos = |k: usize, n: usize| -> i64 {
-        let (i, j, y, x) = (k / 3, k % 3, n / h, n % h);
-        let (r, q) = ((y + i) as i64 - 1, (x + j) as i64 - 1);
-        if r < 0 || q < 0 || r >= h as i64 || q >= h as i64 { (h * h) as i64 } else { r * h as i64 + q }
+    println!("col2im as autodiff does it for slices (9 × zeros + slice_assign, 8 adds): {t:.1}");
+
+    // Row gather on the position-major input.
+    println!(
+        "2-D transpose [B·C, S] → [S·B, C] (done 4× per conv, fwd + bwd): {:.1}",
+        ms(&|| drop(x.clone().reshape([b * c, n]).transpose().reshape([n * b, c])))
+    );
+    let pos = |t: usize, p: usize| -> i64 {
+        let (r, q) = ((p / h + t / 3) as i64 - 1, (p % h + t % 3) as i64 - 1);
+        if r < 0 || q < 0 || r >= h as i64 || q >= h as i64 { n as i64 } else { r * h as i64 + q }
     };
-    let idx_b: Vec<i64> = (0..9).flat_map(|k| (0..h * h).map(move |n| pos(k, n))).collect();
-    let idx_b = Tensor::<F, 1, Int>::from_data(TensorData::new(idx_b, [9 * h * h]), &d);
-    let xz = || Tensor::cat(vec![x.clone().reshape([b * c, h * h]), Tensor::zeros([b * c, 1], &d)], 1);
-    let t = ms(&|| drop(xz()));
-    println!("append zero column [2048,1024]→[2048,1025]: {t:.1}");
-    let xzv = xz();
-    let t = ms(&|| drop(xzv.clone().select(1, idx_b.clone())));
-    println!("gather im2col, batched [B·C, 9N]: {t:.1}");
-    let gb = Tensor::<F, 2>::random([b * c, 9 * h * h], Distribution::Normal(0.0, 1.0), &d);
-    let t = ms(&|| drop(Tensor::<F, 2>::zeros([b * c, s_], &d).select_assign(1, idx_b.clone(), gb.clone(), burn::tensor::IndexingUpdateOp::Add)));
-    println!("col2im by select_add, batched: {t:.1}");
-    let rows: Vec<i64> = (0..c).flat_map(|ci| (0..b).map(move |bi| (bi * c + ci) as i64)).collect();
-    let rows = Tensor::<F, 1, Int>::from_data(TensorData::new(rows, [b * c]), &d);
-    let t = ms(&|| drop(x.clone().reshape([b * c, h * h]).select(0, rows.clone())));
-    println!("row-select transpose [B·C,S]→[C·B,S]: {t:.1}");
-    let idx_f: Vec<i64> = (0..9).flat_map(|k| (0..b).flat_map(move |bi| (0..h * h).map(move |n| (bi * s_) as i64 + pos(k, n)))).collect();
-    let idx_f = Tensor::<F, 1, Int>::from_data(TensorData::new(idx_f, [9 * b * h * h]), &d);
-    let xf = Tensor::<F, 2>::random([c, b * s_], Distribution::Normal(0.0, 1.0), &d);
-    let t = ms(&|| drop(xf.clone().select(1, idx_f.clone())));
-    println!("gather im2col, flat [C, 9·B·N]: {t:.1}");
-    let gf = Tensor::<F, 2>::random([c, 9 * b * h * h], Distribution::Normal(0.0, 1.0), &d);
-    let t = ms(&|| drop(Tensor::<F, 2>::zeros([c, b * s_], &d).select_assign(1, idx_f.clone(), gf.clone(), burn::tensor::IndexingUpdateOp::Add)));
-    println!("col2im by select_add, flat: {t:.1}");
-    // Position-major ("SBC") formulation: rows are (position, image), columns channels.
-    let t = ms(&|| drop(x.clone().reshape([b * c, h * h]).transpose().reshape([h * h * b, c])));
-    println!("2-D transpose copy [B·C,S]→[S·B,C]: {t:.1}");
-    let idx_r: Vec<i64> = (0..h * h).flat_map(|n| (0..b).flat_map(move |bi| (0..9).map(move |k| pos(k, n) * b as i64 + bi as i64))).collect();
-    let idx_r = Tensor::<F, 1, Int>::from_data(TensorData::new(idx_r, [9 * b * h * h]), &d);
-    let xr = Tensor::<F, 2>::random([(h * h + 1) * b, c], Distribution::Normal(0.0, 1.0), &d);
-    let t = ms(&|| drop(xr.clone().select(0, idx_r.clone())));
-    println!("gather im2col by rows [9·N·B, C]: {t:.1}");
-    let idx_seq: Vec<i64> = (0..9).flat_map(|_| 0..(b * h * h) as i64).collect();
-    let idx_seq = Tensor::<F, 1, Int>::from_data(TensorData::new(idx_seq, [9 * b * h * h]), &d);
-    let t = ms(&|| drop(xr.clone().select(0, idx_seq.clone())));
-    println!("same size, sequential rows: {t:.1}");
-    let t = ms(&|| drop(Tensor::cat(vec![xr.clone(); 9], 0)));
-    println!("same size, cat of 9 copies: {t:.1}");
-    let gr = Tensor::<F, 2>::random([9 * b * h * h, c], Distribution::Normal(0.0, 1.0), &d);
-    let t = ms(&|| drop(Tensor::<F, 2>::zeros([(h * h + 1) * b, c], &d).select_assign(0, idx_r.clone(), gr.clone(), burn::tensor::IndexingUpdateOp::Add)));
+    let idx: Vec<i64> = (0..n).flat_map(|p| (0..b).flat_map(move |bi| (0..9).map(move |t| pos(t, p) * b as i64 + bi as i64))).collect();
+    let idx = Tensor::<F, 1, Int>::from_data(TensorData::new(idx, [9 * n * b]), &d);
+    let xr = randn([(n + 1) * b, c]);
+    println!("im2col by row select: {:.1}", ms(&|| drop(xr.clone().select(0, idx.clone()))));
+    let gr = randn([9 * n * b, c]);
+    let t = ms(&|| drop(Tensor::<F, 2>::zeros([(n + 1) * b, c], &d).select_assign(0, idx.clone(), gr.clone(), IndexingUpdateOp::Add)));
     println!("col2im by row select_add: {t:.1}");
-    let colsr = Tensor::<F, 2>::random([b * h * h, 9 * c], Distribution::Normal(0.0, 1.0), &d);
-    let wr = Tensor::<F, 2>::random([9 * c, o], Distribution::Normal(0.0, 1.0), &d);
-    let gr2 = Tensor::<F, 2>::random([b * h * h, o], Distribution::Normal(0.0, 1.0), &d);
-    let (m_, k_, n_) = (b * h * h, 9 * c, o);
-    let t = ms(&|| drop(colsr.clone().matmul(wr.clone())));
-    println!("matmul cols·W [32768,576]x[576,64]: {t:.1} ({:.0} GFLOP/s)", flop(m_, k_, n_, t));
-    let t = ms(&|| drop(colsr.clone().transpose().matmul(gr2.clone())));
-    println!("matmul colsᵀ·g [576,32768]x[32768,64]: {t:.1} ({:.0} GFLOP/s)", flop(m_, k_, n_, t));
-    let t = ms(&|| drop(gr2.clone().matmul(wr.clone().transpose())));
-    println!("matmul g·Wᵀ [32768,64]x[64,576]: {t:.1} ({:.0} GFLOP/s)", flop(m_, k_, n_, t));
-    let a1 = Tensor::<F, 2>::random([1024, 1024], Distribution::Normal(0.0, 1.0), &d);
-    let t = ms(&|| drop(a1.clone().matmul(a1.clone())));
-    println!("matmul 1024³: {t:.1} ({:.0} GFLOP/s)", flop(1024, 1024, 1024, t));
-    let big = Tensor::<F, 4>::random([b, c, h, h], Distribution::Normal(0.0, 1.0), &d);
-    let t = ms(&|| drop(big.clone() + big.clone()));
-    println!("one add of [32,64,32,32]: {t:.2}");
-    let t = ms(&|| drop(big.clone().swap_dims(0, 1).reshape([c, b * h * h])));
-    println!("one transpose copy of [32,64,32,32]: {t:.2}");
+    println!("same bytes, cat of 9 contiguous copies (allocation + page-fault bound): {:.1}", ms(&|| drop(Tensor::cat(vec![xr.clone(); 9], 0))));
+
+    // The three GEMMs of forward + backward, and a reference square one.
+    let (cols, w, g) = (randn([n * b, k]), randn([k, o]), randn([n * b, o]));
+    let t = ms(&|| drop(cols.clone().matmul(w.clone())));
+    println!("forward cols·W [{},{k}]x[{k},{o}]: {t:.1} ({:.0} GFLOP/s)", n * b, gflops(t));
+    let t = ms(&|| drop(cols.clone().transpose().matmul(g.clone())));
+    println!("weight grad colsᵀ·g: {t:.1} ({:.0} GFLOP/s)", gflops(t));
+    let t = ms(&|| drop(g.clone().matmul(w.clone().transpose())));
+    println!("column grad g·Wᵀ (K = {o}, output-bound): {t:.1} ({:.0} GFLOP/s)", gflops(t));
+    let sq = randn([1024, 1024]);
+    let t = ms(&|| drop(sq.clone().matmul(sq.clone())));
+    println!("reference matmul 1024³: {t:.1} ({:.0} GFLOP/s)", 2.0 * 1024f64.powi(3) / t / 1e6);
+}
+
+/// Where the time of a batch norm goes, op by op (plain Flex, [32, 64, 1024]).
+fn section_bn_parts() {
+    type F = Flex;
+    let d = Default::default();
+    let (b, c, n) = (32usize, 64usize, 1024usize);
+    let x = Tensor::<F, 3>::random([b, c, n], Distribution::Normal(0.0, 1.0), &d);
+    let v = Tensor::<F, 3>::random([1, c, 1], Distribution::Normal(0.0, 1.0), &d);
+    let v4 = Tensor::<F, 4>::random([1, c, 1, 1], Distribution::Normal(0.0, 1.0), &d);
+    let x4 = x.clone().reshape([b, c, 32, 32]);
+    let y = Tensor::<F, 3>::random([b, c, n], Distribution::Normal(0.0, 1.0), &d);
+    let ms = |f: &mut dyn FnMut()| compare(&mut [f], 5, 0.2)[0] * 1e3;
+    println!("\n## batch-norm parts, [32, 64, 1024] (ms)");
+    println!("x + y (same shape): {:.2}", ms(&mut || drop(x.clone() + y.clone())));
+    println!("x * y (same shape): {:.2}", ms(&mut || drop(x.clone() * y.clone())));
+    println!("x - v, v [1,C,1] broadcast: {:.2}", ms(&mut || drop(x.clone() - v.clone())));
+    println!("x * v, v [1,C,1] broadcast: {:.2}", ms(&mut || drop(x.clone() * v.clone())));
+    println!("x4 * v4, [1,C,1,1] broadcast: {:.2}", ms(&mut || drop(x4.clone() * v4.clone())));
+    println!("x.square(): {:.2}", ms(&mut || drop(x.clone().square())));
+    println!("x.mul_scalar(2): {:.2}", ms(&mut || drop(x.clone().mul_scalar(2.0))));
+    println!("relu(x): {:.2}", ms(&mut || drop(relu(x.clone()))));
+    println!("x.mean_dim(2): {:.2}", ms(&mut || drop(x.clone().mean_dim(2))));
+    println!("x.sum_dim(2): {:.2}", ms(&mut || drop(x.clone().sum_dim(2))));
+    println!("x.sum_dim(0): {:.2}", ms(&mut || drop(x.clone().sum_dim(0))));
+    println!("x.sum_dim(1): {:.2}", ms(&mut || drop(x.clone().sum_dim(1))));
+    let m = x.clone().mean_dim(2);
+    println!("[B,C,1].mean_dim(0): {:.2}", ms(&mut || drop(m.clone().mean_dim(0))));
+    println!("v.expand([B,C,N]) materialised: {:.2}", ms(&mut || drop(v.clone().expand([b, c, n]) + y.clone())));
+    println!("x.swap_dims(0,1).reshape([C, B·N]) (Burn's BN): {:.2}", ms(&mut || drop(x.clone().swap_dims(0, 1).reshape([c, b * n]))));
+    type A = B;
+    let xa = Tensor::<A, 3>::random([b, c, n], Distribution::Normal(0.0, 1.0), &Default::default());
+    let va = Tensor::<A, 3>::random([1, c, 1], Distribution::Normal(0.0, 1.0), &Default::default());
+    println!("autodiff: (x * v).sum() fwd+bwd, v tracked: {:.2}", ms(&mut || drop((xa.clone().require_grad() * va.clone().require_grad()).sum().backward())));
+    println!("autodiff: (x + v).sum() fwd+bwd, v tracked: {:.2}", ms(&mut || drop((xa.clone().require_grad() + va.clone().require_grad()).sum().backward())));
+    println!("autodiff: relu(x).sum() fwd+bwd: {:.2}", ms(&mut || drop(relu(xa.clone().require_grad()).sum().backward())));
+    println!("autodiff: x.mean_dim(2).sum() fwd+bwd: {:.2}", ms(&mut || drop(xa.clone().require_grad().mean_dim(2).sum().backward())));
+    println!("autodiff: x.sum() fwd+bwd: {:.2}", ms(&mut || drop(xa.clone().require_grad().sum().backward())));
+    let bn: BatchNorm<A> = burn::nn::BatchNormConfig::new(c).init(&Default::default());
+    let x4a = xa.clone().reshape([b, c, 32, 32]);
+    println!("autodiff: Burn BatchNorm fwd+bwd: {:.2}", ms(&mut || drop(bn.forward(x4a.clone().require_grad()).sum().backward())));
+    println!(
+        "autodiff: batch_norm_forward fwd+bwd: {:.2}",
+        ms(&mut || drop(sca_backbone::norm::batch_norm_forward(&bn, x4a.clone().require_grad()).sum().backward()))
+    );
 }
 
 /// GEMM orientation: the same product with the big dimension as M or as N (min of runs).
@@ -564,6 +587,9 @@ fn main() {
         rayon_threads(),
         if system_malloc { "glibc malloc defaults" } else { "malloc keeps freed memory (M_MMAP_MAX=0)" }
     );
+    if want("bnparts") && !args.is_empty() {
+        section_bn_parts();
+    }
     if want("gemm") && !args.is_empty() {
         section_gemm();
     }
@@ -578,6 +604,9 @@ fn main() {
     }
     if want("steps") {
         section_steps();
+    }
+    if want("inference") {
+        section_inference();
     }
     if want("profile") {
         section_profile();

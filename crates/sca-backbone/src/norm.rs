@@ -1,12 +1,13 @@
 //! Training-mode batch norm without the transposes of Burn's implementation.
 //!
 //! Burn 0.21's `BatchNorm::forward` computes the batch statistics through
-//! `swap_dims(0, 1).reshape([C, ·])`, twice, and its backward goes through the same
-//! transposes. On the CPU backend such 3-D transposes are copied element by element, which
-//! made BN cost more than the convolutions (see `examples/conv_bench.rs`, profile).
+//! `swap_dims(0, 1).reshape([C, ·])`, twice, and normalises with `[1, C, 1, 1]` operands.
+//! On the CPU backend both are slow paths: 3-D transposes are copied element by element,
+//! and a `[1, C, 1]` operand broadcast over batch and positions is ~50× slower than a
+//! same-shape op, while a `[B, C, 1]` one (a scalar per row of `[B, C, H·W]`) runs at full
+//! speed. That made BN cost more than the convolutions (`examples/conv_bench.rs`, profile).
 //! [`batch_norm_forward`] computes the same function of the same module (same parameters,
-//! same running-statistics update) with reductions over `[B, C, H·W]` and per-channel
-//! scale and shift only.
+//! same running-statistics update) with contiguous reductions and per-row scalars only.
 
 use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
@@ -23,9 +24,11 @@ pub fn batch_norm_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Ten
     }
     let [b, c, h, w] = x.dims();
     let x = x.reshape([b, c, h * w]);
+    // Per-channel values repeated per image: [B, C, 1], the broadcast the CPU backend is fast at.
+    let per_row = |t: Tensor<B, 3>| t.repeat_dim(0, b);
     // Two contiguous reductions instead of a transpose: mean over positions, then images.
     let mean = x.clone().mean_dim(2).mean_dim(0); // [1, C, 1]
-    let centered = x - mean.clone();
+    let centered = x - per_row(mean.clone());
     let var = centered.clone().square().mean_dim(2).mean_dim(0);
 
     let m = bn.momentum;
@@ -40,5 +43,5 @@ pub fn batch_norm_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Ten
 
     // Fold γ / σ into one per-channel factor: two full-size ops instead of three.
     let scale = bn.gamma.val().reshape([1, c, 1]) / var.add_scalar(bn.epsilon).sqrt();
-    (centered * scale + bn.beta.val().reshape([1, c, 1])).reshape([b, c, h, w])
+    (centered * per_row(scale) + per_row(bn.beta.val().reshape([1, c, 1]))).reshape([b, c, h, w])
 }
