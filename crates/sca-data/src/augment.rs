@@ -238,17 +238,28 @@ pub fn sample_view_params(width: usize, height: usize, crop: &CropSpec, aug: &Au
 
 /// Apply given view parameters: the augmented crop, in [0, 1], before normalisation.
 pub fn apply_view(img: &RgbImage, params: &ViewParams, size: usize, aug: &AugmentConfig) -> Planar {
-    let mut p = transform::resized_crop(img, params.crop, size, size, params.flip);
+    let mut p = Planar::new(0, 0);
+    apply_view_into(img, params, size, aug, &mut p);
+    p
+}
+
+/// `apply_view` into a reused buffer.
+pub fn apply_view_into(img: &RgbImage, params: &ViewParams, size: usize, aug: &AugmentConfig, p: &mut Planar) {
+    transform::resized_crop_into(img, params.crop, size, size, params.flip, p);
     if let Some(j) = &params.jitter {
-        j.apply(&mut p);
+        j.apply(p);
     }
     if params.grey {
-        transform::to_greyscale(&mut p);
+        transform::to_greyscale(p);
     }
     if let Some(sigma) = params.blur_sigma {
-        transform::gaussian_blur(&mut p, transform::blur_kernel_size(size, aug.blur_kernel_at_224), sigma);
+        transform::gaussian_blur(p, transform::blur_kernel_size(size, aug.blur_kernel_at_224), sigma);
     }
-    p
+}
+
+thread_local! {
+    /// The working crop of `augment_view`, kept per thread so views do not allocate.
+    static VIEW_SCRATCH: std::cell::RefCell<Planar> = std::cell::RefCell::new(Planar::new(0, 0));
 }
 
 /// One augmented view, normalised, written as CHW into `out` (`3 × size × size`).
@@ -256,8 +267,11 @@ pub fn apply_view(img: &RgbImage, params: &ViewParams, size: usize, aug: &Augmen
 pub fn augment_view(img: &RgbImage, crop: &CropSpec, aug: &AugmentConfig, key: u64, out: &mut [f32]) -> ViewParams {
     let mut rng = rng_from_key(key);
     let params = sample_view_params(img.width() as usize, img.height() as usize, crop, aug, &mut rng);
-    let p = apply_view(img, &params, crop.size, aug);
-    transform::normalise_into(&p, aug.mean, aug.std, out);
+    VIEW_SCRATCH.with(|s| {
+        let mut p = s.borrow_mut();
+        apply_view_into(img, &params, crop.size, aug, &mut p);
+        transform::normalise_into(&p, aug.mean, aug.std, out);
+    });
     params
 }
 

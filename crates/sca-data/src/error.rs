@@ -21,7 +21,11 @@ pub enum DataError {
     #[error("{}: {reason}", .path.display())]
     BadFile { path: PathBuf, reason: String },
     #[error("{}: {source}", .path.display())]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("index {index} is out of range for a dataset of {len} samples")]
     Index { index: usize, len: usize },
     #[error("positive sampler returned {got} positives for source index {index}; expected {expected} (the count of the first source of the batch)")]

@@ -15,7 +15,8 @@ use crate::{DataError, Dataset, Sample};
 
 pub const DEFAULT_ROOT: &str = "/usr/share/datasets/fashion-mnist";
 
-pub const CLASS_NAMES: [&str; 10] = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+pub const CLASS_NAMES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 /// Mean and std of the training pixels (scaled to [0, 1]), the same on all three channels.
 pub const MEAN: [f32; 3] = [0.2860; 3];
@@ -103,10 +104,16 @@ impl FashionMnist {
         let (n, rows, cols, pixels) = read_idx_images(images)?;
         let lab = read_idx_labels(labels)?;
         if lab.len() != n {
-            return Err(DataError::BadFile { path: labels.to_path_buf(), reason: format!("{} labels for {n} images in {}", lab.len(), images.display()) });
+            return Err(DataError::BadFile {
+                path: labels.to_path_buf(),
+                reason: format!("{} labels for {n} images in {}", lab.len(), images.display()),
+            });
         }
         if let Some(pos) = lab.iter().position(|&l| l as usize >= CLASS_NAMES.len()) {
-            return Err(DataError::BadFile { path: labels.to_path_buf(), reason: format!("label {} at position {pos} is not a class (0-9)", lab[pos]) });
+            return Err(DataError::BadFile {
+                path: labels.to_path_buf(),
+                reason: format!("label {} at position {pos} is not a class (0-9)", lab[pos]),
+            });
         }
         Ok(FashionMnist { pixels: Arc::new(pixels), labels: lab, rows, cols })
     }

@@ -57,9 +57,7 @@ fn is_hidden(name: &std::ffi::OsStr) -> bool {
 }
 
 fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .map(|e| IMAGE_EXTENSIONS.iter().any(|x| e.to_string_lossy().eq_ignore_ascii_case(x)))
-        .unwrap_or(false)
+    path.extension().map(|e| IMAGE_EXTENSIONS.iter().any(|x| e.to_string_lossy().eq_ignore_ascii_case(x))).unwrap_or(false)
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<(std::ffi::OsString, PathBuf)>, DataError> {
@@ -82,11 +80,8 @@ pub fn list_classes(root: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
     if !root.is_dir() {
         return Err(DataError::NotADirectory { path: root.to_path_buf() });
     }
-    let classes: Vec<_> = read_dir_sorted(root)?
-        .into_iter()
-        .filter(|(_, p)| p.is_dir())
-        .map(|(n, p)| (n.to_string_lossy().into_owned(), p))
-        .collect();
+    let classes: Vec<_> =
+        read_dir_sorted(root)?.into_iter().filter(|(_, p)| p.is_dir()).map(|(n, p)| (n.to_string_lossy().into_owned(), p)).collect();
     if classes.is_empty() {
         return Err(DataError::EmptyRoot { path: root.to_path_buf() });
     }
@@ -208,13 +203,22 @@ impl ImageFolder {
     }
 
     /// A train root and, optionally, a val root labelled with the train classes.
-    pub fn open_pair(train: impl AsRef<Path>, val: Option<&Path>, opts: &ImageFolderOptions) -> Result<(ImageFolder, Option<ImageFolder>), DataError> {
+    pub fn open_pair(
+        train: impl AsRef<Path>,
+        val: Option<&Path>,
+        opts: &ImageFolderOptions,
+    ) -> Result<(ImageFolder, Option<ImageFolder>), DataError> {
         let train = Self::open(train, opts)?;
         let val = val.map(|v| Self::open_with_classes(v, &train.classes, opts)).transpose()?;
         Ok((train, val))
     }
 
-    fn build(root: &Path, classes: Vec<String>, folders: Vec<(usize, String, PathBuf)>, opts: &ImageFolderOptions) -> Result<ImageFolder, DataError> {
+    fn build(
+        root: &Path,
+        classes: Vec<String>,
+        folders: Vec<(usize, String, PathBuf)>,
+        opts: &ImageFolderOptions,
+    ) -> Result<ImageFolder, DataError> {
         let mut files = Vec::new();
         let mut labels = Vec::new();
         for (label, name, path) in &folders {
@@ -225,7 +229,15 @@ impl ImageFolder {
             labels.extend(std::iter::repeat_n(*label as u32, imgs.len()));
             files.extend(imgs);
         }
-        let mut folder = ImageFolder { root: root.to_path_buf(), classes, files, labels, sizes: None, strict: opts.strict, bad: Mutex::new(BTreeSet::new()) };
+        let mut folder = ImageFolder {
+            root: root.to_path_buf(),
+            classes,
+            files,
+            labels,
+            sizes: None,
+            strict: opts.strict,
+            bad: Mutex::new(BTreeSet::new()),
+        };
         if opts.verify != Verify::None {
             folder.verify(opts, &folders)?;
         }

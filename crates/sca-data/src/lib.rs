@@ -34,10 +34,10 @@ pub use error::DataError;
 pub use fashion_mnist::FashionMnist;
 pub use image_folder::{ImageFolder, ImageFolderOptions, Verify};
 pub use loader::{
-    bank_batches, epoch_order, eval_batches, num_eval_batches, num_train_batches, same_label_positives, train_batches, Batches,
-    EvalBatch, ImageBatch, LoaderConfig, PositiveFn, TrainBatch,
+    bank_batches, epoch_order, eval_batches, num_eval_batches, num_train_batches, same_label_positives, train_batches, Batches, EvalBatch,
+    ImageBatch, LoaderConfig, PositiveFn, TrainBatch,
 };
 pub use preview::preview_grid;
 pub use scenes::Scenes;
-pub use spec::{class_names, DatasetSpec};
+pub use spec::{class_names, DatasetSpec, Splits};
 pub use transform::denormalise_to_rgb;

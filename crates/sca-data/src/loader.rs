@@ -55,15 +55,6 @@ pub struct ImageBatch {
 }
 
 impl ImageBatch {
-    fn from_images(images: Vec<Vec<f32>>, size: usize) -> ImageBatch {
-        let n = images.len();
-        let mut data = Vec::with_capacity(n * 3 * size * size);
-        for im in images {
-            data.extend_from_slice(&im);
-        }
-        ImageBatch { data, shape: [n, 3, size, size] }
-    }
-
     pub fn len(&self) -> usize {
         self.shape[0]
     }
@@ -185,7 +176,17 @@ impl<T> Iterator for Batches<T> {
         let item = self.rx.as_ref()?.recv().ok();
         match &item {
             Some(Ok(_)) => self.remaining = self.remaining.saturating_sub(1),
-            _ => self.remaining = 0,
+            Some(Err(_)) => self.remaining = 0,
+            None => {
+                self.remaining = 0;
+                // The producer is gone: re-raise its panic (e.g. from a positive sampler)
+                // here instead of ending the epoch early without a word.
+                if let Some(h) = self.handle.take() {
+                    if let Err(panic) = h.join() {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+            }
         }
         item
     }
@@ -214,7 +215,11 @@ where
     let handle = std::thread::Builder::new()
         .name("sca-data-loader".into())
         .spawn(move || {
-            let pool = match rayon::ThreadPoolBuilder::new().num_threads(resolve_workers(workers)).thread_name(|i| format!("sca-data-worker-{i}")).build() {
+            let pool = match rayon::ThreadPoolBuilder::new()
+                .num_threads(resolve_workers(workers))
+                .thread_name(|i| format!("sca-data-worker-{i}"))
+                .build()
+            {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = tx.send(Err(DataError::Config(format!("cannot start loader threads: {e}"))));
@@ -250,10 +255,27 @@ fn error_batches<T: Send + 'static>(e: DataError) -> Batches<T> {
     Batches { rx: Some(rx), handle: None, remaining: 1 }
 }
 
-fn one_view(image: &image::RgbImage, crop: &CropSpec, aug: &AugmentConfig, key: u64) -> Vec<f32> {
-    let mut buf = vec![0.0; 3 * crop.size * crop.size];
-    augment_view(image, crop, aug, key, &mut buf);
-    buf
+/// Allocate one buffer per entry of `sizes` holding `n` items of that many floats each, and
+/// run `f(k, slices)` for every item `k` in parallel, where `slices` are item `k`'s parts of
+/// the buffers. Workers write straight into the batch: no per-view allocation or copy.
+fn fill_parallel<R, F>(n: usize, sizes: &[usize], f: F) -> Result<(Vec<Vec<f32>>, Vec<R>), DataError>
+where
+    R: Send,
+    F: Fn(usize, &mut [&mut [f32]]) -> Result<R, DataError> + Sync + Send,
+{
+    let mut buffers: Vec<Vec<f32>> = sizes.iter().map(|&m| vec![0.0; n * m]).collect();
+    let mut parts: Vec<Vec<&mut [f32]>> = (0..n).map(|_| Vec::with_capacity(sizes.len())).collect();
+    for (buf, &m) in buffers.iter_mut().zip(sizes) {
+        for (k, chunk) in buf.chunks_mut(m.max(1)).enumerate().take(n) {
+            parts[k].push(chunk);
+        }
+    }
+    let results = parts.into_par_iter().enumerate().map(|(k, mut slices)| f(k, &mut slices)).collect::<Result<Vec<R>, DataError>>()?;
+    Ok((buffers, results))
+}
+
+fn batch(data: Vec<f32>, n: usize, size: usize) -> ImageBatch {
+    ImageBatch { data, shape: [n, 3, size, size] }
 }
 
 /// Shuffled multi-crop training batches of epoch `epoch`, from batch `start_batch` on
@@ -278,14 +300,15 @@ pub fn train_batches(
     let pos_crop = CropSpec { count: 1, ..aug.crops[0].clone() };
     spawn_batches(start_batch.min(n_batches)..n_batches, cfg.workers, cfg.prefetch, move |b| {
         let idx = &order[b * bs..(b + 1) * bs];
-        let sources: Vec<(usize, usize, Vec<Vec<f32>>)> = idx
-            .par_iter()
-            .map(|&i| {
-                let (used, s) = load_or_substitute(&*ds, i)?;
-                let crops = views.iter().enumerate().map(|(v, c)| one_view(&s.image, c, &aug, rng::view_key(seed, epoch, i, v))).collect();
-                Ok((used, s.label, crops))
-            })
-            .collect::<Result<_, DataError>>()?;
+        let sizes: Vec<usize> = views.iter().map(|c| 3 * c.size * c.size).collect();
+        let (view_data, sources) = fill_parallel(bs, &sizes, |k, outs| {
+            let i = idx[k];
+            let (used, s) = load_or_substitute(&*ds, i)?;
+            for (v, out) in outs.iter_mut().enumerate() {
+                augment_view(&s.image, &views[v], &aug, rng::view_key(seed, epoch, i, v), out);
+            }
+            Ok((used, s.label))
+        })?;
 
         let (positive_batch, positive_indices) = match &positives {
             None => (None, Vec::new()),
@@ -300,30 +323,20 @@ pub fn train_batches(
                         return Err(DataError::Index { index: bad, len: ds.len() });
                     }
                 }
-                let tasks: Vec<(usize, usize, usize)> = idx.iter().zip(&chosen).flat_map(|(&i, c)| c.iter().enumerate().map(move |(j, &pi)| (i, j, pi))).collect();
-                let done: Vec<(usize, Vec<f32>)> = tasks
-                    .par_iter()
-                    .map(|&(i, j, pi)| {
-                        let (used, s) = load_or_substitute(&*ds, pi)?;
-                        Ok((used, one_view(&s.image, &pos_crop, &aug, rng::positive_view_key(seed, epoch, i, j))))
-                    })
-                    .collect::<Result<_, DataError>>()?;
-                let (used, imgs): (Vec<usize>, Vec<Vec<f32>>) = done.into_iter().unzip();
-                (Some(ImageBatch::from_images(imgs, pos_crop.size)), used)
+                let tasks: Vec<(usize, usize, usize)> =
+                    idx.iter().zip(&chosen).flat_map(|(&i, c)| c.iter().enumerate().map(move |(j, &pi)| (i, j, pi))).collect();
+                let (mut data, used) = fill_parallel(tasks.len(), &[3 * pos_crop.size * pos_crop.size], |k, outs| {
+                    let (i, j, pi) = tasks[k];
+                    let (used, s) = load_or_substitute(&*ds, pi)?;
+                    augment_view(&s.image, &pos_crop, &aug, rng::positive_view_key(seed, epoch, i, j), outs[0]);
+                    Ok(used)
+                })?;
+                (Some(batch(data.remove(0), tasks.len(), pos_crop.size)), used)
             }
         };
 
-        let mut indices = Vec::with_capacity(bs);
-        let mut labels = Vec::with_capacity(bs);
-        let mut per_view: Vec<Vec<Vec<f32>>> = views.iter().map(|_| Vec::with_capacity(bs)).collect();
-        for (used, label, crops) in sources {
-            indices.push(used);
-            labels.push(label);
-            for (v, c) in crops.into_iter().enumerate() {
-                per_view[v].push(c);
-            }
-        }
-        let crops = per_view.into_iter().zip(&views).map(|(imgs, c)| ImageBatch::from_images(imgs, c.size)).collect();
+        let (indices, labels) = sources.into_iter().unzip();
+        let crops = view_data.into_iter().zip(&views).map(|(d, c)| batch(d, bs, c.size)).collect();
         Ok(TrainBatch { indices, labels, crops, positives: positive_batch, positive_indices })
     })
 }
@@ -340,33 +353,27 @@ pub fn eval_batches(ds: Arc<dyn Dataset>, eval: &EvalTransform, batch_size: usiz
     let len = ds.len();
     spawn_batches(0..num_eval_batches(len, batch_size), workers, 2, move |b| {
         let idx: Vec<usize> = (b * batch_size..((b + 1) * batch_size).min(len)).collect();
-        let done: Vec<(usize, usize, Vec<f32>, Option<BBox>)> = idx
-            .par_iter()
-            .map(|&i| {
-                let (used, s) = load_or_substitute(&*ds, i)?;
-                let mut buf = vec![0.0; 3 * eval.crop * eval.crop];
-                eval.apply(&s.image, &mut buf);
-                let (w, h) = (s.image.width() as usize, s.image.height() as usize);
-                let bb = s.bbox.and_then(|bb| eval.map_bbox(&bb, w, h));
-                Ok((used, s.label, buf, bb))
-            })
-            .collect::<Result<_, DataError>>()?;
-        Ok(collect_eval(done, eval.crop))
+        let (mut data, meta) = fill_parallel(idx.len(), &[3 * eval.crop * eval.crop], |k, outs| {
+            let (used, s) = load_or_substitute(&*ds, idx[k])?;
+            eval.apply(&s.image, outs[0]);
+            let (w, h) = (s.image.width() as usize, s.image.height() as usize);
+            Ok((used, s.label, s.bbox.and_then(|bb| eval.map_bbox(&bb, w, h))))
+        })?;
+        Ok(collect_eval(data.remove(0), meta, eval.crop))
     })
 }
 
-fn collect_eval(done: Vec<(usize, usize, Vec<f32>, Option<BBox>)>, size: usize) -> EvalBatch {
-    let mut indices = Vec::new();
-    let mut labels = Vec::new();
-    let mut imgs = Vec::new();
-    let mut bboxes = Vec::new();
-    for (i, l, im, bb) in done {
+fn collect_eval(data: Vec<f32>, meta: Vec<(usize, usize, Option<BBox>)>, size: usize) -> EvalBatch {
+    let n = meta.len();
+    let mut indices = Vec::with_capacity(n);
+    let mut labels = Vec::with_capacity(n);
+    let mut bboxes = Vec::with_capacity(n);
+    for (i, l, bb) in meta {
         indices.push(i);
         labels.push(l);
-        imgs.push(im);
         bboxes.push(bb);
     }
-    EvalBatch { images: ImageBatch::from_images(imgs, size), indices, labels, bboxes }
+    EvalBatch { images: batch(data, n, size), indices, labels, bboxes }
 }
 
 /// Memory-bank batches in index order (last partial batch kept): one augmented view per
@@ -380,16 +387,12 @@ pub fn bank_batches(ds: Arc<dyn Dataset>, aug: &AugmentConfig, cfg: &LoaderConfi
     let (bs, seed, len) = (cfg.batch_size, cfg.seed, ds.len());
     spawn_batches(0..num_eval_batches(len, bs), cfg.workers, cfg.prefetch, move |b| {
         let idx: Vec<usize> = (b * bs..((b + 1) * bs).min(len)).collect();
-        let done = idx
-            .par_iter()
-            .map(|&i| {
-                let (used, s) = load_or_substitute(&*ds, i)?;
-                let mut buf = vec![0.0; 3 * crop.size * crop.size];
-                let p = augment_view(&s.image, &crop, &aug, rng::bank_view_key(seed, epoch, i), &mut buf);
-                let bb = s.bbox.and_then(|bb| map_bbox(&bb, p.crop, crop.size, crop.size, p.flip));
-                Ok((used, s.label, buf, bb))
-            })
-            .collect::<Result<_, DataError>>()?;
-        Ok(collect_eval(done, crop.size))
+        let (mut data, meta) = fill_parallel(idx.len(), &[3 * crop.size * crop.size], |k, outs| {
+            let i = idx[k];
+            let (used, s) = load_or_substitute(&*ds, i)?;
+            let p = augment_view(&s.image, &crop, &aug, rng::bank_view_key(seed, epoch, i), outs[0]);
+            Ok((used, s.label, s.bbox.and_then(|bb| map_bbox(&bb, p.crop, crop.size, crop.size, p.flip))))
+        })?;
+        Ok(collect_eval(data.remove(0), meta, crop.size))
     })
 }

@@ -15,9 +15,15 @@ const SEPARATOR: Rgb<u8> = Rgb([200, 200, 200]);
 const BOX: Rgb<u8> = Rgb([255, 220, 0]);
 
 /// The grid for the first training batch of `n_sources` images (epoch 0 of `seed`), with
-/// `positives` positives per source drawn from the true labels. Cells are upscaled (nearest)
-/// to at least 96 px.
-pub fn preview_grid(ds: Arc<dyn Dataset>, aug: &AugmentConfig, n_sources: usize, positives: usize, seed: u64) -> Result<RgbImage, DataError> {
+/// `positives` positives per source drawn from the true labels. Views are upscaled (nearest,
+/// by a whole factor) to nearly fill cells of at least 96 px.
+pub fn preview_grid(
+    ds: Arc<dyn Dataset>,
+    aug: &AugmentConfig,
+    n_sources: usize,
+    positives: usize,
+    seed: u64,
+) -> Result<RgbImage, DataError> {
     let n_sources = n_sources.min(ds.len());
     let cfg = LoaderConfig { batch_size: n_sources, workers: 0, prefetch: 1, seed };
     let pos = (positives > 0).then(|| same_label_positives(Arc::new(labels(&*ds)), positives));
@@ -45,13 +51,13 @@ pub fn preview_grid(ds: Arc<dyn Dataset>, aug: &AugmentConfig, n_sources: usize,
         paste(&mut grid, &thumb, col_x(0), y, cell);
         for (v, views) in batch.crops.iter().enumerate() {
             let s = views.shape[2];
-            let img = zoomed(&denormalise_to_rgb(views.image(row), s, s, mean, std), zoom);
+            let img = zoomed(&denormalise_to_rgb(views.image(row), s, s, mean, std), cell / s);
             paste(&mut grid, &img, col_x(1 + v), y, cell);
         }
         if let Some(p) = &batch.positives {
             let s = p.shape[2];
             for j in 0..positives {
-                let img = zoomed(&denormalise_to_rgb(p.image(row * positives + j), s, s, mean, std), zoom);
+                let img = zoomed(&denormalise_to_rgb(p.image(row * positives + j), s, s, mean, std), cell / s);
                 paste(&mut grid, &img, col_x(1 + n_views + j), y, cell);
             }
         }

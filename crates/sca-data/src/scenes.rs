@@ -16,9 +16,9 @@ use image::RgbImage;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::dataset::Progress;
 use crate::rng::{self, domain, splitmix64};
 use crate::transform::hsv_to_rgb;
-use crate::dataset::Progress;
 use crate::{BBox, DataError, Dataset, Sample};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +32,7 @@ enum Shape {
     Diamond,
     Hexagon,
     Ellipse,
-    LShape,
+    Ell,
     // Distractors only.
     Crescent,
     HalfDisc,
@@ -78,7 +78,7 @@ const CLASSES: [ClassDef; 10] = [
     ClassDef { name: "diamond-vstripes", shape: Shape::Diamond, texture: Texture::VStripes, hue: 0.6, aspect: 0.8 },
     ClassDef { name: "hexagon-grid", shape: Shape::Hexagon, texture: Texture::Grid, hue: 0.7, aspect: 1.15 },
     ClassDef { name: "ellipse-rings", shape: Shape::Ellipse, texture: Texture::Rings, hue: 0.8, aspect: 1.8 },
-    ClassDef { name: "lshape-zigzag", shape: Shape::LShape, texture: Texture::Zigzag, hue: 0.9, aspect: 0.8 },
+    ClassDef { name: "lshape-zigzag", shape: Shape::Ell, texture: Texture::Zigzag, hue: 0.9, aspect: 0.8 },
 ];
 
 const DISTRACTOR_SHAPES: [Shape; 4] = [Shape::Crescent, Shape::HalfDisc, Shape::Chevron, Shape::Trapezoid];
@@ -125,7 +125,7 @@ fn inside(shape: Shape, u: f32, v: f32) -> bool {
         }
         Shape::Diamond => u.abs() + v.abs() <= 1.0,
         Shape::Hexagon => u.abs() + 0.5 * v.abs() <= 1.0,
-        Shape::LShape => u <= -0.3 || v >= 0.4,
+        Shape::Ell => u <= -0.3 || v >= 0.4,
         Shape::Crescent => r2 <= 1.0 && (u - 0.55) * (u - 0.55) + v * v > 0.6,
         Shape::HalfDisc => r2 <= 1.0 && v >= 0.0,
         Shape::Chevron => {
@@ -257,8 +257,8 @@ impl Canvas {
     #[inline]
     fn blend(&mut self, x: usize, y: usize, c: [f32; 3], alpha: f32) {
         let i = 3 * (y * self.w + x);
-        for k in 0..3 {
-            self.px[i + k] += alpha * (c[k] - self.px[i + k]);
+        for (p, c) in self.px[i..i + 3].iter_mut().zip(c) {
+            *p += alpha * (c - *p);
         }
     }
 
@@ -402,7 +402,14 @@ pub fn render_scene(width: usize, height: usize, label: usize, key: u64) -> (Rgb
 
 /// Write `n` scenes of `width × height` as JPEG files `scene_00000.jpg`, ... into `dir`
 /// (created if needed), in parallel: realistic stand-ins for benchmark photographs.
-pub fn write_jpeg_scenes(dir: &Path, n: usize, width: usize, height: usize, quality: u8, progress: Option<Progress>) -> Result<(), DataError> {
+pub fn write_jpeg_scenes(
+    dir: &Path,
+    n: usize,
+    width: usize,
+    height: usize,
+    quality: u8,
+    progress: Option<Progress>,
+) -> Result<(), DataError> {
     use rayon::prelude::*;
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     (0..n).into_par_iter().try_for_each(|i| {

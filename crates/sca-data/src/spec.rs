@@ -27,6 +27,9 @@ fn d_fmnist_root() -> PathBuf {
     PathBuf::from(fashion_mnist::DEFAULT_ROOT)
 }
 
+/// (train, test or val) as opened from a spec.
+pub type Splits = (Arc<dyn Dataset>, Option<Arc<dyn Dataset>>);
+
 /// A dataset and where to find it. JSON examples:
 /// `{"kind":"builtin","image_size":64,"classes":10,"train":5000,"test":1000,"seed":0}`,
 /// `{"kind":"fashion_mnist","root":"/usr/share/datasets/fashion-mnist"}`,
@@ -83,12 +86,12 @@ impl DatasetSpec {
     }
 
     /// Open (train, test or val).
-    pub fn open(&self) -> Result<(Arc<dyn Dataset>, Option<Arc<dyn Dataset>>), DataError> {
+    pub fn open(&self) -> Result<Splits, DataError> {
         self.open_with_progress(None)
     }
 
     /// As `open`, calling `progress` once per file verified (ImageFolder only).
-    pub fn open_with_progress(&self, progress: Option<image_folder::Progress>) -> Result<(Arc<dyn Dataset>, Option<Arc<dyn Dataset>>), DataError> {
+    pub fn open_with_progress(&self, progress: Option<image_folder::Progress>) -> Result<Splits, DataError> {
         match self {
             DatasetSpec::Builtin { image_size, classes, train, test, seed } => {
                 let tr = Scenes::new(*image_size, *classes, *train, *seed, Split::Train)?;

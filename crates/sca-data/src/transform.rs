@@ -8,6 +8,44 @@
 
 use image::RgbImage;
 
+/// Compile a function twice, for the baseline CPU and with AVX2, and pick at run time.
+/// Only the vector width changes: no fused multiply-adds are formed (Rust does not contract
+/// floating-point operations), so both versions give bit-identical results.
+macro_rules! simd_dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn inner($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    inner($($arg),*)
+                }
+                if !BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed) && std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has just been checked to support AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            inner($($arg),*)
+        }
+    };
+}
+
+thread_local! {
+    /// The blur's intermediate image, kept per thread between calls.
+    static BLUR_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+static BASELINE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Use only the baseline (non-AVX2) versions of the transforms, process-wide: for checking
+/// that both give the same bits, and for timing comparisons.
+pub fn force_baseline(on: bool) {
+    BASELINE_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Greyscale weights of ITU-R 601-2 luma, as Pillow's `convert("L")` and torchvision.
 pub const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
 
@@ -111,18 +149,33 @@ fn taps(x0: f64, span: f64, out_len: usize, lo: usize, hi: usize, gain: f32) -> 
 /// Crop `rect` out of `img`, resize it to `out_w × out_h` and optionally mirror it, in one
 /// pass. Filter taps stay inside the rectangle rounded outwards (as crop-then-resize).
 pub fn resized_crop(img: &RgbImage, rect: CropRect, out_w: usize, out_h: usize, flip: bool) -> Planar {
+    let mut out = Planar::new(0, 0);
+    resized_crop_into(img, rect, out_w, out_h, flip, &mut out);
+    out
+}
+
+/// `resized_crop` into a reused buffer (its old contents do not matter).
+pub fn resized_crop_into(img: &RgbImage, rect: CropRect, out_w: usize, out_h: usize, flip: bool, out: &mut Planar) {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let x_lo = (rect.x.floor().max(0.0) as usize).min(w - 1);
     let y_lo = (rect.y.floor().max(0.0) as usize).min(h - 1);
     let x_hi = ((rect.x + rect.w).ceil() as usize).clamp(x_lo + 1, w);
     let y_hi = ((rect.y + rect.h).ceil() as usize).clamp(y_lo + 1, h);
-    resample(img, rect, [x_lo, y_lo, x_hi, y_hi], out_w, out_h, flip)
+    resample_into(img, rect, [x_lo, y_lo, x_hi, y_hi], out_w, out_h, flip, out)
 }
 
 /// Resize the part `rect` of `img` to `out_w × out_h`, with filter taps allowed anywhere in
 /// `bounds = [x0, y0, x1, y1)`. Resizing a whole image and then cropping it is this with
 /// `bounds` = the whole image (see `EvalTransform`).
 pub fn resample(img: &RgbImage, rect: CropRect, bounds: [usize; 4], out_w: usize, out_h: usize, flip: bool) -> Planar {
+    let mut out = Planar::new(0, 0);
+    resample_into(img, rect, bounds, out_w, out_h, flip, &mut out);
+    out
+}
+
+simd_dispatch! {
+/// `resample` into a reused buffer (its old contents do not matter: every value is written).
+pub fn resample_into(img: &RgbImage, rect: CropRect, bounds: [usize; 4], out_w: usize, out_h: usize, flip: bool, out: &mut Planar) {
     let w = img.width() as usize;
     let src = img.as_raw();
     let mut hx = taps(rect.x as f64, rect.w as f64, out_w, bounds[0], bounds[2], 1.0);
@@ -144,8 +197,10 @@ pub fn resample(img: &RgbImage, rect: CropRect, bounds: [usize; 4], out_w: usize
     // multiply-adds from 8 bits (these vectorise); downscaling shrinks the row count before
     // the horizontal pass, whose gathers do not vectorise.
     let mut row = vec![0.0f32; (col_hi - col_lo) * 3];
-    let mut out = Planar::new(out_w, out_h);
     let hw = out_w * out_h;
+    out.width = out_w;
+    out.height = out_h;
+    out.data.resize(3 * hw, 0.0);
     for yy in 0..out_h {
         row.iter_mut().for_each(|a| *a = 0.0);
         let s = vy.start[yy];
@@ -176,7 +231,7 @@ pub fn resample(img: &RgbImage, rect: CropRect, bounds: [usize; 4], out_w: usize
             b_out[base + xx] = b.clamp(0.0, 1.0);
         }
     }
-    out
+}
 }
 
 /// Mirror left-right in place.
@@ -187,11 +242,14 @@ pub fn hflip(p: &mut Planar) {
     }
 }
 
+simd_dispatch! {
 /// torchvision `adjust_brightness`: scale, clamp.
 pub fn adjust_brightness(p: &mut Planar, factor: f32) {
     p.data.iter_mut().for_each(|v| *v = (*v * factor).clamp(0.0, 1.0));
 }
+}
 
+simd_dispatch! {
 /// torchvision `adjust_contrast`: blend with the mean luma of the whole image.
 pub fn adjust_contrast(p: &mut Planar, factor: f32) {
     let hw = p.width * p.height;
@@ -204,7 +262,9 @@ pub fn adjust_contrast(p: &mut Planar, factor: f32) {
     let offset = (1.0 - factor) * mean;
     p.data.iter_mut().for_each(|v| *v = (factor * *v + offset).clamp(0.0, 1.0));
 }
+}
 
+simd_dispatch! {
 /// torchvision `adjust_saturation`: blend each pixel with its own luma.
 pub fn adjust_saturation(p: &mut Planar, factor: f32) {
     let (r, g, b) = p.planes_mut();
@@ -216,7 +276,9 @@ pub fn adjust_saturation(p: &mut Planar, factor: f32) {
         b[i] = (factor * b[i] + off).clamp(0.0, 1.0);
     }
 }
+}
 
+simd_dispatch! {
 /// torchvision `adjust_hue`: rotate the HSV hue by `shift` (a fraction of a turn, |shift| <= 0.5).
 ///
 /// Computed without a full HSV round trip: a hue rotation keeps each pixel's maximum (V)
@@ -251,6 +313,7 @@ pub fn adjust_hue(p: &mut Planar, shift: f32) {
         *g = channel(3.0);
         *b = channel(1.0);
     }
+}
 }
 
 /// As torchvision's `_rgb2hsv` on float tensors; h, s, v in [0, 1].
@@ -295,6 +358,7 @@ pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
     }
 }
 
+simd_dispatch! {
 /// Replace every pixel by its luma on all three channels.
 pub fn to_greyscale(p: &mut Planar) {
     let (r, g, b) = p.planes_mut();
@@ -305,12 +369,13 @@ pub fn to_greyscale(p: &mut Planar) {
         b[i] = l;
     }
 }
+}
 
 /// Odd blur kernel size for a crop of `size` pixels, scaled from `kernel_at_224` at 224 px
 /// (23 in SimCLR/SwAV), at least 3.
 pub fn blur_kernel_size(size: usize, kernel_at_224: usize) -> usize {
     let k = (kernel_at_224 as f64 * size as f64 / 224.0).round() as usize;
-    let k = if k % 2 == 0 { k + 1 } else { k };
+    let k = if k.is_multiple_of(2) { k + 1 } else { k };
     k.max(3)
 }
 
@@ -342,13 +407,16 @@ fn reflect(i: i64, n: usize) -> usize {
     (if m >= n as i64 { period - m } else { m }) as usize
 }
 
+simd_dispatch! {
 /// Separable Gaussian blur with reflect padding (torchvision `gaussian_blur` on tensors).
 pub fn gaussian_blur(p: &mut Planar, kernel_size: usize, sigma: f32) {
     let k = gaussian_kernel(kernel_size, sigma);
     let r = k.len() / 2;
     let (w, h) = (p.width, p.height);
     let mut padded = vec![0.0f32; w + 2 * r];
-    let mut tmp = vec![0.0f32; w * h];
+    // Every row of the intermediate is written before it is read: no need to clear it.
+    let mut tmp = BLUR_SCRATCH.with(|t| std::mem::take(&mut *t.borrow_mut()));
+    tmp.resize(w * h, 0.0);
     for plane in p.data.chunks_mut(w * h) {
         // Horizontal: pad each row, then one multiply-add sweep per tap.
         for y in 0..h {
@@ -385,8 +453,11 @@ pub fn gaussian_blur(p: &mut Planar, kernel_size: usize, sigma: f32) {
             }
         }
     }
+    BLUR_SCRATCH.with(|t| *t.borrow_mut() = tmp);
+}
 }
 
+simd_dispatch! {
 /// Write `(v - mean) / std` per channel into `out` (CHW, `3 × height × width`).
 pub fn normalise_into(p: &Planar, mean: [f32; 3], std: [f32; 3], out: &mut [f32]) {
     let hw = p.width * p.height;
@@ -397,6 +468,7 @@ pub fn normalise_into(p: &Planar, mean: [f32; 3], std: [f32; 3], out: &mut [f32]
             *o = (v - mean[c]) * inv;
         }
     }
+}
 }
 
 /// Inverse of `normalise_into` for one CHW image: back to 8-bit RGB (for previews).

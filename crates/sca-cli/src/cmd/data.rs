@@ -252,7 +252,11 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
         DatasetSpec::ImageFolder { train, val, strict, .. } => {
             let pb = spinner("decoding");
             let tick = pb.clone();
-            let opts = ImageFolderOptions { strict: *strict || a.data.strict, verify: Verify::Decode, progress: Some(Arc::new(move || tick.inc(1))) };
+            let opts = ImageFolderOptions {
+                strict: *strict || a.data.strict,
+                verify: Verify::Decode,
+                progress: Some(Arc::new(move || tick.inc(1))),
+            };
             let (tr, va) = ImageFolder::open_pair(train, val.as_deref(), &opts).with_context(|| format!("checking {}", train.display()))?;
             pb.finish_and_clear();
             let mut out = vec![("train", report_folder(&tr))];
@@ -302,7 +306,11 @@ fn preview(a: PreviewArgs) -> anyhow::Result<()> {
         grid.width(),
         grid.height(),
         aug.num_views(),
-        aug.crops.iter().map(|c| format!("{}×{} px, scale {}-{}", c.count, c.size, c.min_scale, c.max_scale)).collect::<Vec<_>>().join(" + "),
+        aug.crops
+            .iter()
+            .map(|c| format!("{}×{} px, scale {}-{}", c.count, c.size, c.min_scale, c.max_scale))
+            .collect::<Vec<_>>()
+            .join(" + "),
         a.positives
     );
     Ok(())
@@ -349,7 +357,10 @@ impl Rate {
     fn print(&self, what: &str, workers: usize) {
         let per_core = self.images as f64 / self.wall / workers as f64;
         let cpu = self.cpu.map(|c| format!("{:.0} images per CPU-second", self.images as f64 / c)).unwrap_or_else(|| "CPU time n/a".into());
-        println!("{what}: {} images in {:.2} s with {workers} worker(s): {:.1} images/s per core ({cpu})", self.images, self.wall, per_core);
+        println!(
+            "{what}: {} images in {:.2} s with {workers} worker(s): {:.1} images/s per core ({cpu})",
+            self.images, self.wall, per_core
+        );
     }
 }
 
@@ -407,7 +418,12 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let all = ImageFolder::open_flat(&dir, &ImageFolderOptions { verify: Verify::None, ..Default::default() })?;
     let n = a.n.min(all.len());
     let files: Arc<dyn Dataset> = Arc::new(sca_data::Subset::new(Arc::new(all), n, 0));
-    println!("using {n} of {} JPEGs in {} (mean file {:.0} KB)", paths.len(), dir.display(), bytes as f64 / paths.len().max(1) as f64 / 1024.0);
+    println!(
+        "using {n} of {} JPEGs in {} (mean file {:.0} KB)",
+        paths.len(),
+        dir.display(),
+        bytes as f64 / paths.len().max(1) as f64 / 1024.0
+    );
     let batch = a.batch.min(n);
     let cfg = LoaderConfig { batch_size: batch, workers: a.workers, prefetch: 2, seed: 0 };
 

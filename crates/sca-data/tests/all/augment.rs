@@ -160,7 +160,8 @@ fn config_json_defaults_and_errors() {
     assert_eq!((d.blur_kernel_at_224, d.blur_sigma), (23, [0.1, 2.0]));
     assert_eq!((d.mean, d.std), (IMAGENET_MEAN, IMAGENET_STD));
 
-    let c: AugmentConfig = serde_json::from_str(r#"{"crops":[{"count":2,"size":64,"min_scale":0.2,"max_scale":1.0}],"blur_p":0.0}"#).unwrap();
+    let c: AugmentConfig =
+        serde_json::from_str(r#"{"crops":[{"count":2,"size":64,"min_scale":0.2,"max_scale":1.0}],"blur_p":0.0}"#).unwrap();
     assert_eq!((c.num_views(), c.blur_p, c.grey_p), (2, 0.0, 0.2));
 
     let err = serde_json::from_str::<AugmentConfig>(r#"{"flip":0.5}"#).unwrap_err().to_string();
@@ -225,4 +226,28 @@ fn boxes_follow_crops_and_flips() {
     let big = BBox { x0: 0.0, y0: 0.0, x1: 8.0, y1: 8.0 };
     assert_eq!(map_bbox(&big, rect(5.0, 5.0, 5.0, 5.0), 10, 10, false), Some(BBox { x0: 0.0, y0: 0.0, x1: 6.0, y1: 6.0 }));
     assert_eq!(map_bbox(&b, rect(6.0, 6.0, 4.0, 4.0), 8, 8, false), None);
+}
+
+#[test]
+fn vector_and_baseline_code_give_identical_bits() {
+    // A scene large enough for every resample and blur path, all switches on.
+    let (img, _) = sca_data::scenes::render_scene(120, 90, 2, 5);
+    let aug =
+        AugmentConfig { jitter_p: 1.0, blur_p: 1.0, grey_p: 0.5, crops: vec![CropSpec::new(1, 40, 0.1, 1.0)], ..AugmentConfig::default() };
+    let run = |baseline: bool| {
+        sca_data::transform::force_baseline(baseline);
+        let out: Vec<Vec<f32>> = (0..24)
+            .map(|key| {
+                let mut buf = vec![0.0; 3 * 40 * 40];
+                augment_view(&img, &aug.crops[0], &aug, key, &mut buf);
+                buf
+            })
+            .collect();
+        sca_data::transform::force_baseline(false);
+        out
+    };
+    let (fast, slow) = (run(false), run(true));
+    for (k, (a, b)) in fast.iter().zip(&slow).enumerate() {
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "view {k} differs");
+    }
 }

@@ -67,7 +67,11 @@ fn bad_idx_files_are_clear_errors() {
     let good_labels = idx(2049, &[3], &[0, 1, 2]);
     check_bad(idx(2049, &[3, 2, 2], &[0; 12]), good_labels.clone(), "wrong IDX magic number 2049, expected 2051");
     check_bad(good_images.clone(), idx(2051, &[3], &[0, 1, 2]), "wrong IDX magic number 2051, expected 2049");
-    check_bad(idx(2051, &[3, 2, 2], &[0; 7]), good_labels.clone(), "truncated IDX data: 7 bytes after the header, expected 12 for shape [3, 2, 2]");
+    check_bad(
+        idx(2051, &[3, 2, 2], &[0; 7]),
+        good_labels.clone(),
+        "truncated IDX data: 7 bytes after the header, expected 12 for shape [3, 2, 2]",
+    );
     check_bad(vec![0, 0, 8], good_labels.clone(), "truncated IDX header: 3 bytes, expected at least 16");
     check_bad(good_images.clone(), idx(2049, &[2], &[0, 1]), "2 labels for 3 images");
     check_bad(good_images.clone(), idx(2049, &[3], &[0, 10, 2]), "label 10 at position 1 is not a class");

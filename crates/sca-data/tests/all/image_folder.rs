@@ -85,11 +85,40 @@ fn structural_problems_are_clear_errors() {
     let root = |d: &Path| good_tree(&d.join("root"));
     check_open_error(|_| {}, false, Verify::Header, &["dataset root", "root does not exist"]);
     check_open_error(|d| fs::write(d.join("root"), b"x").unwrap(), false, Verify::Header, &["root is not a directory"]);
-    check_open_error(|d| put(&d.join("root"), "only-a-file.png", &png_bytes(&RgbImage::new(1, 1))), false, Verify::Header, &["contains no class folders"]);
-    check_open_error(|d| { root(d); fs::create_dir(d.join("root/empty")).unwrap() }, false, Verify::None, &["class \"empty\"", "root/empty", "contains no readable images"]);
-    check_open_error(|d| { root(d); put(&d.join("root"), "texts/a.txt", b"x") }, false, Verify::None, &["class \"texts\"", "no readable images"]);
+    check_open_error(
+        |d| put(&d.join("root"), "only-a-file.png", &png_bytes(&RgbImage::new(1, 1))),
+        false,
+        Verify::Header,
+        &["contains no class folders"],
+    );
+    check_open_error(
+        |d| {
+            root(d);
+            fs::create_dir(d.join("root/empty")).unwrap()
+        },
+        false,
+        Verify::None,
+        &["class \"empty\"", "root/empty", "contains no readable images"],
+    );
+    check_open_error(
+        |d| {
+            root(d);
+            put(&d.join("root"), "texts/a.txt", b"x")
+        },
+        false,
+        Verify::None,
+        &["class \"texts\"", "no readable images"],
+    );
     // A folder whose only image is corrupt is empty once the bad file is skipped.
-    check_open_error(|d| { root(d); put(&d.join("root"), "junk/x.jpg", b"garbage") }, false, Verify::Header, &["class \"junk\"", "no readable images"]);
+    check_open_error(
+        |d| {
+            root(d);
+            put(&d.join("root"), "junk/x.jpg", b"garbage")
+        },
+        false,
+        Verify::Header,
+        &["class \"junk\"", "no readable images"],
+    );
 }
 
 #[test]
@@ -137,11 +166,15 @@ fn val_root_uses_the_train_labels() {
     let dir = tempfile::tempdir().unwrap();
     good_tree(&dir.path().join("train"));
     put(dir.path(), "val/dog/v.png", &png_bytes(&RgbImage::new(4, 4)));
-    let (train, val) = ImageFolder::open_pair(dir.path().join("train"), Some(&dir.path().join("val")), &opts(false, Verify::Header)).unwrap();
+    let (train, val) =
+        ImageFolder::open_pair(dir.path().join("train"), Some(&dir.path().join("val")), &opts(false, Verify::Header)).unwrap();
     let val = val.unwrap();
     assert_eq!((train.len(), val.len(), val.num_classes(), val.label(0)), (4, 1, 2, 1));
     put(dir.path(), "val/bird/b.png", &png_bytes(&RgbImage::new(4, 4)));
-    let err = ImageFolder::open_pair(dir.path().join("train"), Some(&dir.path().join("val")), &opts(false, Verify::Header)).err().unwrap().to_string();
+    let err = ImageFolder::open_pair(dir.path().join("train"), Some(&dir.path().join("val")), &opts(false, Verify::Header))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("class \"bird\"") && err.contains("no counterpart in the train root"), "{err}");
 }
 

@@ -48,7 +48,19 @@ fn train_batches_shapes_order_and_labels() {
         assert_eq!(batch.indices, order[b * 4..(b + 1) * 4]);
         assert_eq!(batch.labels, batch.indices.iter().map(|i| i % 4).collect::<Vec<_>>());
         let shapes: Vec<[usize; 4]> = batch.crops.iter().map(|c| c.shape).collect();
-        assert_eq!(shapes, [[4, 3, 32, 32], [4, 3, 32, 32], [4, 3, 14, 14], [4, 3, 14, 14], [4, 3, 14, 14], [4, 3, 14, 14], [4, 3, 14, 14], [4, 3, 14, 14]]);
+        assert_eq!(
+            shapes,
+            [
+                [4, 3, 32, 32],
+                [4, 3, 32, 32],
+                [4, 3, 14, 14],
+                [4, 3, 14, 14],
+                [4, 3, 14, 14],
+                [4, 3, 14, 14],
+                [4, 3, 14, 14],
+                [4, 3, 14, 14]
+            ]
+        );
         assert!(batch.crops.iter().all(|c| c.data.len() == c.shape.iter().product::<usize>()));
         assert!(batch.positives.is_none() && batch.positive_indices.is_empty());
         // Two views of the same source differ.
@@ -89,7 +101,8 @@ fn resuming_mid_epoch_gives_the_same_batches() {
 #[test]
 fn epochs_and_seeds_change_the_views() {
     let ds = scenes(8);
-    let first = |epoch, seed| train_batches(ds.clone(), &aug(), &LoaderConfig { seed, ..cfg(8, 2) }, epoch, 0, None).next().unwrap().unwrap();
+    let first =
+        |epoch, seed| train_batches(ds.clone(), &aug(), &LoaderConfig { seed, ..cfg(8, 2) }, epoch, 0, None).next().unwrap().unwrap();
     let a = first(0, 7);
     let pos = |b: &TrainBatch, index: usize| b.indices.iter().position(|&i| i == index).unwrap();
     let b = first(1, 7);
@@ -224,4 +237,13 @@ fn subsets_are_reproducible() {
     let s = Subset::from_indices(ds.clone(), vec![5, 2]).unwrap();
     assert_eq!((s.len(), s.label(0), s.label(1)), (2, 1, 2));
     assert!(Subset::from_indices(ds, vec![100]).is_err());
+}
+
+#[test]
+fn a_panic_in_the_producer_reaches_the_consumer() {
+    let ds = scenes(8);
+    let bad: PositiveFn = Arc::new(|_, _| panic!("sampler bug"));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_batches(ds, &aug(), &cfg(4, 1), 0, 0, Some(bad)).count()));
+    let msg = caught.unwrap_err();
+    assert_eq!(msg.downcast_ref::<&str>(), Some(&"sampler bug"));
 }

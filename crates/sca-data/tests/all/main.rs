@@ -22,8 +22,8 @@ pub fn planar(pixels: &[[f32; 3]]) -> sca_data::transform::Planar {
     let n = pixels.len();
     let mut p = sca_data::transform::Planar::new(n, 1);
     for (i, px) in pixels.iter().enumerate() {
-        for c in 0..3 {
-            p.data[c * n + i] = px[c];
+        for (c, &v) in px.iter().enumerate() {
+            p.data[c * n + i] = v;
         }
     }
     p

@@ -15,10 +15,16 @@ fn check_parse(json: &str, want: DatasetSpec) {
 fn json_forms() {
     check_parse(r#"{"kind":"builtin","image_size":64,"classes":10,"train":5000,"test":1000,"seed":0}"#, DatasetSpec::builtin());
     check_parse(r#"{"kind":"builtin"}"#, DatasetSpec::builtin());
-    check_parse(r#"{"kind":"builtin","image_size":32,"seed":4}"#, DatasetSpec::Builtin { image_size: 32, classes: 10, train: 5000, test: 1000, seed: 4 });
+    check_parse(
+        r#"{"kind":"builtin","image_size":32,"seed":4}"#,
+        DatasetSpec::Builtin { image_size: 32, classes: 10, train: 5000, test: 1000, seed: 4 },
+    );
     check_parse(r#"{"kind":"fashion_mnist"}"#, DatasetSpec::fashion_mnist("/usr/share/datasets/fashion-mnist"));
     check_parse(r#"{"kind":"fashion_mnist","root":"/x"}"#, DatasetSpec::fashion_mnist("/x"));
-    check_parse(r#"{"kind":"image_folder","train":"/d/train","val":"/d/val"}"#, DatasetSpec::image_folder("/d/train", Some(PathBuf::from("/d/val"))));
+    check_parse(
+        r#"{"kind":"image_folder","train":"/d/train","val":"/d/val"}"#,
+        DatasetSpec::image_folder("/d/train", Some(PathBuf::from("/d/val"))),
+    );
     check_parse(
         r#"{"kind":"image_folder","train":"/d","strict":true,"verify":"decode"}"#,
         DatasetSpec::ImageFolder { train: "/d".into(), val: None, strict: true, verify: Verify::Decode },

@@ -46,7 +46,10 @@ fn builds_copies_and_links() {
         let all = names(&["n01", "n02", "n03", "n04", "n05"]);
         assert_eq!(report.classes, choose_classes(&all, 3, 7).unwrap());
         assert_eq!((report.train_files, report.val_files), (9, 3));
-        assert_eq!(fs::read_to_string(dst.join("classes.txt")).unwrap(), report.classes.iter().map(|c| format!("{c}\n")).collect::<String>());
+        assert_eq!(
+            fs::read_to_string(dst.join("classes.txt")).unwrap(),
+            report.classes.iter().map(|c| format!("{c}\n")).collect::<String>()
+        );
         let c = &report.classes[0];
         let f = dst.join(format!("train/{c}/{c}_1.JPEG"));
         assert_eq!(fs::symlink_metadata(&f).unwrap().file_type().is_symlink(), mode == LinkMode::Symlink);

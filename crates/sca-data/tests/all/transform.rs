@@ -18,11 +18,11 @@ fn resize_matches_hand_computed_pillow_weights() {
     check_resize(&[10, 20, 30], (0.0, 3.0), 3, false, &[10.0, 20.0, 30.0]); // identity
     check_resize(&[0, 100], (0.0, 2.0), 1, false, &[50.0]); // 2:1, equal weights 0.75/0.75
     check_resize(&[0, 100], (0.0, 2.0), 4, false, &[0.0, 25.0, 75.0, 100.0]); // 1:2, half-pixel centres
-    // 2:1 with support 2: weights (0.75, 0.75, 0.25)/1.75 and (0.25, 0.75, 0.75)/1.75.
+                                                                              // 2:1 with support 2: weights (0.75, 0.75, 0.25)/1.75 and (0.25, 0.75, 0.75)/1.75.
     check_resize(&[0, 100, 200, 255], (0.0, 4.0), 2, false, &[125.0 / 1.75, 366.25 / 1.75]);
     check_resize(&[10, 20, 30], (0.0, 3.0), 3, true, &[30.0, 20.0, 10.0]); // mirrored
     check_resize(&[10, 20, 30, 40], (1.0, 2.0), 2, false, &[20.0, 30.0]); // crop
-    // Taps never leave the crop: the 2:1 average of [20, 30] ignores 10 and 40.
+                                                                          // Taps never leave the crop: the 2:1 average of [20, 30] ignores 10 and 40.
     check_resize(&[10, 20, 30, 40], (1.0, 2.0), 1, false, &[25.0]);
 }
 
@@ -137,7 +137,17 @@ fn blur_pads_by_reflection() {
         p.data[c * 9 + 4] = 1.0;
     }
     gaussian_blur(&mut p, 3, 1.0);
-    let want = [2.0 * a * 2.0 * a, 2.0 * a * b, 2.0 * a * 2.0 * a, 2.0 * a * b, b * b, 2.0 * a * b, 2.0 * a * 2.0 * a, 2.0 * a * b, 2.0 * a * 2.0 * a];
+    let want = [
+        2.0 * a * 2.0 * a,
+        2.0 * a * b,
+        2.0 * a * 2.0 * a,
+        2.0 * a * b,
+        b * b,
+        2.0 * a * b,
+        2.0 * a * 2.0 * a,
+        2.0 * a * b,
+        2.0 * a * 2.0 * a,
+    ];
     for c in 0..3 {
         assert_close(&p.data[c * 9..(c + 1) * 9], &want, 1e-6);
     }
