@@ -16,13 +16,14 @@ use burn::tensor::Tensor;
 /// `bn.forward(x)` for `[B, C, H, W]` input. In training mode (autodiff enabled) it
 /// normalises with the biased batch statistics and updates the running mean and variance
 /// exactly as Burn does (`running = (1 − momentum)·running + momentum·batch`, biased
-/// variance); in inference mode it is `bn.forward(x)`.
+/// variance); in inference mode it is `bn.forward(x)` with the running statistics folded
+/// into one per-channel scale and shift (equal up to rounding).
 pub fn batch_norm_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let device = x.device();
-    if !B::ad_enabled(&device) {
-        return bn.forward(x);
-    }
     let [b, c, h, w] = x.dims();
+    if !B::ad_enabled(&device) {
+        return inference(bn, x);
+    }
     let x = x.reshape([b, c, h * w]);
     // Per-channel values repeated per image: [B, C, 1], the broadcast the CPU backend is fast at.
     let per_row = |t: Tensor<B, 3>| t.repeat_dim(0, b);
@@ -44,4 +45,16 @@ pub fn batch_norm_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Ten
     // Fold γ / σ into one per-channel factor: two full-size ops instead of three.
     let scale = bn.gamma.val().reshape([1, c, 1]) / var.add_scalar(bn.epsilon).sqrt();
     (centered * per_row(scale) + per_row(bn.beta.val().reshape([1, c, 1]))).reshape([b, c, h, w])
+}
+
+/// Inference: `y = x·s + t` with `s = γ/√(running_var + ε)` and `t = β − running_mean·s`,
+/// applied as `[B, C, 1]` operands (Burn's `[1, C, 1, 1]` broadcast is the slow path on the
+/// CPU backend, and dominated memory-bank and KNN feature passes).
+fn inference<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    let device = x.device();
+    let scale = bn.gamma.val() / bn.running_var.value().to_device(&device).add_scalar(bn.epsilon).sqrt();
+    let shift = bn.beta.val() - bn.running_mean.value().to_device(&device) * scale.clone();
+    let per_row = |t: Tensor<B, 1>| t.reshape([1, c, 1]).repeat_dim(0, b);
+    (x.reshape([b, c, h * w]) * per_row(scale) + per_row(shift)).reshape([b, c, h, w])
 }

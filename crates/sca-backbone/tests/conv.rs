@@ -200,3 +200,28 @@ fn fast_batch_norm_matches_burn_in_outputs_gradients_and_running_stats() {
     }
 }
 
+
+#[test]
+fn fast_batch_norm_inference_matches_burn() {
+    use burn::backend::Flex;
+    use burn::nn::BatchNormConfig;
+    use sca_backbone::norm::batch_norm_forward;
+    let device = Default::default();
+    let ramp = |a: f32, s: f32| Tensor::<Flex, 1>::from_data(TensorData::new((0..5).map(|i| a + s * i as f32).collect(), [5]), &device);
+    let mut bn = BatchNormConfig::new(5).init::<Flex>(&device);
+    bn.gamma = bn.gamma.map(|_| ramp(0.5, 0.25));
+    bn.beta = bn.beta.map(|_| ramp(-0.3, 0.1));
+    bn.running_mean = burn::module::RunningState::new(ramp(0.2, -0.05));
+    bn.running_var = burn::module::RunningState::new(ramp(1.5, 0.2));
+    let x = Tensor::<Flex, 4>::random([2, 5, 3, 4], Distribution::Normal(1.0, 2.0), &device);
+    let want: Vec<f32> = bn.forward(x.clone()).into_data().to_vec().unwrap();
+    let got: Vec<f32> = batch_norm_forward(&bn, x.clone()).into_data().to_vec().unwrap();
+    // Independent value for one element: (x − μ)/√(σ² + ε)·γ + β with channel 3's numbers.
+    let xv: Vec<f32> = x.into_data().to_vec().unwrap();
+    let i = 3 * 12 + 7; // image 0, channel 3, position 7
+    let hand = (xv[i] - (0.2 - 0.15)) / (1.5f32 + 0.6 + 1e-5).sqrt() * (0.5 + 0.75) + (-0.3 + 0.3);
+    assert!((got[i] - hand).abs() < 1e-5, "{} vs hand {hand}", got[i]);
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "element {k}: {g} vs Burn {w}");
+    }
+}
