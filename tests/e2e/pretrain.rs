@@ -51,7 +51,7 @@ fn read(p: PathBuf) -> Vec<u8> {
 }
 
 #[test]
-fn killed_run_resumes_to_bit_identical_weights() {
+fn killed_or_interrupted_runs_resume_to_bit_identical_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let (full, killed) = (tmp.path().join("full"), tmp.path().join("killed"));
     run_ok(pretrain(&full, &[]));
@@ -74,6 +74,28 @@ fn killed_run_resumes_to_bit_identical_weights() {
     let log = run_ok(resume);
     assert!(log.contains("resumed from"), "{log}");
     assert_eq!(read(full.join("backbone.safetensors")), read(killed.join("backbone.safetensors")), "weights differ after resume");
+
+    // Ctrl-C (SIGINT) mid-epoch: the step finishes, a checkpoint is written, the process
+    // exits cleanly, and resuming also ends bit-identical.
+    let interrupted = tmp.path().join("interrupted");
+    let child = pretrain(&interrupted, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let latest = interrupted.join("checkpoints/latest.ckpt");
+    let t0 = Instant::now();
+    while !latest.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(600), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signal = Command::new("sh").arg("-c").arg(format!("kill -INT {}", child.id())).status().unwrap();
+    assert!(signal.success());
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "Ctrl-C should exit cleanly:\n{log}");
+    assert!(log.contains("interrupted: checkpoint written at epoch 1, batch "), "{log}");
+    assert!(!interrupted.join("backbone.safetensors").exists());
+    let mut resume = sca();
+    resume.args(["pretrain", "--device", "cpu", "--resume"]).arg(&interrupted);
+    run_ok(resume);
+    assert_eq!(read(full.join("backbone.safetensors")), read(interrupted.join("backbone.safetensors")), "weights differ after Ctrl-C");
 
     // Both runs log every epoch with a KNN figure.
     let metrics = String::from_utf8(read(full.join("metrics.jsonl"))).unwrap();
@@ -112,10 +134,29 @@ fn config_errors_name_the_key_and_file() {
     check("epochs=\"many\"", "key 'epochs': invalid type: string \"many\", expected usize");
     check("batch_size=0", "key 'batch_size' must be at least 1");
     check("model.arch=resnet99", "key 'model.arch': unknown variant `resnet99`");
+    check("data.augment.std=[0.2,0.0,0.2]", "keys 'data.augment.mean'/'std' must be finite with std > 0");
+    check("optim.core.base=-1", "key 'optim.core': learning rates must be finite and not negative");
     let bad = tmp.path().join("bad.json");
     std::fs::write(&bad, "{ \"name\": ").unwrap();
     let mut c = sca();
     c.args(["pretrain", "--config"]).arg(&bad);
     let err = run_err(c);
     assert!(err.contains("bad.json: invalid JSON"), "{err}");
+}
+
+#[test]
+fn non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    run_ok(pretrain(&run, &["--set", "epochs=1"]));
+    let latest = run.join("checkpoints/latest.ckpt");
+    let good = read(latest.clone());
+    // Continue for one more epoch with an absurd learning rate: the weights overflow.
+    let mut resume = sca();
+    resume.args(["pretrain", "--device", "cpu", "--resume"]).arg(&run);
+    resume.args(["--set", "epochs=2", "--set", "optim.core.base=1e30", "--set", "optim.core.final=1e30"]);
+    let err = run_err(resume);
+    assert!(err.contains("loss term '") && err.contains("at epoch 1, step "), "{err}");
+    assert!(err.contains("stopping (the last checkpoint is kept)"), "{err}");
+    assert_eq!(read(latest), good, "the last good checkpoint was overwritten");
 }

@@ -309,6 +309,15 @@ impl TrainConfig {
         if self.addon.enabled && self.addon.positives == 0 {
             return Err("key 'addon.positives' must be at least 1 when the add-on is enabled".into());
         }
+        let aug = &self.data.augment;
+        if aug.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || aug.mean.iter().any(|m| !m.is_finite()) {
+            return Err(format!("keys 'data.augment.mean'/'std' must be finite with std > 0, got {:?} / {:?}", aug.mean, aug.std));
+        }
+        for (k, lr) in [("optim.core", &self.optim.core), ("optim.addon", &self.optim.addon)] {
+            if [lr.start, lr.base, lr.final_lr].iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(format!("key '{k}': learning rates must be finite and not negative"));
+            }
+        }
         if let EngineConfig::Swav { assignment_crops, .. } = &self.engine {
             let views = self.data.augment.num_views();
             if views < 2 {
