@@ -13,6 +13,7 @@ pub mod features;
 pub mod head;
 pub mod heatmap;
 pub mod knn;
+pub mod plot;
 pub mod probe;
 
 pub use cam::{average_drop, average_increase, cam_batch, CamBatch, CamMetrics, CamRow};

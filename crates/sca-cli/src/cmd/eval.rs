@@ -3,7 +3,7 @@
 //! Each reads a run directory from `sca pretrain` (`config.json` + `backbone.safetensors`),
 //! or a bare backbone (`--weights FILE --arch A [--small-stem] --dataset ...`), e.g. one
 //! converted from torchvision. Results go into the run directory (or `--out`):
-//! `knn.json`, `linear/{metrics.json, head.safetensors}`, `cam/{metrics.json, heatmaps.png}`.
+//! `knn.json`, `linear/{metrics.json, head.safetensors}`, `cam/{metrics.json, overlays.png}`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -114,10 +114,11 @@ pub struct CamArgs {
     /// Per-image scores (`index,class,Y,O`) to this CSV file.
     #[arg(long, value_name = "FILE")]
     pub scores_csv: Option<PathBuf>,
-    /// Write a PNG grid of the first N validation images (image | CAM | explanation map).
-    #[arg(long, value_name = "N")]
-    pub heatmaps: Option<usize>,
-    /// Where the heatmap grid goes (default: OUT/cam/heatmaps.png).
+    /// Rows of the overlay grid: the first N validation images as image (with its box) |
+    /// CAM over the image | explanation map. 0 writes none.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub heatmaps: usize,
+    /// Where the overlay grid goes (default: OUT/cam/overlays.png).
     #[arg(long, value_name = "FILE.png")]
     pub heatmaps_file: Option<PathBuf>,
     /// Epochs of the cached-mode probe trained first when OUT/linear/head.safetensors is absent.
@@ -476,7 +477,7 @@ fn cam_cmd<B: AutodiffBackend>(s: &Setup, args: &CamArgs, device: B::Device) -> 
             test.num_classes()
         );
     }
-    let want_maps = args.heatmaps.unwrap_or(0);
+    let want_maps = args.heatmaps;
     let mut rows: Vec<CamRow> = Vec::with_capacity(test.len());
     let mut maps: Vec<HeatmapRow> = Vec::new();
     let pb = bar(test.len(), "CAM");
@@ -507,9 +508,9 @@ fn cam_cmd<B: AutodiffBackend>(s: &Setup, args: &CamArgs, device: B::Device) -> 
         eprintln!("per-image scores written to {}", path.display());
     }
     if want_maps > 0 {
-        let path = args.heatmaps_file.clone().unwrap_or_else(|| dir.join("heatmaps.png"));
+        let path = args.heatmaps_file.clone().unwrap_or_else(|| dir.join("overlays.png"));
         files::write_atomic(&path, &encode_png(&heatmap_grid(&maps)))?;
-        eprintln!("heatmaps of {} images written to {} (image | CAM | explanation map)", maps.len(), path.display());
+        eprintln!("CAM overlays of {} images written to {} (image | CAM over image | explanation map)", maps.len(), path.display());
     }
     let loc = match (m.pointing_game, m.energy_in_box) {
         (Some(p), Some(e)) => format!("  pointing game {p:.2}%  energy in box {e:.2}%"),

@@ -50,7 +50,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 None => (DEFAULT_CONFIG.to_string(), "configs/default.json (built in)".to_string()),
             };
             let cfg = sca_train::config::parse(&text, &name, &args.overrides)?;
-            let dir = args.out.clone().unwrap_or_else(|| Path::new("runs").join(&cfg.name));
+            let dir = match &args.out {
+                Some(d) => d.clone(),
+                // Without --out a rerun goes next to the earlier ones: runs/<name>, <name>-2, ...
+                None => (1..)
+                    .map(|i| Path::new("runs").join(if i == 1 { cfg.name.clone() } else { format!("{}-{i}", cfg.name) }))
+                    .find(|d| !d.exists())
+                    .expect("some name is free"),
+            };
             if run_dir::latest_checkpoint_exists(&dir) {
                 bail!("{} already holds a run; continue it with `sca pretrain --resume {}` or choose another --out", dir.display(), dir.display());
             }
@@ -58,10 +65,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let choice = args.device.resolve_and_report()?;
-    with_backend!(choice, |B, device| pretrain::<B>(cfg, &dir, resume, device))
+    with_backend!(choice, |B, device| pretrain::<B>(cfg, &dir, resume, &args.overrides, device))
 }
 
-fn pretrain<B: AutodiffBackend>(cfg: TrainConfig, dir: &Path, resume: bool, device: B::Device) -> anyhow::Result<()> {
+fn pretrain<B: AutodiffBackend>(cfg: TrainConfig, dir: &Path, resume: bool, overrides: &[String], device: B::Device) -> anyhow::Result<()> {
     let data = crate::datasets::open(&cfg.data.dataset, cfg.data.train_size, cfg.data.test_size, cfg.seed)?;
     eprintln!(
         "run {}: {} on {} ({} train images{}), {} epochs of {} steps",
@@ -83,6 +90,11 @@ fn pretrain<B: AutodiffBackend>(cfg: TrainConfig, dir: &Path, resume: bool, devi
         let (path, bytes) = run_dir::load_checkpoint(dir, |b| trainer_restore_check(&cfg, b))?;
         trainer.restore(&bytes).with_context(|| format!("restoring {}", path.display()))?;
         eprintln!("resumed from {} at epoch {}, batch {} (step {})", path.display(), trainer.epoch, trainer.batch, trainer.step);
+        if !overrides.is_empty() {
+            // The rest of the run follows the changed config; keep config.json telling the truth.
+            files::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+            eprintln!("continuing with {} (config.json updated)", overrides.join(", "));
+        }
     } else {
         std::fs::create_dir_all(dir.join("checkpoints")).with_context(|| format!("creating {}", dir.display()))?;
         files::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
@@ -206,6 +218,11 @@ impl Observer for CliObserver {
         // A lost metrics line must not stop training; say so once per failure.
         if let Err(e) = writeln!(self.metrics, "{line}").and_then(|_| self.metrics.flush()) {
             self.say(&format!("warning: could not append to metrics.jsonl: {e}"));
+        }
+        if line.get("epoch_seconds").is_some() {
+            if let Err(e) = crate::curves::write(&self.dir) {
+                self.say(&format!("warning: could not draw curves.png: {e:#}"));
+            }
         }
     }
 
