@@ -2,9 +2,11 @@
 //! and chooses a device; everything else lives in the library crates.
 
 mod cmd;
+mod curves;
 mod datasets;
 mod device;
 mod files;
+mod gpu_cache;
 mod run_dir;
 
 use clap::{Parser, Subcommand};
@@ -14,6 +16,13 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where the CUDA backend keeps its autotune results and compiled kernels, so later runs
+    /// start warm (unused on the CPU).
+    #[arg(long, global = true, default_value = gpu_cache::DEFAULT_CACHE_DIR)]
+    gpu_cache: std::path::PathBuf,
+    /// How hard the CUDA backend autotunes kernels (default: CubeCL's, `balanced`).
+    #[arg(long, global = true, value_enum)]
+    autotune: Option<gpu_cache::Autotune>,
 }
 
 #[derive(Subcommand)]
@@ -42,6 +51,15 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // Only commands that may run on CUDA need the GPU cache; creating it elsewhere would
+    // litter the working directory.
+    let uses_device = !matches!(cli.command, Command::Info(_) | Command::Weights(_) | Command::Data(_) | Command::Export(_));
+    if uses_device && device::cuda_driver_present() {
+        if let Err(err) = gpu_cache::install(&cli.gpu_cache, cli.autotune) {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
+    }
     let result = match cli.command {
         Command::Info(args) => cmd::info::run(args),
         Command::Weights(args) => cmd::weights::run(args),

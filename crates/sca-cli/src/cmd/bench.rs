@@ -32,6 +32,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         iterations: usize,
     },
+    /// The GPU set: ResNet-50 SwAV step (without and with the add-on), forward-only features,
+    /// k-means on 1.28M × 128 into 3,000 clusters, chunked KNN of 50,000 × 1.28M × 2048.
+    /// `--scale` shrinks the k-means and KNN sizes (e.g. 0.001 for a CPU smoke run).
+    Gpu {
+        #[command(flatten)]
+        common: Common,
+        /// Multiplies N of k-means and both sizes of the KNN.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Input side of the ResNet-50 cases.
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Batch of the forward-only feature case.
+        #[arg(long, default_value_t = 256)]
+        feature_batch: usize,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -51,7 +67,9 @@ pub struct Common {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let common = match &cmd {
-        BenchCommand::Pretrain(c) | BenchCommand::Addon(c) | BenchCommand::Kmeans { common: c, .. } => c.clone(),
+        BenchCommand::Pretrain(c) | BenchCommand::Addon(c) | BenchCommand::Kmeans { common: c, .. } | BenchCommand::Gpu { common: c, .. } => {
+            c.clone()
+        }
     };
     let choice = common.device.resolve_and_report()?;
     let device_name = choice.to_string();
@@ -59,6 +77,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pretrain(c) => pretrain::<B>(&c, matches!(choice, crate::device::Choice::Cuda(_)), device)?,
         BenchCommand::Addon(c) => addon::<B>(&c, device)?,
         BenchCommand::Kmeans { n, d, c, iterations, .. } => kmeans::<B>(n, d, c, iterations, device)?,
+        BenchCommand::Gpu { common, scale, size, feature_batch } => {
+            gpu::<B>(&common, matches!(choice, crate::device::Choice::Cuda(_)), scale, size, feature_batch, device)?
+        }
     });
     println!("\n{:<52} {:>12} {:>12} {:>14}", "case", "images/s", "ms/step", "first step s");
     for r in &rows {
@@ -140,6 +161,67 @@ fn addon<B: AutodiffBackend>(c: &Common, device: B::Device) -> anyhow::Result<Ve
     let (ta, ts) = (a["ms_per_step"].as_f64().unwrap(), s["ms_per_step"].as_f64().unwrap());
     let share = json!({ "case": format!("add-on's own share of its step: {:.1}%", 100.0 * (ta - ts) / ta), "ms_per_step": ta - ts });
     Ok(vec![a, s, e, share])
+}
+
+/// Everything the GPU comparison with `bench/torch_reference.py` needs, in one table.
+fn gpu<B: AutodiffBackend>(
+    c: &Common,
+    cuda: bool,
+    scale: f64,
+    size: usize,
+    feature_batch: usize,
+    device: B::Device,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    anyhow::ensure!(scale > 0.0, "--scale must be positive");
+    let b = c.batch.unwrap_or(if cuda { 64 } else { 4 });
+    let r50 = ["model.arch=resnet50", "model.small_stem=false", "engine.hidden_dim=2048", "engine.prototypes=3000"];
+    let swav = config(&[&r50[..], &["addon.enabled=false"]].concat())?;
+    let addon = config(&[&r50[..], &["addon.enabled=true", "addon.positives=1", "addon.clusters=3000"]].concat())?;
+    let mut rows = vec![
+        time_steps::<B>(&format!("(a) SwAV ResNet-50, 2x{size} px, batch {b}"), swav, b, 2, size, c.steps, device.clone())?,
+        time_steps::<B>(&format!("(b) SwAV + add-on (P=1) ResNet-50, batch {b}"), addon, b, 2, size, c.steps, device.clone())?,
+        features::<B>(feature_batch, size, c.steps, device.clone())?,
+    ];
+    let n = ((1_280_000.0 * scale).round() as usize).max(1);
+    rows.extend(kmeans::<B>(n, 128, 3000.min(n), 10, device.clone())?);
+    rows.push(knn_bench::<B>(((50_000.0 * scale).round() as usize).max(1), n, 2048, device)?);
+    Ok(rows)
+}
+
+/// Forward-only pooled ResNet-50 features (no autodiff, inference-mode BN).
+fn features<B: AutodiffBackend>(batch: usize, size: usize, steps: usize, device: B::Device) -> anyhow::Result<serde_json::Value> {
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    let model: sca_backbone::ResNet<I<B>> = sca_backbone::ResNetConfig::new(sca_backbone::Arch::ResNet50).init(&device);
+    let x = || Tensor::<I<B>, 4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
+    let t0 = Instant::now();
+    let _ = model.forward_features(x()).into_data();
+    let first = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        let _ = model.forward_features(x()).into_data();
+    }
+    let per = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
+    Ok(json!({
+        "case": format!("(c) ResNet-50 features, batch {batch} at {size} px"),
+        "images_per_s": batch as f64 / per, "ms_per_step": per * 1e3, "first_step_s": first, "batch": batch,
+    }))
+}
+
+/// Chunked weighted KNN on random unit vectors (`queries × bank × d`, k = 200).
+fn knn_bench<B: AutodiffBackend>(queries: usize, bank: usize, d: usize, device: B::Device) -> anyhow::Result<serde_json::Value> {
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    I::<B>::seed(&device, 1);
+    let unit = |n| sca_eval::knn::l2_normalize(Tensor::<I<B>, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &device));
+    let (bank_t, query_t) = (unit(bank), unit(queries));
+    let (bank_labels, query_labels): (Vec<usize>, Vec<usize>) = ((0..bank).map(|i| i % 1000).collect(), (0..queries).map(|i| i % 1000).collect());
+    I::<B>::sync(&device)?;
+    let t0 = Instant::now();
+    let r = sca_eval::weighted_knn(&bank_t, &bank_labels, &query_t, &query_labels, 1000, 200, 0.1, 4096);
+    let s = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "case": format!("(e) KNN {queries} x {bank} x {d}, k=200 (top-1 {:.1}% on noise)", r.top1),
+        "seconds": s, "images_per_s": queries as f64 / s, "ms_per_step": s * 1e3,
+    }))
 }
 
 fn kmeans<B: AutodiffBackend>(n: usize, d: usize, c: usize, iterations: usize, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
