@@ -27,6 +27,7 @@ pub struct Args {
 struct Row {
     name: String,
     knn: Vec<f64>,
+    initial_knn: Vec<f64>,
     last: serde_json::Value,
     seconds: f64,
 }
@@ -52,7 +53,7 @@ pub fn run(sh: &Shell, a: Args) -> anyhow::Result<()> {
     };
     let mut rows = Vec::new();
     for (name, config, addon) in [("SwAV", swav, false), ("SwAV + add-on", swav, true), ("SimSiam", simsiam, false), ("SimSiam + add-on", simsiam, true)] {
-        let mut row = Row { name: name.into(), knn: vec![], last: serde_json::Value::Null, seconds: 0.0 };
+        let mut row = Row { name: name.into(), knn: vec![], initial_knn: vec![], last: serde_json::Value::Null, seconds: 0.0 };
         for seed in 0..a.seeds {
             let dir = format!("{}/{}/{}-seed{seed}", a.out, a.dataset, name.replace(" + ", "-").to_lowercase());
             let _ = std::fs::remove_dir_all(&dir);
@@ -64,7 +65,8 @@ pub fn run(sh: &Shell, a: Args) -> anyhow::Result<()> {
             let t0 = Instant::now();
             cmd!(sh, "{sca} pretrain --config {config} --out {dir} --device {device} {sets...}").run()?;
             row.seconds += t0.elapsed().as_secs_f64();
-            let last = last_epoch(Path::new(&dir))?;
+            let (initial, last) = first_and_last_epoch(Path::new(&dir))?;
+            row.initial_knn.push(initial["initial_knn_top1"].as_f64().unwrap_or(f64::NAN));
             row.knn.push(last["knn_top1"].as_f64().unwrap_or(f64::NAN));
             row.last = last;
         }
@@ -76,13 +78,17 @@ pub fn run(sh: &Shell, a: Args) -> anyhow::Result<()> {
     write_results(&a.dataset, &table)
 }
 
-fn last_epoch(dir: &Path) -> anyhow::Result<serde_json::Value> {
+/// The initial-KNN line and the last epoch summary of a run's metrics.jsonl.
+fn first_and_last_epoch(dir: &Path) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl"))?;
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let initial = lines.iter().find(|v| v.get("initial_knn_top1").is_some()).cloned().unwrap_or_default();
+    let last = lines
+        .into_iter()
         .filter(|v| v.get("epoch_seconds").is_some())
         .last()
-        .ok_or_else(|| anyhow::anyhow!("{} has no epoch summary", dir.display()))
+        .ok_or_else(|| anyhow::anyhow!("{} has no epoch summary", dir.display()))?;
+    Ok((initial, last))
 }
 
 fn render(a: &Args, rows: &[Row]) -> String {
@@ -92,12 +98,16 @@ fn render(a: &Args, rows: &[Row]) -> String {
         "Command: `cargo xtask ablation --dataset {} --seeds {} --device {}{sets}` ({} seeds per row).\n\n",
         a.dataset, a.seeds, a.device, a.seeds
     );
-    s += "| method | KNN top-1 % (mean ± std) | final L_ssl | final L_μ | final L_cls | wall time per run (s) |\n|---|---|---|---|---|---|\n";
+    s += "| method | KNN top-1 % after training (mean ± std) | KNN top-1 % at initialisation | final L_ssl | final L_μ | final L_cls | wall time per run (s) |\n|---|---|---|---|---|---|---|\n";
+    // One seed has no spread to report.
+    let pm = |v: &[f64]| {
+        let (m, sd) = mean_std(v);
+        if v.len() > 1 { format!("{m:.2} ± {sd:.2}") } else { format!("{m:.2}") }
+    };
     for r in rows {
-        let (m, sd) = mean_std(&r.knn);
         s += &format!(
-            "| {} | {m:.2} ± {sd:.2} | {} | {} | {} | {:.0} |\n",
-            r.name, f(&r.last["loss_ssl"]), f(&r.last["loss_mu"]), f(&r.last["loss_cls"]), r.seconds
+            "| {} | {} | {} | {} | {} | {} | {:.0} |\n",
+            r.name, pm(&r.knn), pm(&r.initial_knn), f(&r.last["loss_ssl"]), f(&r.last["loss_mu"]), f(&r.last["loss_cls"]), r.seconds
         );
     }
     s
