@@ -160,3 +160,17 @@ fn non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint() {
     assert!(err.contains("stopping (the last checkpoint is kept)"), "{err}");
     assert_eq!(read(latest), good, "the last good checkpoint was overwritten");
 }
+
+#[test]
+fn gpu_benchmark_runs_scaled_down_on_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("gpu.json");
+    let mut c = sca();
+    c.args(["bench", "gpu", "--device", "cpu", "--scale", "0.0005", "--size", "32", "--feature-batch", "2", "--batch", "2", "--steps", "1", "--json"]).arg(&json);
+    let log = run_ok(c);
+    assert!(log.contains("(a) SwAV ResNet-50") && log.contains("(e) KNN 25 x 640 x 2048"), "{log}");
+    let v: serde_json::Value = serde_json::from_slice(&read(json)).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r["ms_per_step"].as_f64().is_some_and(|t| t > 0.0)), "{rows:?}");
+}

@@ -183,7 +183,10 @@ fn gpu<B: AutodiffBackend>(
         features::<B>(feature_batch, size, c.steps, device.clone())?,
     ];
     let n = ((1_280_000.0 * scale).round() as usize).max(1);
-    rows.extend(kmeans::<B>(n, 128, 3000.min(n), 10, device.clone())?);
+    for mut row in kmeans::<B>(n, 128, 3000.min(n), 10, device.clone())? {
+        row["case"] = json!(format!("(d) {}", row["case"].as_str().unwrap_or("k-means")));
+        rows.push(row);
+    }
     rows.push(knn_bench::<B>(((50_000.0 * scale).round() as usize).max(1), n, 2048, device)?);
     Ok(rows)
 }
