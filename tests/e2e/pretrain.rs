@@ -32,6 +32,13 @@ fn pretrain(out: &Path, extra: &[&str]) -> Command {
     c
 }
 
+/// `sca pretrain --resume DIR` on the CPU, with extra arguments.
+fn resume(run: &Path, extra: &[&str]) -> Command {
+    let mut c = sca();
+    c.args(["pretrain", "--device", "cpu", "--resume"]).arg(run).args(extra);
+    c
+}
+
 fn run_ok(mut c: Command) -> String {
     let out = c.output().expect("sca runs");
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
@@ -69,9 +76,7 @@ fn killed_or_interrupted_runs_resume_to_bit_identical_weights() {
     child.wait().unwrap();
     assert!(!killed.join("backbone.safetensors").exists(), "the run was killed before it finished");
 
-    let mut resume = sca();
-    resume.args(["pretrain", "--device", "cpu", "--resume"]).arg(&killed);
-    let log = run_ok(resume);
+    let log = run_ok(resume(&killed, &[]));
     assert!(log.contains("resumed from"), "{log}");
     assert_eq!(read(full.join("backbone.safetensors")), read(killed.join("backbone.safetensors")), "weights differ after resume");
 
@@ -92,9 +97,7 @@ fn killed_or_interrupted_runs_resume_to_bit_identical_weights() {
     assert!(out.status.success(), "Ctrl-C should exit cleanly:\n{log}");
     assert!(log.contains("interrupted: checkpoint written at epoch 1, batch "), "{log}");
     assert!(!interrupted.join("backbone.safetensors").exists());
-    let mut resume = sca();
-    resume.args(["pretrain", "--device", "cpu", "--resume"]).arg(&interrupted);
-    run_ok(resume);
+    run_ok(resume(&interrupted, &[]));
     assert_eq!(read(full.join("backbone.safetensors")), read(interrupted.join("backbone.safetensors")), "weights differ after Ctrl-C");
 
     // Both runs log every epoch with a KNN figure.
@@ -114,9 +117,7 @@ fn corrupt_latest_checkpoint_falls_back_to_previous() {
     let n = bytes.len();
     bytes[n - 10] ^= 0xFF;
     std::fs::write(&latest, &bytes).unwrap();
-    let mut resume = sca();
-    resume.args(["pretrain", "--device", "cpu", "--resume"]).arg(&run);
-    let log = run_ok(resume);
+    let log = run_ok(resume(&run, &[]));
     assert!(log.contains("latest.ckpt is damaged (checkpoint blob"), "{log}");
     assert!(log.contains("resumed from") && log.contains("previous.ckpt at epoch 1, batch 0"), "{log}");
 }
@@ -152,10 +153,7 @@ fn non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint() {
     let latest = run.join("checkpoints/latest.ckpt");
     let good = read(latest.clone());
     // Continue for one more epoch with an absurd learning rate: the weights overflow.
-    let mut resume = sca();
-    resume.args(["pretrain", "--device", "cpu", "--resume"]).arg(&run);
-    resume.args(["--set", "epochs=2", "--set", "optim.core.base=1e30", "--set", "optim.core.final=1e30"]);
-    let err = run_err(resume);
+    let err = run_err(resume(&run, &["--set", "epochs=2", "--set", "optim.core.base=1e30", "--set", "optim.core.final=1e30"]));
     assert!(err.contains("loss term '") && err.contains("at epoch 1, step "), "{err}");
     assert!(err.contains("stopping (the last checkpoint is kept)"), "{err}");
     assert_eq!(read(latest), good, "the last good checkpoint was overwritten");
