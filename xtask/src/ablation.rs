@@ -95,8 +95,11 @@ fn render(a: &Args, rows: &[Row]) -> String {
     let f = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
     let sets = if a.overrides.is_empty() { String::new() } else { format!(" --set {}", a.overrides.join(" --set ")) };
     let mut s = format!(
-        "Command: `cargo xtask ablation --dataset {} --seeds {} --device {}{sets}` ({} seeds per row).\n\n",
-        a.dataset, a.seeds, a.device, a.seeds
+        "Command: `cargo xtask ablation --dataset {} --seeds {} --device {}{sets}` ({} per row).\n\n",
+        a.dataset,
+        a.seeds,
+        a.device,
+        if a.seeds == 1 { "1 seed".to_string() } else { format!("{} seeds", a.seeds) }
     );
     s += "| method | KNN top-1 % after training (mean ± std) | KNN top-1 % at initialisation | final L_ssl | final L_μ | final L_cls | wall time per run (s) |\n|---|---|---|---|---|---|---|\n";
     // One seed has no spread to report.
