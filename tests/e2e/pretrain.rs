@@ -39,6 +39,15 @@ fn resume(run: &Path, extra: &[&str]) -> Command {
     c
 }
 
+/// Blocks until the run's first checkpoint exists (at most 10 minutes).
+fn wait_for_checkpoint(run: &Path) {
+    let (latest, t0) = (run.join("checkpoints/latest.ckpt"), Instant::now());
+    while !latest.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(600), "no checkpoint appeared in {}", run.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn run_ok(mut c: Command) -> String {
     let out = c.output().expect("sca runs");
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
@@ -65,12 +74,7 @@ fn killed_or_interrupted_runs_resume_to_bit_identical_weights() {
 
     // Kill the second run with SIGKILL once its first checkpoint exists (mid-epoch 1).
     let mut child = pretrain(&killed, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let latest = killed.join("checkpoints/latest.ckpt");
-    let t0 = Instant::now();
-    while !latest.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(600), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoint(&killed);
     std::thread::sleep(Duration::from_millis(100));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -84,12 +88,7 @@ fn killed_or_interrupted_runs_resume_to_bit_identical_weights() {
     // exits cleanly, and resuming also ends bit-identical.
     let interrupted = tmp.path().join("interrupted");
     let child = pretrain(&interrupted, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let latest = interrupted.join("checkpoints/latest.ckpt");
-    let t0 = Instant::now();
-    while !latest.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(600), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoint(&interrupted);
     let signal = Command::new("sh").arg("-c").arg(format!("kill -INT {}", child.id())).status().unwrap();
     assert!(signal.success());
     let out = child.wait_with_output().unwrap();
