@@ -70,6 +70,9 @@ impl DeviceArg {
     pub fn resolve_and_report(self) -> anyhow::Result<Choice> {
         let choice = self.resolve()?;
         eprintln!("device: {choice}{}", if self == DeviceArg::Auto { " [auto]" } else { "" });
+        if let Choice::Cuda(_) = choice {
+            crate::gpu_cache::install_requested()?;
+        }
         Ok(choice)
     }
 }

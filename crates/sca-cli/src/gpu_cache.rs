@@ -41,9 +41,27 @@ pub fn runtime_config(base: CubeClRuntimeConfig, cache: &Path, level: Option<Aut
     c
 }
 
-/// Installs the settings process-wide. Must run before the first CUDA operation (CubeCL
-/// reads its configuration once); `main` calls it first thing.
-pub fn install(cache: &Path, level: Option<Autotune>) -> anyhow::Result<PathBuf> {
+/// The flags from the command line, kept until a command picks CUDA.
+static REQUESTED: std::sync::OnceLock<(PathBuf, Option<Autotune>)> = std::sync::OnceLock::new();
+static INSTALLED: std::sync::Once = std::sync::Once::new();
+
+/// Remembers `--gpu-cache` / `--autotune`; `main` calls it before any command runs.
+pub fn request(cache: PathBuf, level: Option<Autotune>) {
+    let _ = REQUESTED.set((cache, level));
+}
+
+/// Installs the requested settings once, when a command has chosen CUDA and before its
+/// first CUDA operation (CubeCL reads its configuration once). CPU runs create nothing.
+pub fn install_requested() -> anyhow::Result<()> {
+    let mut result = Ok(());
+    INSTALLED.call_once(|| {
+        let (cache, level) = REQUESTED.get().cloned().unwrap_or_else(|| (PathBuf::from(DEFAULT_CACHE_DIR), None));
+        result = install(&cache, level).map(|_| ());
+    });
+    result
+}
+
+fn install(cache: &Path, level: Option<Autotune>) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(cache).with_context(|| format!("creating the GPU cache directory {}", cache.display()))?;
     let cache = std::path::absolute(cache).with_context(|| format!("resolving {}", cache.display()))?;
     let base = CubeClRuntimeConfig::from_current_dir().override_from_env();

@@ -51,15 +51,8 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    // Only commands that may run on CUDA need the GPU cache; creating it elsewhere would
-    // litter the working directory.
-    let uses_device = !matches!(cli.command, Command::Info(_) | Command::Weights(_) | Command::Data(_) | Command::Export(_));
-    if uses_device && device::cuda_driver_present() {
-        if let Err(err) = gpu_cache::install(&cli.gpu_cache, cli.autotune) {
-            eprintln!("error: {err:#}");
-            std::process::exit(1);
-        }
-    }
+    // Applied when a command picks CUDA (device.rs), so CPU runs create no cache directory.
+    gpu_cache::request(cli.gpu_cache, cli.autotune);
     let result = match cli.command {
         Command::Info(args) => cmd::info::run(args),
         Command::Weights(args) => cmd::weights::run(args),

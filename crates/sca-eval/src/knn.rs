@@ -322,7 +322,7 @@ mod tests {
             assert_eq!(host.1, dev.1, "indices, k={k} chunk={chunk}");
             assert_eq!(host.0, dev.0, "similarities, k={k} chunk={chunk}");
         }
-        // Ties: equal similarities keep the lower bank index, on both paths.
+        // Ties on the host path: equal similarities keep the lower bank index, whatever the chunking.
         let bank = Tensor::<B, 2>::from_floats([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], &device);
         let q = Tensor::<B, 2>::from_floats([[1.0, 0.0]], &device);
         assert_eq!(nearest_host(&bank, &q, 2, 1).1, vec![vec![0, 1]]);
