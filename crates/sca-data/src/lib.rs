@@ -34,6 +34,7 @@ pub use error::DataError;
 pub use fashion_mnist::FashionMnist;
 pub use image_folder::{ImageFolder, ImageFolderOptions, Verify};
 pub use loader::{
+    Shard,
     bank_batches, epoch_order, eval_batches, num_eval_batches, num_train_batches, same_label_positives, train_batches, Batches, EvalBatch,
     ImageBatch, LoaderConfig, PositiveFn, TrainBatch,
 };

@@ -30,11 +30,36 @@ pub struct LoaderConfig {
     /// Finished batches that may wait for the consumer.
     pub prefetch: usize,
     pub seed: u64,
+    /// This replica's part of every batch (data-parallel training); not part of a config file.
+    #[serde(skip)]
+    pub shard: Shard,
 }
 
 impl Default for LoaderConfig {
     fn default() -> Self {
-        LoaderConfig { batch_size: 256, workers: 0, prefetch: 2, seed: 0 }
+        LoaderConfig { batch_size: 256, workers: 0, prefetch: 2, seed: 0, shard: Shard::default() }
+    }
+}
+
+/// Replica `rank` of `world` loads the `rank`-th contiguous share of every training batch
+/// (`batch_size` is the global batch) and of the memory-bank pass. Samples keep their global
+/// index, so every crop is the one a single replica would have made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { rank: 0, world: 1 }
+    }
+}
+
+impl Shard {
+    /// This replica's share of `0..n` (contiguous; shares differ by at most one).
+    pub fn range(&self, n: usize) -> std::ops::Range<usize> {
+        (self.rank * n / self.world)..((self.rank + 1) * n / self.world)
     }
 }
 
@@ -298,8 +323,10 @@ pub fn train_batches(
     let order = epoch_order(ds.len(), seed, epoch);
     let views: Vec<CropSpec> = (0..aug.num_views()).map(|v| aug.crop_of_view(v).clone()).collect();
     let pos_crop = CropSpec { count: 1, ..aug.crops[0].clone() };
+    let mine = cfg.shard.range(bs);
     spawn_batches(start_batch.min(n_batches)..n_batches, cfg.workers, cfg.prefetch, move |b| {
-        let idx = &order[b * bs..(b + 1) * bs];
+        let idx = &order[b * bs..(b + 1) * bs][mine.clone()];
+        let bs = idx.len();
         let sizes: Vec<usize> = views.iter().map(|c| 3 * c.size * c.size).collect();
         let (view_data, sources) = fill_parallel(bs, &sizes, |k, outs| {
             let i = idx[k];
@@ -377,16 +404,18 @@ fn collect_eval(data: Vec<f32>, meta: Vec<(usize, usize, Option<BBox>)>, size: u
 }
 
 /// Memory-bank batches in index order (last partial batch kept): one augmented view per
-/// image, of the first crop kind, keyed by (seed, epoch, index).
+/// image, of the first crop kind, keyed by (seed, epoch, index). A replica covers its
+/// [`Shard::range`] of the dataset.
 pub fn bank_batches(ds: Arc<dyn Dataset>, aug: &AugmentConfig, cfg: &LoaderConfig, epoch: usize) -> Batches<EvalBatch> {
     if let Err(e) = check_config(&*ds, aug, cfg.batch_size) {
         return error_batches(e);
     }
     let aug = aug.clone();
     let crop = CropSpec { count: 1, ..aug.crops[0].clone() };
-    let (bs, seed, len) = (cfg.batch_size, cfg.seed, ds.len());
-    spawn_batches(0..num_eval_batches(len, bs), cfg.workers, cfg.prefetch, move |b| {
-        let idx: Vec<usize> = (b * bs..((b + 1) * bs).min(len)).collect();
+    let (bs, seed) = (cfg.batch_size, cfg.seed);
+    let mine = cfg.shard.range(ds.len());
+    spawn_batches(0..num_eval_batches(mine.len(), bs), cfg.workers, cfg.prefetch, move |b| {
+        let idx: Vec<usize> = (mine.start + b * bs..(mine.start + (b + 1) * bs).min(mine.end)).collect();
         let (mut data, meta) = fill_parallel(idx.len(), &[3 * crop.size * crop.size], |k, outs| {
             let i = idx[k];
             let (used, s) = load_or_substitute(&*ds, i)?;

@@ -25,7 +25,7 @@ pub fn preview_grid(
     seed: u64,
 ) -> Result<RgbImage, DataError> {
     let n_sources = n_sources.min(ds.len());
-    let cfg = LoaderConfig { batch_size: n_sources, workers: 0, prefetch: 1, seed };
+    let cfg = LoaderConfig { batch_size: n_sources, workers: 0, prefetch: 1, seed, ..Default::default() };
     let pos = (positives > 0).then(|| same_label_positives(Arc::new(labels(&*ds)), positives));
     let batch = train_batches(ds.clone(), aug, &cfg, 0, 0, pos)
         .next()

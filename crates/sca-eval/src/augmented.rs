@@ -195,7 +195,7 @@ pub fn train_augmented<B: AutodiffBackend>(
     let classes = train_ds.num_classes();
     let head = LinearHead::<B>::new(backbone.feature_dim(), classes, cfg.seed, device);
     let aug = probe_augment(image_size, cfg.min_scale as f32, cfg.max_scale as f32, mean, std);
-    let lcfg = LoaderConfig { batch_size: cfg.batch_size, workers: cfg.workers, prefetch: 2, seed: cfg.seed };
+    let lcfg = LoaderConfig { batch_size: cfg.batch_size, workers: cfg.workers, prefetch: 2, seed: cfg.seed, ..Default::default() };
     let iters = num_train_batches(train_ds.len(), cfg.batch_size);
     if iters == 0 {
         return Err(DataError::Config(format!(

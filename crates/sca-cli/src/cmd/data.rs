@@ -425,7 +425,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         bytes as f64 / paths.len().max(1) as f64 / 1024.0
     );
     let batch = a.batch.min(n);
-    let cfg = LoaderConfig { batch_size: batch, workers: a.workers, prefetch: 2, seed: 0 };
+    let cfg = LoaderConfig { batch_size: batch, workers: a.workers, prefetch: 2, seed: 0, ..Default::default() };
 
     // Read every file once so the figure measures decoding, not the disk.
     for i in 0..files.len() {

@@ -12,7 +12,7 @@ fn aug() -> AugmentConfig {
 }
 
 fn cfg(batch_size: usize, workers: usize) -> LoaderConfig {
-    LoaderConfig { batch_size, workers, prefetch: 2, seed: 7 }
+    LoaderConfig { batch_size, workers, prefetch: 2, seed: 7, ..Default::default() }
 }
 
 fn all(it: impl Iterator<Item = Result<TrainBatch, DataError>>) -> Vec<TrainBatch> {
@@ -246,4 +246,27 @@ fn a_panic_in_the_producer_reaches_the_consumer() {
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_batches(ds, &aug(), &cfg(4, 1), 0, 0, Some(bad)).count()));
     let msg = caught.unwrap_err();
     assert_eq!(msg.downcast_ref::<&str>(), Some(&"sampler bug"));
+}
+
+#[test]
+fn replica_shards_put_together_are_the_single_replica_batches() {
+    let ds = scenes(24);
+    let pos = same_label_positives(Arc::new(labels(&*ds)), 1);
+    let whole = all(train_batches(ds.clone(), &aug(), &cfg(6, 1), 1, 0, Some(pos.clone())));
+    let shard = |rank| LoaderConfig { shard: Shard { rank, world: 2 }, ..cfg(6, 1) };
+    let halves: Vec<Vec<TrainBatch>> = (0..2).map(|r| all(train_batches(ds.clone(), &aug(), &shard(r), 1, 0, Some(pos.clone())))).collect();
+    assert_eq!(halves[0].len(), whole.len());
+    for (b, w) in whole.iter().enumerate() {
+        let (a, c) = (&halves[0][b], &halves[1][b]);
+        assert_eq!([a.indices.clone(), c.indices.clone()].concat(), w.indices);
+        assert_eq!([a.positive_indices.clone(), c.positive_indices.clone()].concat(), w.positive_indices);
+        for v in 0..w.crops.len() {
+            assert_eq!(a.crops[v].shape[0], 3);
+            assert_eq!([a.crops[v].data.clone(), c.crops[v].data.clone()].concat(), w.crops[v].data, "view {v}");
+        }
+    }
+    // The memory-bank pass: each replica covers its half of the dataset, same crops.
+    let bank = |c: &LoaderConfig| -> Vec<f32> { bank_batches(ds.clone(), &aug(), c, 2).flat_map(|b| b.unwrap().images.data).collect() };
+    let single = bank(&cfg(5, 1));
+    assert_eq!([bank(&shard(0)), bank(&shard(1))].concat(), single);
 }
