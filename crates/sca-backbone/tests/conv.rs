@@ -225,3 +225,36 @@ fn fast_batch_norm_inference_matches_burn() {
         assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "element {k}: {g} vs Burn {w}");
     }
 }
+
+#[test]
+fn synchronised_batch_norm_uses_the_global_batch() {
+    // One replica whose twin holds the same images: summing a statistic over the two
+    // replicas doubles it. SyncBN on x must then equal plain BN on the batch [x; x] in its
+    // output and running statistics, and give half of its gradients (each replica carries
+    // its own half; the gradient all-reduce adds the halves back).
+    use burn::nn::BatchNormConfig;
+    use sca_backbone::norm::{batch_norm_forward, set_sync_batch_norm, StatSum};
+    use std::rc::Rc;
+    let device = Default::default();
+    let bn_sync = BatchNormConfig::new(4).with_momentum(0.3).init::<B>(&device);
+    let bn_plain = BatchNormConfig::new(4).with_momentum(0.3).init::<B>(&device);
+    let x = Tensor::<B, 4>::random([2, 4, 3, 3], Distribution::Normal(1.0, 2.0), &device);
+    let r = Tensor::<B, 4>::random([2, 4, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+
+    let twin: StatSum<B> = Rc::new(|t| t.mul_scalar(2.0));
+    set_sync_batch_norm(Some((2, twin)));
+    let xs = x.clone().detach().require_grad();
+    let ys = batch_norm_forward(&bn_sync, xs.clone());
+    set_sync_batch_norm::<B>(None);
+    let gs = (ys.clone() * r.clone()).sum().backward();
+
+    let xp = x.detach().require_grad();
+    let yp = batch_norm_forward(&bn_plain, Tensor::cat(vec![xp.clone(), xp.clone()], 0));
+    let gp = (yp.clone() * Tensor::cat(vec![r.clone(), r], 0)).sum().backward();
+
+    assert_close("output", ys.into_data(), yp.narrow(0, 0, 2).into_data());
+    assert_close("input grad", xs.grad(&gs).unwrap().into_data(), xp.grad(&gp).unwrap().div_scalar(2.0).into_data());
+    assert_close("gamma grad", bn_sync.gamma.val().grad(&gs).unwrap().into_data(), bn_plain.gamma.val().grad(&gp).unwrap().div_scalar(2.0).into_data());
+    assert_close("running var", bn_sync.running_var.value_sync().into_data(), bn_plain.running_var.value_sync().into_data());
+    assert_close("running mean", bn_sync.running_mean.value_sync().into_data(), bn_plain.running_mean.value_sync().into_data());
+}
