@@ -337,7 +337,7 @@ mod tests {
         let f0 = vals(head.fc1.weight.val());
         let (_, scores) = head.forward(Tensor::cat(vec![features(4, 8, 2), features(4, 8, 3)], 0));
         let crops = scores.chunk(2, 0);
-        let loss = swav_loss(&crops, &[0, 1], 0.1, 0.05, 3, None);
+        let loss = swav_loss(&crops, &[0, 1], 0.1, 0.05, 3, None, &sca_dist::Replica::single());
         let mut grads = GradientsParams::from_grads(loss.backward(), &head);
         if freeze {
             assert!(

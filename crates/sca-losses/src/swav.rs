@@ -1,9 +1,11 @@
 //! SwAV: Sinkhorn-Knopp codes and the swapped-prediction loss.
 //!
 //! Follows `distributed_sinkhorn` and the loss loop of `main_swav.py` in
-//! facebookresearch/swav (single process: the world size is 1).
+//! facebookresearch/swav, including its data-parallel form: with several replicas the
+//! Sinkhorn sums run over the global batch, so the codes equal the single-replica codes.
 
-use burn::tensor::{activation::log_softmax, backend::Backend, Tensor};
+use burn::tensor::{activation::log_softmax, backend::Backend, ElementConversion, Tensor};
+use sca_dist::Replica;
 
 /// Soft codes Q from prototype scores by Sinkhorn-Knopp (SwAV eq. 3, `distributed_sinkhorn`).
 ///
@@ -15,18 +17,33 @@ use burn::tensor::{activation::log_softmax, backend::Backend, Tensor};
 /// Steps, as SwAV: `Q = exp(scores/ε)ᵀ` (`K×B`), `Q /= ΣQ`; then `iterations` times: every
 /// prototype row to total `1/K`, every sample column to total `1/B`; return `(B·Q)ᵀ`.
 pub fn sinkhorn<B: Backend>(scores: Tensor<B, 2>, epsilon: f64, iterations: usize) -> Tensor<B, 2> {
-    let [n, k] = scores.dims();
+    sinkhorn_across(scores, epsilon, iterations, &Replica::single())
+}
+
+/// [`sinkhorn`] over the global batch of all replicas, each holding `[B, K]` scores of its
+/// share (equal shares): the total and the prototype (row) sums are added up over replicas,
+/// as in SwAV's `distributed_sinkhorn`; sample (column) sums are local. Returns this
+/// replica's rows of the global codes.
+pub fn sinkhorn_across<B: Backend>(scores: Tensor<B, 2>, epsilon: f64, iterations: usize, replica: &Replica) -> Tensor<B, 2> {
+    let [local, k] = scores.dims();
+    let n = local * replica.world();
     let scores = crate::stop_gradient(scores);
     // Subtracting the global max only rescales exp(·) by one constant, which the division
     // by the total sum below removes exactly; it keeps exp(s/ε) finite in f32 (ε = 0.05
-    // already gives e^20 for a score of 1).
-    let max = scores.clone().max().reshape([1, 1]);
+    // already gives e^20 for a score of 1). Replicas must subtract the same constant.
+    let max = match replica.is_single() {
+        true => scores.clone().max().reshape([1, 1]),
+        false => {
+            let local_max = scores.clone().max().into_scalar().elem::<f32>();
+            Tensor::<B, 2>::full([1, 1], replica.max(local_max), &scores.device())
+        }
+    };
     let mut q = scores.sub(max).div_scalar(epsilon).exp().transpose(); // [K, B]
-    let total = q.clone().sum().reshape([1, 1]);
+    let total = replica.sum(q.clone().sum().reshape([1, 1]));
     q = q.div(total);
     for _ in 0..iterations {
         // Each prototype (row) gets total mass 1/K.
-        let rows = q.clone().sum_dim(1); // [K, 1]
+        let rows = replica.sum(q.clone().sum_dim(1)); // [K, 1]
         q = q.div(rows).div_scalar(k as f64);
         // Each sample (column) gets total mass 1/B.
         let cols = q.clone().sum_dim(0); // [1, B]
@@ -41,6 +58,8 @@ pub fn sinkhorn<B: Backend>(scores: Tensor<B, 2>, epsilon: f64, iterations: usiz
 /// - `assignment_crops`: crops whose codes are predicted (SwAV: `[0, 1]`).
 /// - `temperature`: τ of the prediction softmax (0.1).
 /// - `epsilon`, `iterations`: Sinkhorn parameters (0.05, 3).
+/// - `replica`: this replica of the data-parallel group ([`Replica::single`] alone); the
+///   loss is the mean over this replica's samples.
 /// - `queue_scores`: when the queue is in use, `queue_scores[i]` (`[L, K]`, the queue of
 ///   assignment crop `i` scored against the current prototypes) is prepended to the Sinkhorn
 ///   input of `assignment_crops[i]`; only the last `N` rows (the batch) of the codes are kept.
@@ -54,6 +73,7 @@ pub fn swav_loss<B: Backend>(
     epsilon: f64,
     iterations: usize,
     queue_scores: Option<&[Tensor<B, 2>]>,
+    replica: &Replica,
 ) -> Tensor<B, 1> {
     let n_crops = scores_per_crop.len();
     assert!(n_crops >= 2, "SwAV needs at least two crops, got {n_crops}");
@@ -85,9 +105,9 @@ pub fn swav_loss<B: Backend>(
             Some(queue) => {
                 let input = Tensor::cat(vec![queue[i].clone(), scores_per_crop[a].clone()], 0);
                 let rows = input.dims()[0];
-                sinkhorn(input, epsilon, iterations).narrow(0, rows - batch, batch)
+                sinkhorn_across(input, epsilon, iterations, replica).narrow(0, rows - batch, batch)
             }
-            None => sinkhorn(scores_per_crop[a].clone(), epsilon, iterations),
+            None => sinkhorn_across(scores_per_crop[a].clone(), epsilon, iterations, replica),
         };
         let mut sub: Option<Tensor<B, 1>> = None;
         for (v, lp) in log_p.iter().enumerate() {
@@ -190,7 +210,7 @@ mod tests {
     fn check_loss(crops: &[&[&[f32]]], assign: &[usize], queue: Option<&[&[&[f32]]]>, want: f64) {
         let scores: Vec<Tensor<B, 2>> = crops.iter().map(|c| t2(c)).collect();
         let queue: Option<Vec<Tensor<B, 2>>> = queue.map(|q| q.iter().map(|c| t2(c)).collect());
-        let loss = swav_loss(&scores, assign, 0.1, 0.05, 3, queue.as_deref());
+        let loss = swav_loss(&scores, assign, 0.1, 0.05, 3, queue.as_deref(), &Replica::single());
         assert_close(&vec(loss), &[want], 1e-4);
     }
 
@@ -222,7 +242,7 @@ mod tests {
         // scores q = softmax = 1/K, so the gradient vanishes: nothing flows through q.
         let s0 = t2::<AB>(&[&[0.2, 0.2], &[0.2, 0.2]]).require_grad();
         let s1 = t2::<AB>(&[&[0.2, 0.2], &[0.2, 0.2]]).require_grad();
-        let loss = swav_loss(&[s0.clone(), s1.clone()], &[0], 0.1, 0.05, 3, None);
+        let loss = swav_loss(&[s0.clone(), s1.clone()], &[0], 0.1, 0.05, 3, None, &Replica::single());
         let grads = loss.backward();
         // s0 is only the Sinkhorn input of crop 0 here: no gradient at all.
         assert!(s0.grad(&grads).is_none());
@@ -232,7 +252,7 @@ mod tests {
         // (softmax(s1/τ) − q)/(τ·N) with N = 1, softmax([0,0]) = [.5,.5].
         let s0 = t2::<AB>(&[&[1.0, 0.0]]);
         let s1 = t2::<AB>(&[&[0.0, 0.0]]).require_grad();
-        let loss = swav_loss(&[s0, s1.clone()], &[0], 0.1, 0.05, 0, None);
+        let loss = swav_loss(&[s0, s1.clone()], &[0], 0.1, 0.05, 0, None, &Replica::single());
         // 0 iterations: q = exp(s/ε)/Σ = [e^20, 1]/(e^20+1) ≈ [1 − 2.06e-9, 2.06e-9]
         let grads = loss.backward();
         assert_close(
