@@ -6,6 +6,7 @@ use burn::tensor::{
 };
 use rand::{seq::index, Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sca_dist::Replica;
 
 /// Largest `rows × C` score matrix one assignment chunk may hold when
 /// [`KMeansConfig::chunk_size`] is `None`: 4 Mi floats = 16 MiB. On the 2-core CPU,
@@ -101,6 +102,18 @@ pub fn kmeans<B: Backend>(
     z: &Tensor<B, 2>,
     cfg: &KMeansConfig,
 ) -> Result<KMeansResult<B>, KMeansError> {
+    kmeans_across(z, cfg, &Replica::single())
+}
+
+/// [`kmeans`] with the assignment work split over replicas that all hold the same `z`:
+/// each assigns its [`Replica::shard`] of the rows, the per-cluster sums are added up over
+/// replicas and the labels and costs gathered, so every replica ends with the same result
+/// (equal to the single-replica one up to the order of the sums).
+pub fn kmeans_across<B: Backend>(
+    z: &Tensor<B, 2>,
+    cfg: &KMeansConfig,
+    replica: &Replica,
+) -> Result<KMeansResult<B>, KMeansError> {
     let [n, _] = z.dims();
     check_count(cfg.clusters, n)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -111,7 +124,7 @@ pub fn kmeans<B: Backend>(
         }
         KMeansInit::PlusPlus => plus_plus(z, cfg.clusters, cfg.plus_plus_candidates, &mut rng),
     };
-    lloyd(z, centroids, cfg)
+    lloyd(z, centroids, cfg, replica)
 }
 
 /// Lloyd iterations from given centroids (e.g. last epoch's, for a warm start).
@@ -129,7 +142,7 @@ pub fn kmeans_from<B: Backend>(
             dim: d,
         });
     }
-    lloyd(z, centroids, cfg)
+    lloyd(z, centroids, cfg, &Replica::single())
 }
 
 /// Nearest centroid of every row, `chunk_rows` rows at a time.
@@ -147,6 +160,7 @@ pub fn assign<B: Backend>(
         metric,
         chunk_rows.max(1),
         false,
+        &Replica::single(),
     );
     Assignment {
         labels: pass.labels,
@@ -192,8 +206,11 @@ fn pass<B: Backend>(
     metric: Metric,
     rows: usize,
     accumulate: bool,
+    replica: &Replica,
 ) -> Pass<B> {
-    let [n, d] = z.dims();
+    let [n_all, d] = z.dims();
+    let mine = replica.shard(n_all);
+    let (offset, n) = (mine.start, mine.end);
     let [c, _] = centroids.dims();
     let device = z.device();
     let ct = centroids.clone().transpose();
@@ -202,7 +219,7 @@ fn pass<B: Backend>(
         .then(|| centroids.clone().square().sum_dim(1).reshape([1, c]));
     let mut sums = accumulate.then(|| Tensor::<B, 2>::zeros([c, d], &device));
     let (mut labels, mut costs) = (Vec::new(), Vec::new());
-    let mut start = 0;
+    let mut start = offset;
     while start < n {
         let end = (start + rows).min(n);
         let r = end - start;
@@ -226,12 +243,20 @@ fn pass<B: Backend>(
         start = end;
     }
     // One read-back per pass, not per chunk.
-    let labels = Tensor::cat(labels, 0)
-        .into_data()
-        .iter::<i64>()
-        .map(|v| v as u32)
-        .collect();
-    let costs = Tensor::cat(costs, 0).into_data().iter::<f32>().collect();
+    let (mut labels, mut costs): (Vec<u32>, Vec<f32>) = match labels.is_empty() {
+        true => (Vec::new(), Vec::new()),
+        false => (
+            Tensor::cat(labels, 0).into_data().iter::<i64>().map(|v| v as u32).collect(),
+            Tensor::cat(costs, 0).into_data().iter::<f32>().collect(),
+        ),
+    };
+    if !replica.is_single() {
+        // Every replica gets all labels and costs (labels < 2^24 are exact in f32).
+        let l: Vec<f32> = labels.iter().map(|&v| v as f32).collect();
+        labels = replica.assemble(n_all, mine.clone(), &l).into_iter().map(|v| v as u32).collect();
+        costs = replica.assemble(n_all, mine, &costs);
+        sums = sums.map(|s| replica.sum(s));
+    }
     Pass {
         labels,
         costs,
@@ -243,6 +268,7 @@ fn lloyd<B: Backend>(
     z: &Tensor<B, 2>,
     mut centroids: Tensor<B, 2>,
     cfg: &KMeansConfig,
+    replica: &Replica,
 ) -> Result<KMeansResult<B>, KMeansError> {
     let [_, d] = z.dims();
     let k = cfg.clusters;
@@ -256,6 +282,7 @@ fn lloyd<B: Backend>(
         cfg.metric,
         rows,
         cfg.iterations > 0,
+        replica,
     );
     let (mut iterations_run, mut converged, mut reseeded) = (0, false, 0);
     while iterations_run < cfg.iterations {
@@ -284,7 +311,7 @@ fn lloyd<B: Backend>(
             shift as f64 <= tol
         });
         let last = iterations_run == cfg.iterations || shift_small;
-        let next = pass(z, norms.as_ref(), &centroids, cfg.metric, rows, !last);
+        let next = pass(z, norms.as_ref(), &centroids, cfg.metric, rows, !last, replica);
         let fixed = moved.is_empty() && next.labels == current.labels;
         current = next;
         if fixed || shift_small {
