@@ -8,33 +8,14 @@
 //! speed. That made BN cost more than the convolutions (`examples/conv_bench.rs`, profile).
 //! [`batch_norm_forward`] computes the same function of the same module (same parameters,
 //! same running-statistics update) with contiguous reductions and per-row scalars only.
-
-use std::any::Any;
-use std::cell::RefCell;
-use std::rc::Rc;
+//!
+//! With several data-parallel replicas and [`sca_dist::sync_bn`] installed on the thread,
+//! the training statistics are those of the global batch (SyncBN).
 
 use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-
-/// Sums a per-channel statistic (`[1, C, 1]`) over all replicas, inside the autodiff graph.
-pub type StatSum<B> = Rc<dyn Fn(Tensor<B, 3>) -> Tensor<B, 3>>;
-
-thread_local! {
-    /// Synchronised batch norm for the replica running on this thread: (replicas, sum).
-    static SYNC: RefCell<Option<(usize, Box<dyn Any>)>> = const { RefCell::new(None) };
-}
-
-/// Makes training-mode batch norm on this thread use the statistics of the global batch:
-/// `replicas` replicas with equally large batches, whose per-channel sums `sum` adds up.
-/// Every replica must run the same layers in the same order. `None` switches it off.
-pub fn set_sync_batch_norm<B: Backend>(sync: Option<(usize, StatSum<B>)>) {
-    SYNC.with(|s| *s.borrow_mut() = sync.map(|(n, f)| (n, Box::new(f) as Box<dyn Any>)));
-}
-
-fn sync_for<B: Backend>() -> Option<(usize, StatSum<B>)> {
-    SYNC.with(|s| s.borrow().as_ref().and_then(|(n, f)| f.downcast_ref::<StatSum<B>>().map(|f| (*n, f.clone()))))
-}
+use sca_dist::sync_bn;
 
 /// `bn.forward(x)` for `[B, C, H, W]` input. In training mode (autodiff enabled) it
 /// normalises with the biased batch statistics and updates the running mean and variance
@@ -51,7 +32,7 @@ pub fn batch_norm_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Ten
     // Per-channel values repeated per image: [B, C, 1], the broadcast the CPU backend is fast at.
     let per_row = |t: Tensor<B, 3>| t.repeat_dim(0, b);
     // Two contiguous reductions instead of a transpose: mean over positions, then images.
-    let (mean, centered, var) = match sync_for::<B>() {
+    let (mean, centered, var) = match sync_bn::get::<B>() {
         None => {
             let mean = x.clone().mean_dim(2).mean_dim(0); // [1, C, 1]
             let centered = x - per_row(mean.clone());
@@ -62,6 +43,7 @@ pub fn batch_norm_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Ten
         // squares, each added up over the replicas).
         Some((replicas, sum)) => {
             let count = (b * h * w * replicas) as f64;
+            let sum = |t: Tensor<B, 3>| sum(t.reshape([1, c])).reshape([1, c, 1]);
             let mean = sum(x.clone().sum_dim(2).sum_dim(0)).div_scalar(count);
             let centered = x - per_row(mean.clone());
             let var = sum(centered.clone().square().sum_dim(2).sum_dim(0)).div_scalar(count);

@@ -233,7 +233,8 @@ fn synchronised_batch_norm_uses_the_global_batch() {
     // output and running statistics, and give half of its gradients (each replica carries
     // its own half; the gradient all-reduce adds the halves back).
     use burn::nn::BatchNormConfig;
-    use sca_backbone::norm::{batch_norm_forward, set_sync_batch_norm, StatSum};
+    use sca_backbone::norm::batch_norm_forward;
+    use sca_dist::sync_bn::{self, StatSum};
     use std::rc::Rc;
     let device = Default::default();
     let bn_sync = BatchNormConfig::new(4).with_momentum(0.3).init::<B>(&device);
@@ -242,10 +243,10 @@ fn synchronised_batch_norm_uses_the_global_batch() {
     let r = Tensor::<B, 4>::random([2, 4, 3, 3], Distribution::Normal(0.0, 1.0), &device);
 
     let twin: StatSum<B> = Rc::new(|t| t.mul_scalar(2.0));
-    set_sync_batch_norm(Some((2, twin)));
+    sync_bn::set(Some((2, twin)));
     let xs = x.clone().detach().require_grad();
     let ys = batch_norm_forward(&bn_sync, xs.clone());
-    set_sync_batch_norm::<B>(None);
+    sync_bn::set::<B>(None);
     let gs = (ys.clone() * r.clone()).sum().backward();
 
     let xp = x.detach().require_grad();

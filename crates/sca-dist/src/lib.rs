@@ -12,6 +12,7 @@
 //! copy per call (see docs/SCALING.md).
 
 pub mod group;
+pub mod sync_bn;
 pub mod tracked;
 
 use std::ops::Range;

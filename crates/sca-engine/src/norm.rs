@@ -8,7 +8,37 @@
 
 use burn::config::Config;
 use burn::module::{Module, RunningState};
+use burn::nn::BatchNorm;
 use burn::tensor::{backend::Backend, Tensor};
+use sca_dist::sync_bn;
+
+/// `bn.forward(x)` for `[N, C]` input, except that in training mode with synchronised batch
+/// norm installed ([`sync_bn`]) the statistics are those of the global batch; the running
+/// statistics are updated as Burn does (biased variance).
+pub fn batch_norm_1d<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let device = x.device();
+    let sync = sync_bn::get::<B>().filter(|_| B::ad_enabled(&device));
+    let Some((replicas, sum)) = sync else {
+        return bn.forward(x);
+    };
+    let [_, c] = x.dims();
+    let (mean, var) = sync_bn::global_stats(x.clone(), replicas, &sum);
+    update_running(&bn.running_mean, &bn.running_var, bn.momentum, &mean, &var);
+    let scale = bn.gamma.val().reshape([1, c]) / var.add_scalar(bn.epsilon).sqrt();
+    (x - mean) * scale + bn.beta.val().reshape([1, c])
+}
+
+/// `running = (1 − m)·running + m·batch` for both statistics (`[1, C]` batch values).
+fn update_running<B: Backend>(rm: &RunningState<Tensor<B, 1>>, rv: &RunningState<Tensor<B, 1>>, m: f64, mean: &Tensor<B, 2>, var: &Tensor<B, 2>) {
+    let device = mean.device();
+    let c = mean.dims()[1];
+    let step = |state: &RunningState<Tensor<B, 1>>, batch: &Tensor<B, 2>| {
+        let old = state.value_sync().to_device(&device);
+        state.update(old.mul_scalar(1.0 - m).add(batch.clone().detach().reshape([c]).mul_scalar(m)).detach());
+    };
+    step(rm, mean);
+    step(rv, var);
+}
 
 /// Configuration of [`BatchNormNoAffine`].
 #[derive(Config, Debug)]
@@ -54,21 +84,15 @@ impl<B: Backend> BatchNormNoAffine<B> {
         let device = x.device();
         let [_, c] = x.dims();
         let (mean, var) = if B::ad_enabled(&device) {
-            let mean = x.clone().mean_dim(0); // [1, C]
-            let var = x.clone().sub(mean.clone()).square().mean_dim(0);
-            let m = self.momentum;
-            let rm = self.running_mean.value_sync().to_device(&device);
-            let rv = self.running_var.value_sync().to_device(&device);
-            self.running_mean.update(
-                rm.mul_scalar(1.0 - m)
-                    .add(mean.clone().detach().reshape([c]).mul_scalar(m))
-                    .detach(),
-            );
-            self.running_var.update(
-                rv.mul_scalar(1.0 - m)
-                    .add(var.clone().detach().reshape([c]).mul_scalar(m))
-                    .detach(),
-            );
+            let (mean, var) = match sync_bn::get::<B>() {
+                Some((replicas, sum)) => sync_bn::global_stats(x.clone(), replicas, &sum),
+                None => {
+                    let mean = x.clone().mean_dim(0); // [1, C]
+                    let var = x.clone().sub(mean.clone()).square().mean_dim(0);
+                    (mean, var)
+                }
+            };
+            update_running(&self.running_mean, &self.running_var, self.momentum, &mean, &var);
             (mean, var)
         } else {
             (

@@ -7,7 +7,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::norm::{BatchNormNoAffine, BatchNormNoAffineConfig};
+use crate::norm::{batch_norm_1d, BatchNormNoAffine, BatchNormNoAffineConfig};
 
 /// Configuration of [`SimSiamHead`]. Defaults are the paper's (ResNet-50); small runs use
 /// e.g. 512/128.
@@ -87,14 +87,14 @@ impl<B: Backend> SimSiamHead<B> {
 
     /// The projector alone.
     pub fn project(&self, features: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = relu(self.proj_bn1.forward(self.proj_fc1.forward(features)));
-        let x = relu(self.proj_bn2.forward(self.proj_fc2.forward(x)));
+        let x = relu(batch_norm_1d(&self.proj_bn1, self.proj_fc1.forward(features)));
+        let x = relu(batch_norm_1d(&self.proj_bn2, self.proj_fc2.forward(x)));
         self.proj_bn3.forward(self.proj_fc3.forward(x))
     }
 
     /// The predictor alone.
     pub fn predict(&self, z: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = relu(self.pred_bn1.forward(self.pred_fc1.forward(z)));
+        let x = relu(batch_norm_1d(&self.pred_bn1, self.pred_fc1.forward(z)));
         self.pred_fc2.forward(x)
     }
 }

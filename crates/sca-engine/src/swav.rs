@@ -83,7 +83,7 @@ impl<B: Backend> SwavHead<B> {
     pub fn forward(&self, features: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let mut x = self.fc1.forward(features);
         if let (Some(bn), Some(fc2)) = (&self.bn1, &self.fc2) {
-            x = fc2.forward(relu(bn.forward(x)));
+            x = fc2.forward(relu(crate::norm::batch_norm_1d(bn, x)));
         }
         let z = l2_normalize(x);
         let scores = self.prototypes.forward(z.clone());

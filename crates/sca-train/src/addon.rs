@@ -10,9 +10,10 @@ use serde_json::json;
 use sca_attention::{tap_features, AddOn, AddOnOutput, MaskNorm, Tap};
 use sca_backbone::ResNet;
 use sca_cluster::bank::MemoryBank;
-use sca_cluster::kmeans::{kmeans, KMeansConfig, KMeansInit, Metric};
+use sca_cluster::kmeans::{kmeans_across, KMeansConfig, KMeansInit, Metric};
 use sca_cluster::stats::{cluster_sizes, cluster_stats, nmi};
 use sca_data::{Dataset, LoaderConfig};
+use sca_dist::Replica;
 
 use crate::config::{KMeansInitConfig, MaskNormConfig, TapConfig, TrainConfig};
 use crate::model::{to_tensor, SslModel};
@@ -41,11 +42,14 @@ pub fn cluster_epoch<B: Backend>(
     cfg: &TrainConfig,
     epoch: usize,
     loader: &LoaderConfig,
+    replica: &Replica,
     device: &B::Device,
 ) -> Result<(Vec<u32>, serde_json::Value), TrainError> {
     let n = train.len();
     let mut bank: Option<MemoryBank<B>> = None;
-    let mut start = 0;
+    // Each replica embeds its share of the images (the loader's shard); the shares are then
+    // put together so that every replica holds the whole bank.
+    let mut start = loader.shard.range(n).start;
     for batch in sca_data::bank_batches(train.clone(), &cfg.data.augment, loader, epoch) {
         let batch = batch?;
         let z = model.embed(to_tensor(batch.images, device));
@@ -54,7 +58,8 @@ pub fn cluster_epoch<B: Backend>(
         bank.write(start, z).map_err(|e| TrainError::Other(e.to_string()))?;
         start += rows;
     }
-    let bank = bank.ok_or_else(|| TrainError::Other("the training set is empty".into()))?;
+    let bank = bank.ok_or_else(|| TrainError::Other("the training set is empty (or smaller than the number of replicas)".into()))?;
+    let bank = replica.sum(bank.into_tensor());
     let a = &cfg.addon;
     let kcfg = KMeansConfig::new(a.clusters)
         .with_iterations(a.kmeans_iterations)
@@ -64,7 +69,7 @@ pub fn cluster_epoch<B: Backend>(
         })
         .with_metric(Metric::Cosine)
         .with_seed(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let result = kmeans(&bank.into_tensor(), &kcfg).map_err(|e| TrainError::Other(format!("k-means: {e}")))?;
+    let result = kmeans_across(&bank, &kcfg, replica).map_err(|e| TrainError::Other(format!("k-means: {e}")))?;
     let sizes = cluster_sizes(&result.assignments, a.clusters);
     let s = cluster_stats(&sizes);
     let truth = sca_data::labels(train.as_ref());

@@ -6,10 +6,12 @@
 //! - [`trainer`]: [`trainer::Trainer`], the loop; I/O goes through [`trainer::Observer`].
 //! - [`addon`]: memory bank + k-means at epoch start and the add-on's forward pass.
 //! - [`checkpoint`]: the checksummed checkpoint container.
+//! - [`dist`]: gradient averaging and weight broadcast between data-parallel replicas.
 
 pub mod addon;
 pub mod checkpoint;
 pub mod config;
+pub mod dist;
 pub mod model;
 pub mod trainer;
 

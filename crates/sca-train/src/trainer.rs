@@ -8,6 +8,7 @@
 //! pseudo-labels and the position. A resumed run therefore replays exactly what the
 //! uninterrupted run would have done; on the CPU backend the weights are bit-identical.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +21,8 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde_json::json;
 
 use sca_backbone::resnet::global_avg_pool;
-use sca_data::{Dataset, EvalTransform, LoaderConfig, TrainBatch};
+use sca_data::{Dataset, EvalTransform, LoaderConfig, Shard, TrainBatch};
+use sca_dist::{Replica, TrackedSum};
 use sca_engine::swav::{SwavQueue, SwavQueueData};
 use sca_optim::lars::{Lars, LarsConfig};
 use sca_optim::schedule::warmup_cosine;
@@ -119,6 +121,10 @@ pub struct Trainer<B: AutodiffBackend> {
     near_collapse: bool,
     train: Arc<dyn Dataset>,
     knn: Option<KnnMonitor<B>>,
+    /// This replica of the data-parallel group ([`Replica::single`] alone).
+    replica: Replica,
+    /// Batch norm over the global batch (SyncBN) when there are several replicas.
+    sync_bn: bool,
 }
 
 fn optimiser<B: AutodiffBackend>(cfg: &TrainConfig) -> Optim<B> {
@@ -131,7 +137,7 @@ fn optimiser<B: AutodiffBackend>(cfg: &TrainConfig) -> Optim<B> {
         .init::<B, SslModel<B>>()
 }
 
-impl<B: AutodiffBackend> Trainer<B> {
+impl<B: TrackedSum> Trainer<B> {
     /// A fresh run. `knn` is called after every `eval.knn_every` epochs.
     pub fn new(cfg: TrainConfig, train: Arc<dyn Dataset>, knn: Option<KnnMonitor<B>>, device: B::Device) -> Self {
         let model = SslModel::new(&cfg, &device);
@@ -155,7 +161,32 @@ impl<B: AutodiffBackend> Trainer<B> {
             near_collapse: true,
             train,
             knn,
+            replica: Replica::single(),
+            sync_bn: false,
         }
+    }
+
+    /// Makes this trainer one replica of a data-parallel group: it loads its share of every
+    /// global batch (`batch_size` stays the global batch), averages gradients with the other
+    /// replicas every step, and starts from replica 0's weights. With `sync_bn`, batch norm
+    /// normalises with the statistics of the global batch. Call before [`Trainer::restore`]
+    /// and [`Trainer::run`], from the thread that will run this replica.
+    pub fn distribute(&mut self, replica: Replica, sync_bn: bool) -> Result<(), TrainError> {
+        let world = replica.world();
+        if self.cfg.batch_size % world != 0 {
+            return Err(TrainError::Other(format!(
+                "batch_size {} does not split evenly over {world} replicas; use a multiple of {world}",
+                self.cfg.batch_size
+            )));
+        }
+        self.model = crate::dist::broadcast_from_root(&replica, self.model.clone());
+        self.replica = replica;
+        self.sync_bn = sync_bn;
+        Ok(())
+    }
+
+    pub fn replica(&self) -> &Replica {
+        &self.replica
     }
 
     pub fn steps_per_epoch(&self) -> usize {
@@ -173,6 +204,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             workers: self.cfg.data.workers,
             prefetch: self.cfg.data.prefetch,
             seed: self.cfg.seed,
+            shard: Shard { rank: self.replica.rank(), world: self.replica.world() },
         }
     }
 
@@ -201,7 +233,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             for batch in iter {
                 let t0 = Instant::now();
                 let batch = batch?;
-                let n_images = batch.crops.len() * batch.indices.len() + batch.positive_indices.len();
+                let n_images = (batch.crops.len() * batch.indices.len() + batch.positive_indices.len()) * self.replica.world();
                 let m = self.train_step(batch, batches, n_images, t0)?;
                 sums[0] += m.loss;
                 sums[1] += m.loss_ssl;
@@ -212,7 +244,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                 if m.step % self.cfg.log_every == 0 || self.batch == batches {
                     obs.record(serde_json::to_value(&m).expect("plain struct"));
                 }
-                if obs.stop_requested() && self.batch < batches {
+                // Every replica must stop after the same step: a stop anywhere stops all.
+                let stop = self.replica.max(if obs.stop_requested() { 1.0 } else { 0.0 }) > 0.0;
+                if stop && self.batch < batches {
                     let bytes = self.checkpoint_bytes();
                     obs.checkpoint(bytes, None).map_err(TrainError::Observer)?;
                     return Ok(RunEnd::Interrupted { epoch: self.epoch, batch: self.batch });
@@ -279,14 +313,20 @@ impl<B: AutodiffBackend> Trainer<B> {
         if let Engine::Swav(head) = model.engine {
             model.engine = Engine::Swav(head.normalize_prototypes());
         }
+        if self.sync_bn && !self.replica.is_single() {
+            let replica = self.replica.clone();
+            let sum: sca_dist::sync_bn::StatSum<B> = Rc::new(move |t| B::tracked_sum(&replica, t));
+            sca_dist::sync_bn::set(Some((self.replica.world(), sum)));
+        }
         let losses = self.forward(&model, batch);
-        let scalar = |t: &Tensor<B, 1>| t.clone().into_scalar().elem::<f64>();
-        let values = [
-            ("ssl", Some(scalar(&losses.ssl))),
-            ("attention_mse", losses.mu.as_ref().map(scalar)),
-            ("cluster_ce", losses.cls.as_ref().map(scalar)),
-            ("total", Some(scalar(&losses.total))),
-        ];
+        // The logged values are means over the global batch (replica means averaged), so a
+        // non-finite value on any replica stops all of them at the same step.
+        let scalar = |t: &Tensor<B, 1>| t.clone().into_scalar().elem::<f32>();
+        let local = [Some(scalar(&losses.ssl)), losses.mu.as_ref().map(scalar), losses.cls.as_ref().map(scalar), Some(scalar(&losses.total))];
+        let world = self.replica.world() as f64;
+        let global = self.replica.sum_vec(local.iter().map(|v| v.unwrap_or(0.0)).collect());
+        let mean = |i: usize| local[i].map(|_| global[i] as f64 / world);
+        let values = [("ssl", mean(0)), ("attention_mse", mean(1)), ("cluster_ce", mean(2)), ("total", mean(3))];
         for (term, v) in values {
             if let Some(v) = v.filter(|v| !v.is_finite()) {
                 return Err(TrainError::NonFinite { term: term.into(), value: v, epoch: self.epoch, step: self.step });
@@ -298,6 +338,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             None => GradientsParams::new(),
         };
         let mut core_grads = GradientsParams::from_grads(grads, &model);
+        if self.sync_bn {
+            sca_dist::sync_bn::set::<B>(None);
+        }
+        let addon_grads = match &model.addon {
+            Some(a) => crate::dist::average_gradients(&self.replica, a, addon_grads),
+            None => addon_grads,
+        };
+        core_grads = crate::dist::average_gradients(&self.replica, &model, core_grads);
         if let (Engine::Swav(head), EngineConfig::Swav { freeze_prototypes_steps, .. }) = (&model.engine, &self.cfg.engine) {
             if self.step < *freeze_prototypes_steps {
                 head.freeze_prototypes(&mut core_grads);
@@ -389,7 +437,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .as_ref()
                     .filter(|q| self.epoch >= queue_start(&self.cfg) && q.is_full())
                     .map(|q| q.scores(head.prototype_matrix()));
-                let loss = sca_losses::swav::swav_loss(&scores, assignment_crops, *temperature, *epsilon, *sinkhorn_iterations, queue_scores.as_deref());
+                let loss = sca_losses::swav::swav_loss(&scores, assignment_crops, *temperature, *epsilon, *sinkhorn_iterations, queue_scores.as_deref(), &self.replica);
                 let queue_z = assignment_crops.iter().map(|&a| z[a].clone().detach()).collect();
                 (loss, queue_z)
             }
@@ -414,7 +462,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     fn cluster(&mut self, obs: &mut dyn Observer) -> Result<(), TrainError> {
         let started = Instant::now();
         let model = self.model.valid();
-        let (labels, stats) = crate::addon::cluster_epoch(&model, &self.train, &self.cfg, self.epoch, &self.loader_config(), &self.device)?;
+        let (labels, stats) = crate::addon::cluster_epoch(&model, &self.train, &self.cfg, self.epoch, &self.loader_config(), &self.replica, &self.device)?;
         let line = json!({
             "epoch": self.epoch, "clustering": stats, "cluster_seconds": started.elapsed().as_secs_f64(),
         });
@@ -432,14 +480,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         let addon = Recorder::<B>::record(&rec, self.optim_addon.to_record(), ()).expect("in-memory record");
         let mut blobs = vec![("model".to_string(), model), ("optim_core".into(), core), ("optim_addon".into(), addon)];
         if let Some(q) = &self.queue {
-            blobs.push(("queue".into(), serde_json::to_vec(&q.to_data()).expect("plain data")));
+            // The queue is per replica (as in SwAV): the checkpoint keeps every replica's.
+            for (rank, data) in self.gather_queues(q.to_data()).into_iter().enumerate() {
+                let name = if self.replica.is_single() { "queue".to_string() } else { format!("queue.{rank}") };
+                blobs.push((name, serde_json::to_vec(&data).expect("plain data")));
+            }
         }
         if let Some(p) = &self.pseudo {
             blobs.push(("pseudo_labels".into(), p.iter().flat_map(|v| v.to_le_bytes()).collect()));
         }
         let meta = json!({
             "format": 1, "epoch": self.epoch, "batch": self.batch, "step": self.step,
-            "near_collapse": self.near_collapse, "config": self.cfg,
+            "near_collapse": self.near_collapse, "config": self.cfg, "replicas": self.replica.world(),
         });
         Container { meta, blobs }.encode()
     }
@@ -461,8 +513,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         let addon = Recorder::<B>::load(&rec, c.blob("optim_addon")?.to_vec(), &self.device)
             .map_err(|e| TrainError::Incompatible(format!("add-on optimiser: {e}")))?;
         self.optim_addon = self.optim_addon.clone().load_record(addon);
+        let replicas = c.meta.get("replicas").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
+        if self.queue.is_some() && replicas != self.replica.world() {
+            return Err(TrainError::Incompatible(format!(
+                "the checkpoint holds the SwAV queues of {replicas} replica(s) and this run has {}; resume with the same number of devices",
+                self.replica.world()
+            )));
+        }
         if self.queue.is_some() {
-            let data: SwavQueueData = serde_json::from_slice(c.blob("queue")?)
+            let name = if self.replica.is_single() { "queue".to_string() } else { format!("queue.{}", self.replica.rank()) };
+            let data: SwavQueueData = serde_json::from_slice(c.blob(&name)?)
                 .map_err(|e| TrainError::Incompatible(format!("queue: {e}")))?;
             self.queue = Some(SwavQueue::from_data(&data, &self.device));
         }
@@ -473,6 +533,28 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.near_collapse = c.meta.get("near_collapse").and_then(|v| v.as_bool()).unwrap_or(true);
         (self.epoch, self.batch, self.step) = (epoch, batch, step);
         Ok(())
+    }
+
+    /// Every replica's queue, in rank order (collective: all replicas call it together).
+    fn gather_queues(&self, mine: SwavQueueData) -> Vec<SwavQueueData> {
+        if self.replica.is_single() {
+            return vec![mine];
+        }
+        let flat: Vec<f32> = mine.filled.iter().map(|&f| f as f32).chain(mine.values.iter().flatten().copied()).collect();
+        let (world, len) = (self.replica.world(), flat.len());
+        let rank = self.replica.rank();
+        let all = self.replica.assemble(world * len, rank * len..(rank + 1) * len, &flat);
+        let per_queue = mine.length * mine.dim;
+        all.chunks(len)
+            .map(|c| {
+                let (filled, values) = c.split_at(mine.filled.len());
+                SwavQueueData {
+                    filled: filled.iter().map(|&f| f as usize).collect(),
+                    values: values.chunks(per_queue).map(|v| v.to_vec()).collect(),
+                    ..mine.clone()
+                }
+            })
+            .collect()
     }
 
     /// The backbone alone, torchvision-named: what pretraining hands to evaluation.
