@@ -5,7 +5,8 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use sca_backbone::ResNet;
-use sca_data::{eval_batches, num_eval_batches, DataError, Dataset, EvalTransform, ImageBatch};
+use sca_data::{eval_batches, num_eval_batches, DataError, Dataset, EvalTransform, ImageBatch, Subset};
+use sca_dist::Replica;
 
 use crate::knn::{l2_normalize, weighted_knn, KnnResult};
 
@@ -90,6 +91,43 @@ pub fn knn_eval<B: Backend>(
     let (bank, bank_labels) = extract_features(backbone, train_ds, transform, settings.batch_size, settings.workers, device)?;
     let (queries, query_labels) = extract_features(backbone, test_ds, transform, settings.batch_size, settings.workers, device)?;
     Ok(weighted_knn(&bank, &bank_labels, &queries, &query_labels, classes, settings.k, settings.t, settings.chunk))
+}
+
+/// [`knn_eval`] with the work split over data-parallel replicas: each embeds its share of
+/// both sets, the bank is put together on every replica, each searches its share of the
+/// queries against the whole bank, and the hit counts are added up. Every replica returns
+/// the single-replica result.
+pub fn knn_eval_across<B: Backend>(
+    replica: &Replica,
+    backbone: &ResNet<B>,
+    train_ds: Arc<dyn Dataset>,
+    test_ds: Arc<dyn Dataset>,
+    transform: &EvalTransform,
+    settings: &KnnSettings,
+    device: &B::Device,
+) -> Result<KnnResult, DataError> {
+    if replica.is_single() {
+        return knn_eval(backbone, train_ds, test_ds, transform, settings, device);
+    }
+    let classes = train_ds.num_classes().max(test_ds.num_classes());
+    let share = |ds: &Arc<dyn Dataset>| -> Result<(Tensor<B, 2>, Vec<usize>), DataError> {
+        let part = Arc::new(Subset::from_indices(ds.clone(), replica.shard(ds.len()).collect())?);
+        extract_features(backbone, part, transform, settings.batch_size, settings.workers, device)
+    };
+    let (bank_part, bank_part_labels) = share(&train_ds)?;
+    let d = replica.max(bank_part.dims()[1] as f32) as usize;
+    let (n, mine) = (train_ds.len(), replica.shard(train_ds.len()));
+    let rows = mine.start * d..mine.end * d;
+    let bank = replica.assemble(n * d, rows, &sca_dist::to_vec(bank_part));
+    let bank = Tensor::<B, 1>::from_data(TensorData::new(bank, [n * d]), device).reshape([n, d]);
+    let labels: Vec<f32> = bank_part_labels.iter().map(|&l| l as f32).collect();
+    let bank_labels: Vec<usize> = replica.assemble(n, mine, &labels).into_iter().map(|l| l as usize).collect();
+    let (queries, query_labels) = share(&test_ds)?;
+    let local = weighted_knn(&bank, &bank_labels, &queries, &query_labels, classes, settings.k, settings.t, settings.chunk);
+    let m = query_labels.len() as f64;
+    let hits = replica.sum_vec(vec![(local.top1 * m / 100.0) as f32, (local.top5 * m / 100.0) as f32, m as f32]);
+    let total = hits[2] as f64;
+    Ok(KnnResult { top1: 100.0 * hits[0].round() as f64 / total, top5: 100.0 * hits[1].round() as f64 / total, n: total as usize, ..local })
 }
 
 /// The tensors a KNN evaluation used, as safetensors bytes: `train_features` `[N, D]` and

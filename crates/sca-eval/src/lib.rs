@@ -17,7 +17,7 @@ pub mod plot;
 pub mod probe;
 
 pub use cam::{average_drop, average_increase, cam_batch, CamBatch, CamMetrics, CamRow};
-pub use features::{extract_features, extract_pooled, knn_eval, KnnSettings};
+pub use features::{extract_features, extract_pooled, knn_eval, knn_eval_across, KnnSettings};
 pub use head::LinearHead;
 pub use knn::{weighted_knn, KnnResult};
 pub use probe::{EpochRecord, HostFeatures, ProbeConfig, ProbeDisplay, ProbeMode, ProbeOutcome, Standardizer};

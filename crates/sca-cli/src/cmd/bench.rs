@@ -115,7 +115,7 @@ fn random_batch<B: Backend>(b: usize, views: usize, size: usize, positives: usiz
 }
 
 /// Times `steps` training steps after one warm-up step (compilation, autotune).
-fn time_steps<B: AutodiffBackend>(case: &str, cfg: TrainConfig, b: usize, views: usize, size: usize, steps: usize, device: B::Device) -> anyhow::Result<serde_json::Value> {
+fn time_steps<B: sca_dist::TrackedSum>(case: &str, cfg: TrainConfig, b: usize, views: usize, size: usize, steps: usize, device: B::Device) -> anyhow::Result<serde_json::Value> {
     let p = if cfg.addon.enabled { cfg.addon.positives } else { 0 };
     let images = b * (views + p);
     let clusters = cfg.addon.clusters as u32;
@@ -137,7 +137,7 @@ fn time_steps<B: AutodiffBackend>(case: &str, cfg: TrainConfig, b: usize, views:
     Ok(json!({ "case": case, "images_per_s": images as f64 / per_step, "ms_per_step": per_step * 1e3, "first_step_s": first, "batch": b, "images_per_step": images }))
 }
 
-fn pretrain<B: AutodiffBackend>(c: &Common, cuda: bool, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
+fn pretrain<B: sca_dist::TrackedSum>(c: &Common, cuda: bool, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
     let b50 = c.batch.unwrap_or(if cuda { 64 } else { 16 });
     let r18 = config(&["model.arch=resnet18", "model.small_stem=true", "addon.enabled=false", "batch_size=32"])?;
     let r50 = config(&["model.arch=resnet50", "model.small_stem=false", "addon.enabled=false", "engine.hidden_dim=2048"])?;
@@ -149,7 +149,7 @@ fn pretrain<B: AutodiffBackend>(c: &Common, cuda: bool, device: B::Device) -> an
 
 /// The add-on's own cost: a step with the add-on against an engine-only step that carries
 /// the same images through the backbone (the positives as a third SwAV view).
-fn addon<B: AutodiffBackend>(c: &Common, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
+fn addon<B: sca_dist::TrackedSum>(c: &Common, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
     let b = c.batch.unwrap_or(32);
     let bs = format!("batch_size={b}");
     let with = config(&[&bs, "addon.enabled=true", "addon.positives=1"])?;
@@ -164,7 +164,7 @@ fn addon<B: AutodiffBackend>(c: &Common, device: B::Device) -> anyhow::Result<Ve
 }
 
 /// Everything the GPU comparison with `bench/torch_reference.py` needs, in one table.
-fn gpu<B: AutodiffBackend>(
+fn gpu<B: sca_dist::TrackedSum>(
     c: &Common,
     cuda: bool,
     scale: f64,
