@@ -119,6 +119,13 @@ fn route_address(addr: &str) -> Result<String, JoinError> {
     Ok(socket.local_addr().map_err(|e| err(e.to_string()))?.ip().to_string())
 }
 
+/// Shows warnings and errors of the network layer only (set `RUST_LOG` for more): Burn's
+/// WebSocket servers otherwise install an INFO logger that prints every tensor transfer.
+fn quiet_network_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
 /// Forgets any earlier group of this process; call before starting the threads of a new one.
 pub fn reset() {
     burn_collective::reset_collective::<Flex>();
@@ -127,6 +134,7 @@ pub fn reset() {
 /// Starts the coordinator (the global orchestrator) on `port` in a background thread of
 /// this process; node 0 does this before joining.
 pub fn start_coordinator(port: u16) -> Result<(), JoinError> {
+    quiet_network_logs();
     // Bind once here so a taken port is reported instead of failing inside the thread.
     TcpListener::bind(("0.0.0.0", port))
         .map_err(|e| JoinError::Spec(format!("coordinator port {port}: {e}")))?;
@@ -151,27 +159,36 @@ pub fn join(spec: &GroupSpec, local_index: usize) -> Result<Replica, JoinError> 
     if spec.world() == 1 {
         return Ok(Replica::single());
     }
+    if spec.nodes > 1 {
+        quiet_network_logs();
+    }
     let rank = spec.rank(local_index);
     let peer = PeerId::from(rank as u32);
     burn_collective::register::<Flex>(peer, FlexDevice, spec.collective_config()?)
         .map_err(|e| JoinError::Register { rank, why: format!("{e:?}") })?;
-    Ok(Replica::new(rank, spec.world(), Arc::new(Collective { peer, rank })))
+    Ok(Replica::new(rank, spec.world(), Arc::new(Collective { peer, rank, world: spec.world() })))
 }
 
 /// Sums through `burn-collective` on the CPU backend.
 struct Collective {
     peer: PeerId,
     rank: usize,
+    world: usize,
 }
 
 impl Comm for Collective {
-    fn sum(&self, values: Vec<f32>) -> Vec<f32> {
+    fn sum(&self, mut values: Vec<f32>) -> Vec<f32> {
         let n = values.len();
-        let t = Tensor::<Flex, 1>::from_data(TensorData::new(values, [n]), &FlexDevice);
+        // The ring between nodes cuts the vector into one slice per node: pad short ones.
+        values.resize(n.max(self.world), 0.0);
+        let n_padded = values.len();
+        let t = Tensor::<Flex, 1>::from_data(TensorData::new(values, [n_padded]), &FlexDevice);
         let out = burn_collective::all_reduce::<Flex>(self.peer, t.into_primitive().tensor(), ReduceOperation::Sum)
             // A failed collective leaves the replicas out of step: nothing sensible can follow.
             .unwrap_or_else(|e| panic!("all-reduce failed on rank {}: {e:?}", self.rank));
-        crate::to_vec(Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(out)))
+        let mut out = crate::to_vec(Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(out)));
+        out.truncate(n);
+        out
     }
 }
 

@@ -48,6 +48,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         feature_batch: usize,
     },
+    /// Data-parallel step on CPU replicas (threads, burn-collective): time per step, time in
+    /// collectives and its share, bytes summed per step; against one replica with the same
+    /// global batch. ResNet-18, small stem, 32 px, SwAV + add-on, SyncBN.
+    Distributed {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -67,7 +76,11 @@ pub struct Common {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let common = match &cmd {
-        BenchCommand::Pretrain(c) | BenchCommand::Addon(c) | BenchCommand::Kmeans { common: c, .. } | BenchCommand::Gpu { common: c, .. } => {
+        BenchCommand::Pretrain(c)
+        | BenchCommand::Addon(c)
+        | BenchCommand::Kmeans { common: c, .. }
+        | BenchCommand::Gpu { common: c, .. }
+        | BenchCommand::Distributed { common: c, .. } => {
             c.clone()
         }
     };
@@ -80,6 +93,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Gpu { common, scale, size, feature_batch } => {
             gpu::<B>(&common, matches!(choice, crate::device::Choice::Cuda(_)), scale, size, feature_batch, device)?
         }
+        BenchCommand::Distributed { common, replicas } => distributed::<B>(&common, replicas, device)?,
     });
     println!("\n{:<52} {:>12} {:>12} {:>14}", "case", "images/s", "ms/step", "first step s");
     for r in &rows {
@@ -161,6 +175,50 @@ fn addon<B: sca_dist::TrackedSum>(c: &Common, device: B::Device) -> anyhow::Resu
     let (ta, ts) = (a["ms_per_step"].as_f64().unwrap(), s["ms_per_step"].as_f64().unwrap());
     let share = json!({ "case": format!("add-on's own share of its step: {:.1}%", 100.0 * (ta - ts) / ta), "ms_per_step": ta - ts });
     Ok(vec![a, s, e, share])
+}
+
+/// One replica, then `replicas` replicas (threads) on the same global batch.
+fn distributed<B: sca_dist::TrackedSum>(c: &Common, replicas: usize, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
+    let b = c.batch.unwrap_or(32);
+    let cfg = config(&["model.arch=resnet18", "model.small_stem=true", &format!("batch_size={b}")])?;
+    let one = time_steps::<B>(&format!("1 replica, global batch {b}"), cfg.clone(), b, 2, 32, c.steps, device.clone())?;
+    sca_dist::group::reset();
+    let spec = sca_dist::GroupSpec::local(replicas);
+    let handles: Vec<_> = (0..replicas)
+        .map(|i| {
+            let (spec, cfg, device, steps) = (spec.clone(), cfg.clone(), device.clone(), c.steps);
+            std::thread::spawn(move || -> anyhow::Result<serde_json::Value> {
+                let replica = sca_dist::join(&spec, i)?;
+                let local = b / replicas;
+                let clusters = cfg.addon.clusters as u32;
+                let train = sca_data::DatasetSpec::builtin().open()?.0;
+                let mut trainer = Trainer::<B>::new(cfg, train, None, device.clone());
+                trainer.distribute(replica.clone(), true)?;
+                trainer.set_pseudo_labels((0..b as u32).map(|i| i % clusters).collect());
+                trainer.step_batch(random_batch::<B>(local, 2, 32, 1, &device))?;
+                let (t0, c0) = (Instant::now(), replica.comm_totals());
+                for _ in 0..steps {
+                    trainer.step_batch(random_batch::<B>(local, 2, 32, 1, &device))?;
+                }
+                let (per_step, comm) = (t0.elapsed().as_secs_f64() / steps.max(1) as f64, replica.comm_totals() - c0);
+                let n = steps.max(1) as f64;
+                Ok(json!({
+                    "case": format!("{replicas} replicas, {local} images each, SyncBN"),
+                    "images_per_s": (b * 3) as f64 / per_step, "ms_per_step": per_step * 1e3,
+                    "comm_ms_per_step": comm.seconds / n * 1e3, "comm_share": comm.seconds / n / per_step,
+                    "comm_bytes_per_step": comm.bytes as f64 / n, "collectives_per_step": comm.calls as f64 / n,
+                }))
+            })
+        })
+        .collect();
+    let rows: Vec<serde_json::Value> = handles.into_iter().map(|h| h.join().expect("replica thread")).collect::<anyhow::Result<_>>()?;
+    let r = &rows[0];
+    let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let summary = json!({ "case": format!(
+        "rank 0: {:.1} ms/step in collectives ({:.1}% of the step), {:.1} MB summed in {:.0} calls",
+        f("comm_ms_per_step"), 100.0 * f("comm_share"), f("comm_bytes_per_step") / 1e6, f("collectives_per_step")
+    ) });
+    Ok(vec![one, r.clone(), summary])
 }
 
 /// Everything the GPU comparison with `bench/torch_reference.py` needs, in one table.

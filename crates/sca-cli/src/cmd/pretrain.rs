@@ -13,7 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sca_train::trainer::KnnMonitor;
 use sca_train::{Observer, RunEnd, StepMetrics, TrainConfig, Trainer};
 
-use crate::device::DeviceArg;
+use crate::device::{Choice, DeviceArg};
+use sca_dist::{Replica, TrackedSum};
 use crate::{files, run_dir, with_backend};
 
 /// The built-in default: SwAV + add-on on the built-in cluttered scenes.
@@ -35,6 +36,66 @@ pub struct Args {
     /// Continue the run in this directory from its latest intact checkpoint.
     #[arg(long, conflicts_with_all = ["config", "out"])]
     pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub dist: DistArgs,
+}
+
+/// Data-parallel training: several devices in this process, and several processes (nodes).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DistArgs {
+    /// Devices of this process, one replica each, e.g. `cuda:0,cuda:1` or `cpu:0,cpu:1`
+    /// (CPU replicas are threads sharing the cores). `batch_size` is the global batch.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    pub devices: Vec<String>,
+    /// Processes taking part (one per node, each with the same --devices count).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// This process's index, 0..nodes; node 0 hosts the coordinator and writes the run.
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// HOST:PORT where node 0 runs the coordinator (required with --nodes > 1).
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// Address the other nodes reach this one at (default: the route to the coordinator).
+    #[arg(long)]
+    pub node_host: Option<String>,
+    /// Port of this node's tensor service (default: coordinator port + 1 + node rank).
+    #[arg(long)]
+    pub data_port: Option<u16>,
+    /// Normalise each replica's batch on its own instead of with the global batch statistics.
+    #[arg(long)]
+    pub no_sync_bn: bool,
+}
+
+impl DistArgs {
+    /// (local device choices, group layout); one device and no group when nothing was asked.
+    fn layout(&self, device: DeviceArg) -> anyhow::Result<(Vec<DeviceArg>, sca_dist::GroupSpec)> {
+        let devices: Vec<DeviceArg> = match self.devices.is_empty() {
+            true => vec![device],
+            false => self.devices.iter().map(|d| parse_replica_device(d)).collect::<anyhow::Result<_>>()?,
+        };
+        if devices.iter().any(|d| std::mem::discriminant(d) != std::mem::discriminant(&devices[0])) {
+            bail!("--devices mixes CPU and CUDA devices: {}", self.devices.join(","));
+        }
+        let spec = sca_dist::GroupSpec {
+            local: devices.len(),
+            nodes: self.nodes,
+            node_rank: self.node_rank,
+            coordinator: self.coordinator.clone(),
+            node_host: self.node_host.clone(),
+            data_port: self.data_port,
+        };
+        spec.validate()?;
+        Ok((devices, spec))
+    }
+}
+
+/// `cpu`, `cpu:N` (a CPU replica; the index only counts), `cuda:N`.
+fn parse_replica_device(s: &str) -> anyhow::Result<DeviceArg> {
+    match s.strip_prefix("cpu:") {
+        Some(n) if n.parse::<usize>().is_ok() => Ok(DeviceArg::Cpu),
+        _ => s.parse::<DeviceArg>().map_err(|e| anyhow::anyhow!("--devices: {e}")),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -64,13 +125,60 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (cfg, dir, false)
         }
     };
-    let choice = args.device.resolve_and_report()?;
-    with_backend!(choice, |B, device| pretrain::<B>(cfg, &dir, resume, &args.overrides, device))
+    let (devices, spec) = args.dist.layout(args.device)?;
+    if spec.world() == 1 {
+        let choice = args.device.resolve_and_report()?;
+        return with_backend!(choice, |B, device| pretrain::<B>(cfg, &dir, resume, &args.overrides, device, Replica::single(), false));
+    }
+    let world = spec.world();
+    if cfg.batch_size % world != 0 {
+        bail!("batch_size {} does not split evenly over {world} replicas; use a multiple of {world}", cfg.batch_size);
+    }
+    eprintln!(
+        "data-parallel: {world} replicas ({} per node × {} node(s)), this is node {}, batch {} per replica, {}",
+        spec.local, spec.nodes, spec.node_rank, cfg.batch_size / world,
+        if args.dist.no_sync_bn { "per-replica batch norm" } else { "synchronised batch norm" }
+    );
+    if spec.nodes > 1 && spec.node_rank == 0 {
+        let coordinator = spec.coordinator.as_deref().expect("validated");
+        let port = coordinator.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("validated");
+        sca_dist::group::start_coordinator(port)?;
+        eprintln!("coordinator listening on port {port}");
+    }
+    sca_dist::group::reset();
+    let choices: Vec<Choice> = devices.iter().map(|d| d.resolve()).collect::<anyhow::Result<_>>()?;
+    let sync_bn = !args.dist.no_sync_bn;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, choice) in choices.into_iter().enumerate() {
+        let (cfg, dir, overrides, spec, tx) = (cfg.clone(), dir.clone(), args.overrides.clone(), spec.clone(), tx.clone());
+        std::thread::Builder::new().name(format!("replica-{}", spec.rank(i))).spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> anyhow::Result<()> {
+                let replica = sca_dist::join(&spec, i)?;
+                if replica.is_root() {
+                    eprintln!("device: {choice} (rank 0 of {})", replica.world());
+                }
+                with_backend!(choice, |B, device| pretrain::<B>(cfg, &dir, resume, &overrides, device, replica, sync_bn))
+            }));
+            let result = result.unwrap_or_else(|_| Err(anyhow::anyhow!("replica {} panicked", spec.rank(i))));
+            let _ = tx.send((spec.rank(i), result));
+        })?;
+    }
+    drop(tx);
+    for (rank, result) in rx {
+        // A replica that fails leaves the others waiting in a collective: stop the process.
+        if let Err(e) = result {
+            eprintln!("error on replica {rank}: {e:#}");
+            std::process::exit(1);
+        }
+    }
+    Ok(())
 }
 
-fn pretrain<B: AutodiffBackend>(cfg: TrainConfig, dir: &Path, resume: bool, overrides: &[String], device: B::Device) -> anyhow::Result<()> {
+fn pretrain<B: TrackedSum>(cfg: TrainConfig, dir: &Path, resume: bool, overrides: &[String], device: B::Device, replica: Replica, sync_bn: bool) -> anyhow::Result<()> {
+    let root = replica.is_root();
     let data = crate::datasets::open(&cfg.data.dataset, cfg.data.train_size, cfg.data.test_size, cfg.seed)?;
-    eprintln!(
+    if root {
+        eprintln!(
         "run {}: {} on {} ({} train images{}), {} epochs of {} steps",
         dir.display(),
         engine_name(&cfg),
@@ -80,24 +188,42 @@ fn pretrain<B: AutodiffBackend>(cfg: TrainConfig, dir: &Path, resume: bool, over
         cfg.epochs,
         sca_data::num_train_batches(data.train.len(), cfg.batch_size),
     );
-    B::seed(&device, cfg.seed);
-    let knn = knn_monitor::<B>(&cfg, &data, device.clone());
-    let mut trainer = Trainer::<B>::new(cfg.clone(), data.train.clone(), knn, device);
+    }
+    let knn = knn_monitor::<B>(&cfg, &data, device.clone(), replica.clone());
+    // Seeding and initialising as one step: replica threads share the backend's generator,
+    // and rank 0 must draw exactly the weights a single-device run would.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let mut trainer = {
+        let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(&device, cfg.seed);
+        Trainer::<B>::new(cfg.clone(), data.train.clone(), knn, device)
+    };
     if let Some(path) = &cfg.model.init_weights {
         trainer.model.backbone = crate::cmd::weights::load_backbone(trainer.model.backbone.clone(), Path::new(path))?;
     }
+    // Every replica starts from rank 0's weights.
+    trainer.distribute(replica, sync_bn)?;
     if resume {
+        // Every replica restores the same checkpoint (node directories must share it).
         let (path, bytes) = run_dir::load_checkpoint(dir, |b| trainer_restore_check(&cfg, b))?;
         trainer.restore(&bytes).with_context(|| format!("restoring {}", path.display()))?;
-        eprintln!("resumed from {} at epoch {}, batch {} (step {})", path.display(), trainer.epoch, trainer.batch, trainer.step);
-        if !overrides.is_empty() {
+        if root {
+            eprintln!("resumed from {} at epoch {}, batch {} (step {})", path.display(), trainer.epoch, trainer.batch, trainer.step);
+        }
+        if !overrides.is_empty() && root {
             // The rest of the run follows the changed config; keep config.json telling the truth.
             files::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
             eprintln!("continuing with {} (config.json updated)", overrides.join(", "));
         }
-    } else {
+    } else if root {
         std::fs::create_dir_all(dir.join("checkpoints")).with_context(|| format!("creating {}", dir.display()))?;
         files::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    }
+    if !root {
+        // Rank 0 writes the run; the others only train (their stop follows rank 0's).
+        return match trainer.run(&mut QuietObserver)? {
+            RunEnd::Finished | RunEnd::Interrupted { .. } => Ok(()),
+        };
     }
     let mut obs = CliObserver::new(dir)?;
     let end = trainer.run(&mut obs);
@@ -128,19 +254,32 @@ fn engine_name(cfg: &TrainConfig) -> String {
     format!("{engine}{} / {}", if cfg.addon.enabled { " + add-on" } else { "" }, cfg.model.arch)
 }
 
-fn knn_monitor<B: AutodiffBackend>(cfg: &TrainConfig, data: &crate::datasets::Opened, device: B::Device) -> Option<KnnMonitor<B>> {
+fn knn_monitor<B: AutodiffBackend>(cfg: &TrainConfig, data: &crate::datasets::Opened, device: B::Device, replica: Replica) -> Option<KnnMonitor<B>> {
     let test = data.test.clone()?;
     let train = data.train.clone();
     let transform = sca_data::EvalTransform::identity(cfg.data.image_size, cfg.data.augment.mean, cfg.data.augment.std);
-    let (k, t, workers) = (cfg.eval.knn_k, cfg.eval.knn_t, cfg.data.workers);
-    let classes = train.num_classes();
+    let settings = sca_eval::KnnSettings { k: cfg.eval.knn_k, t: cfg.eval.knn_t as f32, chunk: 4096, batch_size: 256, workers: cfg.data.workers };
     Some(Box::new(move |backbone| {
-        let f = |ds| sca_eval::extract_features(backbone, ds, &transform, 256, workers, &device).map_err(|e| e.to_string());
-        let (bank, bank_labels) = f(train.clone())?;
-        let (queries, query_labels) = f(test.clone())?;
-        let r = sca_eval::weighted_knn(&bank, &bank_labels, &queries, &query_labels, classes, k, t as f32, 4096);
+        // Each replica embeds and searches its share; all get the same score.
+        let r = sca_eval::knn_eval_across(&replica, backbone, train.clone(), test.clone(), &transform, &settings, &device).map_err(|e| e.to_string())?;
         Ok((r.top1, r.top5))
     }))
+}
+
+/// Replicas other than rank 0 write nothing and show nothing.
+struct QuietObserver;
+
+impl Observer for QuietObserver {
+    fn epoch_start(&mut self, _: usize, _: usize, _: usize) {}
+    fn step(&mut self, _: &StepMetrics) {}
+    fn record(&mut self, _: serde_json::Value) {}
+    fn info(&mut self, _: &str) {}
+    fn checkpoint(&mut self, _: Vec<u8>, _: Option<usize>) -> Result<(), String> {
+        Ok(())
+    }
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 /// Progress bar, `metrics.jsonl`, checkpoints and Ctrl-C.
