@@ -125,6 +125,9 @@ pub struct Trainer<B: AutodiffBackend> {
     replica: Replica,
     /// Batch norm over the global batch (SyncBN) when there are several replicas.
     sync_bn: bool,
+    /// Set by [`Trainer::restore`] when the checkpoint's SwAV queues were written by another
+    /// number of replicas and the queues start empty instead.
+    pub queue_reset: bool,
 }
 
 fn optimiser<B: AutodiffBackend>(cfg: &TrainConfig) -> Optim<B> {
@@ -163,6 +166,7 @@ impl<B: TrackedSum> Trainer<B> {
             knn,
             replica: Replica::single(),
             sync_bn: false,
+            queue_reset: false,
         }
     }
 
@@ -514,13 +518,10 @@ impl<B: TrackedSum> Trainer<B> {
             .map_err(|e| TrainError::Incompatible(format!("add-on optimiser: {e}")))?;
         self.optim_addon = self.optim_addon.clone().load_record(addon);
         let replicas = c.meta.get("replicas").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
-        if self.queue.is_some() && replicas != self.replica.world() {
-            return Err(TrainError::Incompatible(format!(
-                "the checkpoint holds the SwAV queues of {replicas} replica(s) and this run has {}; resume with the same number of devices",
-                self.replica.world()
-            )));
-        }
-        if self.queue.is_some() {
+        // Queues belong to replicas: with another replica count they start empty again
+        // (and refill within queue_length / batch steps); the caller is told.
+        self.queue_reset = self.queue.is_some() && replicas != self.replica.world();
+        if self.queue.is_some() && !self.queue_reset {
             let name = if self.replica.is_single() { "queue".to_string() } else { format!("queue.{}", self.replica.rank()) };
             let data: SwavQueueData = serde_json::from_slice(c.blob(&name)?)
                 .map_err(|e| TrainError::Incompatible(format!("queue: {e}")))?;

@@ -120,7 +120,7 @@ fn check(extra: &[&str]) {
     let cfg = config(extra);
     let start = initial(&cfg);
     let (want_losses, want_weights) = single(&cfg, &start);
-    let (losses, weights, checkpoints) = replicas(&cfg, &start, 2);
+    let (losses, replica_weights, checkpoints) = replicas(&cfg, &start, 2);
     assert_eq!(want_losses.len(), 3, "48 images in batches of 16");
     assert_eq!(losses.len(), want_losses.len());
     assert_eq!(checkpoints, 1, "one checkpoint per epoch");
@@ -137,11 +137,11 @@ fn check(extra: &[&str]) {
     };
     assert!(rel_err(&want_weights, &init) > 1e-3, "training changed the weights");
     // ... and both replicas hold the single replica's weights.
-    for (rank, w) in weights.iter().enumerate() {
+    for (rank, w) in replica_weights.iter().enumerate() {
         let err = rel_err(w, &want_weights);
         assert!(err <= 1e-4, "rank {rank}: weights differ from the single replica's by {err:e} (relative)");
     }
-    assert_eq!(weights[0], weights[1], "replicas hold identical weights");
+    assert_eq!(replica_weights[0], replica_weights[1], "replicas hold identical weights");
 }
 
 #[test]
@@ -154,3 +154,49 @@ fn simsiam_with_addon_on_two_replicas_equals_one_replica() {
     check(&["engine={\"kind\":\"simsiam\",\"proj_dim\":256,\"pred_dim\":64}"]);
 }
 
+
+#[test]
+fn every_replicas_swav_queue_is_checkpointed_and_restored() {
+    // A queue filling from the first step: each replica's holds its own embeddings.
+    let cfg = config(&["engine.queue_length=32", "engine.queue_start_epoch=0"]);
+    let start = initial(&cfg);
+    let run_and_save = |cfg: TrainConfig, start: Vec<u8>, restore_from: Option<Vec<u8>>| {
+        static GROUP: Mutex<()> = Mutex::new(());
+        let _one_group_at_a_time = GROUP.lock().unwrap_or_else(|e| e.into_inner());
+        group::reset();
+        let handles: Vec<_> = (0..2)
+            .map(|i| {
+                let (cfg, start, restore_from) = (cfg.clone(), start.clone(), restore_from.clone());
+                std::thread::spawn(move || {
+                    let replica = sca_dist::join(&GroupSpec::local(2), i).unwrap();
+                    let mut t = Trainer::<B>::new(cfg, data(), None, FlexDevice);
+                    t.distribute(replica, true).unwrap();
+                    match restore_from {
+                        Some(bytes) => t.restore(&bytes).unwrap(),
+                        None => {
+                            t.restore(&start).unwrap();
+                            assert_eq!(t.run(&mut Log::default()).unwrap(), RunEnd::Finished);
+                        }
+                    }
+                    t.checkpoint_bytes()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).next().expect("rank 0")
+    };
+    let saved = run_and_save(cfg.clone(), start.clone(), None);
+    let c = sca_train::checkpoint::Container::decode(&saved).unwrap();
+    let (q0, q1) = (c.blob("queue.0").unwrap(), c.blob("queue.1").unwrap());
+    assert_ne!(q0, q1, "replicas queue different embeddings");
+    assert!(c.blob("queue").is_err(), "no single-replica queue in a 2-replica checkpoint");
+    // Two fresh replicas restored from it write both queues back unchanged: each came back
+    // to the rank it belongs to.
+    let again = run_and_save(cfg.clone(), start, Some(saved.clone()));
+    let a = sca_train::checkpoint::Container::decode(&again).unwrap();
+    assert!(a.blob("queue.0").unwrap() == q0, "rank 0's queue restored");
+    assert!(a.blob("queue.1").unwrap() == q1, "rank 1's queue restored");
+    // One replica cannot take over two queues: it starts with an empty one and says so.
+    let mut single = Trainer::<B>::new(cfg, data(), None, FlexDevice);
+    single.restore(&saved).unwrap();
+    assert!(single.queue_reset);
+}

@@ -209,6 +209,9 @@ fn pretrain<B: TrackedSum>(cfg: TrainConfig, dir: &Path, resume: bool, overrides
         trainer.restore(&bytes).with_context(|| format!("restoring {}", path.display()))?;
         if root {
             eprintln!("resumed from {} at epoch {}, batch {} (step {})", path.display(), trainer.epoch, trainer.batch, trainer.step);
+            if trainer.queue_reset {
+                eprintln!("warning: the checkpoint's SwAV queues were written by another number of replicas; the queues start empty");
+            }
         }
         if !overrides.is_empty() && root {
             // The rest of the run follows the changed config; keep config.json telling the truth.
