@@ -84,9 +84,11 @@ fn single(cfg: &TrainConfig, start: &[u8]) -> (Vec<[f64; 4]>, Vec<f32>) {
     (log.losses, weights(&t))
 }
 
+/// The collective server is per process: the tests of this file form one group at a time.
+static GROUP: Mutex<()> = Mutex::new(());
+
 /// `world` replicas as threads; rank 0's losses and every rank's final weights.
 fn replicas(cfg: &TrainConfig, start: &[u8], world: usize) -> (Vec<[f64; 4]>, Vec<Vec<f32>>, usize) {
-    static GROUP: Mutex<()> = Mutex::new(());
     let _one_group_at_a_time = GROUP.lock().unwrap_or_else(|e| e.into_inner());
     group::reset();
     let handles: Vec<_> = (0..world)
@@ -161,7 +163,6 @@ fn every_replicas_swav_queue_is_checkpointed_and_restored() {
     let cfg = config(&["engine.queue_length=32", "engine.queue_start_epoch=0"]);
     let start = initial(&cfg);
     let run_and_save = |cfg: TrainConfig, start: Vec<u8>, restore_from: Option<Vec<u8>>| {
-        static GROUP: Mutex<()> = Mutex::new(());
         let _one_group_at_a_time = GROUP.lock().unwrap_or_else(|e| e.into_inner());
         group::reset();
         let handles: Vec<_> = (0..2)
@@ -182,7 +183,9 @@ fn every_replicas_swav_queue_is_checkpointed_and_restored() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).next().expect("rank 0")
+        // Join every replica (each leaves the group when it ends) before the next group forms.
+        let mut saved: Vec<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        saved.swap_remove(0)
     };
     let saved = run_and_save(cfg.clone(), start.clone(), None);
     let c = sca_train::checkpoint::Container::decode(&saved).unwrap();
