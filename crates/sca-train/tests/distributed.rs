@@ -198,6 +198,11 @@ fn every_replicas_swav_queue_is_checkpointed_and_restored() {
     let a = sca_train::checkpoint::Container::decode(&again).unwrap();
     assert!(a.blob("queue.0").unwrap() == q0, "rank 0's queue restored");
     assert!(a.blob("queue.1").unwrap() == q1, "rank 1's queue restored");
+    assert!(a.blob("model").unwrap() == c.blob("model").unwrap(), "weights restored exactly");
+    // The optimiser records list their per-parameter states in hash-map order: same size.
+    for name in ["optim_core", "optim_addon"] {
+        assert_eq!(a.blob(name).unwrap().len(), c.blob(name).unwrap().len(), "{name}");
+    }
     // One replica cannot take over two queues: it starts with an empty one and says so.
     let mut single = Trainer::<B>::new(cfg, data(), None, FlexDevice);
     single.restore(&saved).unwrap();
