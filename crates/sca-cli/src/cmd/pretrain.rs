@@ -147,6 +147,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     sca_dist::group::reset();
     let choices: Vec<Choice> = devices.iter().map(|d| d.resolve()).collect::<anyhow::Result<_>>()?;
+    if choices.iter().any(|c| matches!(c, Choice::Cuda(_))) {
+        crate::gpu_cache::install_requested()?;
+    }
     let sync_bn = !args.dist.no_sync_bn;
     let (tx, rx) = std::sync::mpsc::channel();
     for (i, choice) in choices.into_iter().enumerate() {
