@@ -243,10 +243,10 @@ fn synchronised_batch_norm_uses_the_global_batch() {
     let r = Tensor::<B, 4>::random([2, 4, 3, 3], Distribution::Normal(0.0, 1.0), &device);
 
     let twin: StatSum<B> = Rc::new(|t| t.mul_scalar(2.0));
-    sync_bn::set(Some((2, twin)));
+    let synced = sync_bn::install(2, twin);
     let xs = x.clone().detach().require_grad();
     let ys = batch_norm_forward(&bn_sync, xs.clone());
-    sync_bn::set::<B>(None);
+    drop(synced);
     let gs = (ys.clone() * r.clone()).sum().backward();
 
     let xp = x.detach().require_grad();

@@ -6,10 +6,10 @@ use sca_dist::{group, GroupSpec};
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let (rank, port, calls, len): (usize, u16, usize, usize) = (a[1].parse().unwrap(), a[2].parse().unwrap(), a[3].parse().unwrap(), a[4].parse().unwrap());
-    if rank == 0 {
-        group::start_coordinator(port).unwrap();
-    }
     let spec = GroupSpec { nodes: 2, node_rank: rank, coordinator: Some(format!("127.0.0.1:{port}")), ..GroupSpec::local(1) };
+    if rank == 0 {
+        group::start_coordinator(&spec).unwrap();
+    }
     let r = sca_dist::join(&spec, 0).unwrap();
     let t0 = std::time::Instant::now();
     for i in 0..calls {

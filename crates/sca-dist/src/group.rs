@@ -131,9 +131,12 @@ pub fn reset() {
     burn_collective::reset_collective::<Flex>();
 }
 
-/// Starts the coordinator (the global orchestrator) on `port` in a background thread of
-/// this process; node 0 does this before joining.
-pub fn start_coordinator(port: u16) -> Result<(), JoinError> {
+/// Starts the coordinator (the global orchestrator) on the port of `spec.coordinator`, in a
+/// background thread of this process; node 0 does this before joining. Returns the port.
+pub fn start_coordinator(spec: &GroupSpec) -> Result<u16, JoinError> {
+    spec.validate()?;
+    let coordinator = spec.coordinator.as_deref().ok_or_else(|| JoinError::Spec("no --coordinator to start".into()))?;
+    let port = coordinator_port(coordinator)?;
     quiet_network_logs();
     // Bind once here so a taken port is reported instead of failing inside the thread.
     TcpListener::bind(("0.0.0.0", port))
@@ -149,7 +152,7 @@ pub fn start_coordinator(port: u16) -> Result<(), JoinError> {
             runtime.block_on(burn_collective::start_global_orchestrator(port));
         })
         .map_err(|e| JoinError::Spec(format!("starting the coordinator thread: {e}")))?;
-    Ok(())
+    Ok(port)
 }
 
 /// Joins as local replica `local_index`; returns when every replica of the group has joined.

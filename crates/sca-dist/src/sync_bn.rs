@@ -16,11 +16,22 @@ thread_local! {
     static SYNC: RefCell<Option<(usize, Box<dyn Any>)>> = const { RefCell::new(None) };
 }
 
-/// Makes training-mode batch norm on this thread use the statistics of the global batch:
-/// `replicas` replicas with equally large batches, whose per-channel sums `sum` adds up.
-/// Every replica must run the same layers in the same order. `None` switches it off.
-pub fn set<B: Backend>(sync: Option<(usize, StatSum<B>)>) {
-    SYNC.with(|s| *s.borrow_mut() = sync.map(|(n, f)| (n, Box::new(f) as Box<dyn Any>)));
+/// Makes training-mode batch norm on this thread use the statistics of the global batch
+/// until the returned guard is dropped: `replicas` replicas with equally large batches, whose
+/// per-channel sums `sum` adds up. Every replica must run the same layers in the same order.
+#[must_use = "synchronisation ends when the guard is dropped"]
+pub fn install<B: Backend>(replicas: usize, sum: StatSum<B>) -> Installed {
+    SYNC.with(|s| *s.borrow_mut() = Some((replicas, Box::new(sum) as Box<dyn Any>)));
+    Installed(())
+}
+
+/// Switches synchronised batch norm on this thread off when dropped (error paths included).
+pub struct Installed(());
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        SYNC.with(|s| *s.borrow_mut() = None);
+    }
 }
 
 /// The synchronisation installed on this thread for backend `B`, if any.

@@ -10,6 +10,19 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use sca_dist::Replica;
 
+use crate::trainer::TrainError;
+
+/// Replicas train on equal shares of the global batch (so that their mean losses and
+/// gradients average to the global ones).
+pub fn check_batch_split(batch_size: usize, world: usize) -> Result<(), TrainError> {
+    match batch_size % world {
+        0 => Ok(()),
+        _ => Err(TrainError::Other(format!(
+            "batch_size {batch_size} does not split evenly over {world} replicas; use a multiple of {world}"
+        ))),
+    }
+}
+
 /// Replaces `grads` (of `module`'s parameters) by their mean over all replicas: one
 /// all-reduce of every gradient laid end to end. A parameter without a gradient here takes
 /// part as zeros and stays without one.

@@ -176,21 +176,11 @@ impl<B: TrackedSum> Trainer<B> {
     /// normalises with the statistics of the global batch. Call before [`Trainer::restore`]
     /// and [`Trainer::run`], from the thread that will run this replica.
     pub fn distribute(&mut self, replica: Replica, sync_bn: bool) -> Result<(), TrainError> {
-        let world = replica.world();
-        if self.cfg.batch_size % world != 0 {
-            return Err(TrainError::Other(format!(
-                "batch_size {} does not split evenly over {world} replicas; use a multiple of {world}",
-                self.cfg.batch_size
-            )));
-        }
+        crate::dist::check_batch_split(self.cfg.batch_size, replica.world())?;
         self.model = crate::dist::broadcast_from_root(&replica, self.model.clone());
         self.replica = replica;
         self.sync_bn = sync_bn;
         Ok(())
-    }
-
-    pub fn replica(&self) -> &Replica {
-        &self.replica
     }
 
     pub fn steps_per_epoch(&self) -> usize {
@@ -317,11 +307,12 @@ impl<B: TrackedSum> Trainer<B> {
         if let Engine::Swav(head) = model.engine {
             model.engine = Engine::Swav(head.normalize_prototypes());
         }
-        if self.sync_bn && !self.replica.is_single() {
+        // SyncBN for this step's forward passes (the backward sums travel with the graph).
+        let _sync_bn = (self.sync_bn && !self.replica.is_single()).then(|| {
             let replica = self.replica.clone();
             let sum: sca_dist::sync_bn::StatSum<B> = Rc::new(move |t| B::tracked_sum(&replica, t));
-            sca_dist::sync_bn::set(Some((self.replica.world(), sum)));
-        }
+            sca_dist::sync_bn::install(self.replica.world(), sum)
+        });
         let losses = self.forward(&model, batch);
         // The logged values are means over the global batch (replica means averaged), so a
         // non-finite value on any replica stops all of them at the same step.
@@ -342,9 +333,6 @@ impl<B: TrackedSum> Trainer<B> {
             None => GradientsParams::new(),
         };
         let mut core_grads = GradientsParams::from_grads(grads, &model);
-        if self.sync_bn {
-            sca_dist::sync_bn::set::<B>(None);
-        }
         let addon_grads = match &model.addon {
             Some(a) => crate::dist::average_gradients(&self.replica, a, addon_grads),
             None => addon_grads,

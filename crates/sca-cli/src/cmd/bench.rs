@@ -11,6 +11,7 @@ use sca_train::{TrainConfig, Trainer};
 use serde_json::json;
 
 use crate::device::DeviceArg;
+use sca_dist::Replica;
 use crate::{files, with_backend};
 
 #[derive(clap::Subcommand)]
@@ -130,25 +131,43 @@ fn random_batch<B: Backend>(b: usize, views: usize, size: usize, positives: usiz
 
 /// Times `steps` training steps after one warm-up step (compilation, autotune).
 fn time_steps<B: sca_dist::TrackedSum>(case: &str, cfg: TrainConfig, b: usize, views: usize, size: usize, steps: usize, device: B::Device) -> anyhow::Result<serde_json::Value> {
+    time_steps_on::<B>(case, cfg, b, views, size, steps, device, Replica::single())
+}
+
+/// [`time_steps`] as one replica of a group (global batch `b`, SyncBN): the row also gets
+/// this replica's time, bytes and calls in collectives per step.
+#[allow(clippy::too_many_arguments)]
+fn time_steps_on<B: sca_dist::TrackedSum>(case: &str, cfg: TrainConfig, b: usize, views: usize, size: usize, steps: usize, device: B::Device, replica: Replica) -> anyhow::Result<serde_json::Value> {
     let p = if cfg.addon.enabled { cfg.addon.positives } else { 0 };
     let images = b * (views + p);
+    let local = b / replica.world();
     let clusters = cfg.addon.clusters as u32;
     let train = sca_data::DatasetSpec::builtin().open()?.0;
     let mut trainer = Trainer::<B>::new(cfg, train, None, device.clone());
+    trainer.distribute(replica.clone(), true)?;
     trainer.set_pseudo_labels((0..b as u32).map(|i| i % clusters).collect());
-    eprintln!("{case}: warm-up step");
+    let say = |msg: String| if replica.is_root() { eprintln!("{case}: {msg}") };
+    say("warm-up step".into());
     let t0 = Instant::now();
-    trainer.step_batch(random_batch::<B>(b, views, size, p, &device))?;
+    trainer.step_batch(random_batch::<B>(local, views, size, p, &device))?;
     B::sync(&device)?;
     let first = t0.elapsed().as_secs_f64();
-    let t0 = Instant::now();
+    let (t0, comm0) = (Instant::now(), replica.comm_totals());
     for _ in 0..steps {
-        trainer.step_batch(random_batch::<B>(b, views, size, p, &device))?;
+        trainer.step_batch(random_batch::<B>(local, views, size, p, &device))?;
     }
     B::sync(&device)?;
-    let per_step = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
-    eprintln!("{case}: {:.1} ms/step", per_step * 1e3);
-    Ok(json!({ "case": case, "images_per_s": images as f64 / per_step, "ms_per_step": per_step * 1e3, "first_step_s": first, "batch": b, "images_per_step": images }))
+    let (n, comm) = (steps.max(1) as f64, replica.comm_totals() - comm0);
+    let per_step = t0.elapsed().as_secs_f64() / n;
+    say(format!("{:.1} ms/step", per_step * 1e3));
+    let mut row = json!({ "case": case, "images_per_s": images as f64 / per_step, "ms_per_step": per_step * 1e3, "first_step_s": first, "batch": b, "images_per_step": images });
+    if !replica.is_single() {
+        row["comm_ms_per_step"] = json!(comm.seconds / n * 1e3);
+        row["comm_share"] = json!(comm.seconds / n / per_step);
+        row["comm_bytes_per_step"] = json!(comm.bytes as f64 / n);
+        row["collectives_per_step"] = json!(comm.calls as f64 / n);
+    }
+    Ok(row)
 }
 
 fn pretrain<B: sca_dist::TrackedSum>(c: &Common, cuda: bool, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
@@ -184,30 +203,13 @@ fn distributed<B: sca_dist::TrackedSum>(c: &Common, replicas: usize, device: B::
     let one = time_steps::<B>(&format!("1 replica, global batch {b}"), cfg.clone(), b, 2, 32, c.steps, device.clone())?;
     sca_dist::group::reset();
     let spec = sca_dist::GroupSpec::local(replicas);
+    let case = format!("{replicas} replicas, {} images each, SyncBN", b / replicas);
     let handles: Vec<_> = (0..replicas)
         .map(|i| {
-            let (spec, cfg, device, steps) = (spec.clone(), cfg.clone(), device.clone(), c.steps);
+            let (spec, cfg, device, steps, case) = (spec.clone(), cfg.clone(), device.clone(), c.steps, case.clone());
             std::thread::spawn(move || -> anyhow::Result<serde_json::Value> {
                 let replica = sca_dist::join(&spec, i)?;
-                let local = b / replicas;
-                let clusters = cfg.addon.clusters as u32;
-                let train = sca_data::DatasetSpec::builtin().open()?.0;
-                let mut trainer = Trainer::<B>::new(cfg, train, None, device.clone());
-                trainer.distribute(replica.clone(), true)?;
-                trainer.set_pseudo_labels((0..b as u32).map(|i| i % clusters).collect());
-                trainer.step_batch(random_batch::<B>(local, 2, 32, 1, &device))?;
-                let (t0, c0) = (Instant::now(), replica.comm_totals());
-                for _ in 0..steps {
-                    trainer.step_batch(random_batch::<B>(local, 2, 32, 1, &device))?;
-                }
-                let (per_step, comm) = (t0.elapsed().as_secs_f64() / steps.max(1) as f64, replica.comm_totals() - c0);
-                let n = steps.max(1) as f64;
-                Ok(json!({
-                    "case": format!("{replicas} replicas, {local} images each, SyncBN"),
-                    "images_per_s": (b * 3) as f64 / per_step, "ms_per_step": per_step * 1e3,
-                    "comm_ms_per_step": comm.seconds / n * 1e3, "comm_share": comm.seconds / n / per_step,
-                    "comm_bytes_per_step": comm.bytes as f64 / n, "collectives_per_step": comm.calls as f64 / n,
-                }))
+                time_steps_on::<B>(&case, cfg, b, 2, 32, steps, device, replica)
             })
         })
         .collect();

@@ -131,18 +131,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return with_backend!(choice, |B, device| pretrain::<B>(cfg, &dir, resume, &args.overrides, device, Replica::single(), false));
     }
     let world = spec.world();
-    if cfg.batch_size % world != 0 {
-        bail!("batch_size {} does not split evenly over {world} replicas; use a multiple of {world}", cfg.batch_size);
-    }
+    sca_train::dist::check_batch_split(cfg.batch_size, world)?;
     eprintln!(
         "data-parallel: {world} replicas ({} per node × {} node(s)), this is node {}, batch {} per replica, {}",
         spec.local, spec.nodes, spec.node_rank, cfg.batch_size / world,
         if args.dist.no_sync_bn { "per-replica batch norm" } else { "synchronised batch norm" }
     );
     if spec.nodes > 1 && spec.node_rank == 0 {
-        let coordinator = spec.coordinator.as_deref().expect("validated");
-        let port = coordinator.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("validated");
-        sca_dist::group::start_coordinator(port)?;
+        let port = sca_dist::group::start_coordinator(&spec)?;
         eprintln!("coordinator listening on port {port}");
     }
     sca_dist::group::reset();
