@@ -3,6 +3,7 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::conv::ConvImpl;
+use crate::precision::Precision;
 use crate::resnet::ResNet;
 
 /// The supported depths. Names follow torchvision (`resnet50`, ...).
@@ -83,6 +84,9 @@ pub struct ResNetConfig {
     /// How the convolutions run (same parameters either way); see [`ConvImpl`].
     #[config(default = "ConvImpl::Matmul")]
     pub conv_impl: ConvImpl,
+    /// The arithmetic type of the convolutions (parameters stay f32); see [`Precision`].
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
 }
 
 impl ResNetConfig {

@@ -23,8 +23,11 @@ use std::str::FromStr;
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::ops::{ConvOptions, PadMode};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+
+use crate::precision::Precision;
 
 /// How [`conv_forward`] computes a convolution.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,19 +86,48 @@ pub enum Layout {
 /// `conv.forward(x)` computed by `imp`. Cases the matmul path does not cover (groups,
 /// `Same` padding) fall back to the native convolution.
 pub fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, imp: ConvImpl) -> Tensor<B, 4> {
-    match imp {
-        ConvImpl::Native => conv.forward(x),
-        ConvImpl::Matmul => match matmul_geometry(conv, &x) {
-            Some(g) => {
-                let layout = if g.pointwise && batched_pays(&g, conv.weight.dims()[0]) {
-                    Layout::Batched
-                } else {
-                    Layout::Rows
-                };
-                conv_matmul_impl(conv, x, g, layout)
-            }
-            None => conv.forward(x),
-        },
+    conv_forward_in(conv, x, imp, Precision::F32)
+}
+
+/// [`conv_forward`] computed in `precision`: input, weight and bias are cast to the compute
+/// type, the output back to the input's type (see [`crate::precision`]). Convolutions that
+/// neither path can express with explicit padding stay in the input's type.
+pub fn conv_forward_in<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, imp: ConvImpl, precision: Precision) -> Tensor<B, 4> {
+    let Some(g) = matmul_geometry(conv, &x) else {
+        return conv.forward(x);
+    };
+    let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
+    let Some(dtype) = precision.compute_dtype() else {
+        return match imp {
+            ConvImpl::Native => conv.forward(x),
+            ConvImpl::Matmul => conv_matmul_impl(conv, x, weight, bias, g, auto_layout(&g, conv)),
+        };
+    };
+    let out_dtype = FloatDType::from(x.dtype());
+    let (weight, bias) = (weight.cast(dtype), bias.map(|b| b.cast(dtype)));
+    let y = match imp {
+        ConvImpl::Native => {
+            // Uneven padding is applied here, before the cast: Burn's `conv2d` pads it with
+            // a zero tensor of the default float type, which a bf16 input does not accept.
+            let (top, bottom, left, right) = g.pad;
+            let (x, padding) = if top == bottom && left == right {
+                (x, [top, left])
+            } else {
+                (x.pad((left, right, top, bottom), PadMode::Constant(0.0)), [0, 0])
+            };
+            let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
+            burn::tensor::module::conv2d(x.cast(dtype), weight, bias, options)
+        }
+        ConvImpl::Matmul => conv_matmul_impl(conv, x.cast(dtype), weight, bias, g, auto_layout(&g, conv)),
+    };
+    y.cast(out_dtype)
+}
+
+fn auto_layout<B: Backend>(g: &Geometry, conv: &Conv2d<B>) -> Layout {
+    if g.pointwise && batched_pays(g, conv.weight.dims()[0]) {
+        Layout::Batched
+    } else {
+        Layout::Rows
     }
 }
 
@@ -114,7 +146,7 @@ fn batched_pays(g: &Geometry, o: usize) -> bool {
 pub fn conv_matmul_with_layout<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, layout: Layout) -> Tensor<B, 4> {
     let g = matmul_geometry(conv, &x).expect("conv supported by the matmul path");
     assert!(layout == Layout::Rows || g.pointwise, "the batched layout needs a 1×1 stride-1 unpadded conv");
-    conv_matmul_impl(conv, x, g, layout)
+    conv_matmul_impl(conv, x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), g, layout)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -156,15 +188,17 @@ fn int_tensor<B: Backend>(v: Vec<i64>, device: &B::Device) -> Tensor<B, 1, Int> 
     Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
-fn conv_matmul_impl<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, g: Geometry, layout: Layout) -> Tensor<B, 4> {
+/// The matmul path on `weight` and `bias` (the conv's own, or cast copies of them); `conv`
+/// gives the geometry.
+fn conv_matmul_impl<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Option<Tensor<B, 1>>, g: Geometry, layout: Layout) -> Tensor<B, 4> {
     let device = x.device();
     let [b, c, h, w] = x.dims();
-    let [o, _, kh, kw] = conv.weight.dims();
+    let [o, _, kh, kw] = weight.dims();
     let (oh, ow, kk) = (g.out_h, g.out_w, kh * kw);
     let n = oh * ow;
     let out = match layout {
         Layout::Batched => {
-            let weight = conv.weight.val().reshape([1, o, c]);
+            let weight = weight.reshape([1, o, c]);
             weight.matmul(x.reshape([b, c, h * w])).reshape([b, o, oh, ow])
         }
         Layout::Rows => {
@@ -176,7 +210,8 @@ fn conv_matmul_impl<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, g: Geometry, 
                 let (idx, reads_padding) = gather_rows(&g, conv, [b, h, w]);
                 let src = if reads_padding {
                     // One extra all-zero position: every tap that falls in the padding reads it.
-                    Tensor::cat(vec![xt, Tensor::zeros([1, b * c], &device)], 0)
+                    let zero = Tensor::<B, 2>::zeros([1, b * c], &device).cast(xt.dtype());
+                    Tensor::cat(vec![xt, zero], 0)
                 } else {
                     xt
                 };
@@ -184,7 +219,7 @@ fn conv_matmul_impl<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, g: Geometry, 
                 src.reshape([rows, c]).select(0, int_tensor::<B>(idx, &device)).reshape([n * b, kk * c])
             };
             // Conv2d stores [O, C, kh, kw]; the gathered columns are tap-major, channel-minor.
-            let weight = conv.weight.val().reshape([o, c * kk]);
+            let weight = weight.reshape([o, c * kk]);
             let weight = if kk == 1 {
                 weight
             } else {
@@ -195,8 +230,8 @@ fn conv_matmul_impl<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, g: Geometry, 
             cols.matmul(weight.transpose()).reshape([n, b * o]).swap_dims(0, 1).reshape([b, o, oh, ow])
         }
     };
-    match &conv.bias {
-        Some(bias) => out + bias.val().reshape([1, o, 1, 1]),
+    match bias {
+        Some(bias) => out + bias.reshape([1, o, 1, 1]),
         None => out,
     }
 }

@@ -5,6 +5,7 @@
 //! - [`resnet`]: the network; [`ResNet::forward_stages`] returns the four stage maps the
 //!   attention add-on taps, [`ResNet::forward_features`] the pooled feature.
 //! - [`conv`]: [`ConvImpl`] and [`conv_forward`], convolution as matmul (faster on CPU).
+//! - [`precision`]: [`Precision`], convolutions in bf16/f16 with f32 master weights.
 //! - [`norm`]: [`norm::batch_norm_forward`], Burn's training-mode batch norm without its
 //!   transposes (the largest cost of a CPU training step before).
 //! - [`weights`]: safetensors whose keys and shapes are exactly torchvision's `state_dict`,
@@ -13,10 +14,12 @@
 pub mod config;
 pub mod conv;
 pub mod norm;
+pub mod precision;
 pub mod resnet;
 pub mod weights;
 
 pub use config::{materialize, Arch, ResNetConfig};
-pub use conv::{conv_forward, ConvImpl};
+pub use conv::{conv_forward, conv_forward_in, ConvImpl};
+pub use precision::Precision;
 pub use resnet::{ResNet, Stages};
 pub use weights::{WeightsError, WeightsReport};

@@ -7,7 +7,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::config::{Arch, ResNetConfig};
-use crate::conv::{conv_forward, ConvImpl};
+use crate::conv::{conv_forward_in, ConvImpl};
+use crate::precision::Precision;
 use crate::norm::batch_norm_forward;
 
 /// torchvision initialises convolutions with Kaiming normal, fan-out, ReLU gain.
@@ -65,7 +66,8 @@ impl<B: Backend> Block<B> {
         Self { conv1, bn1: bn(width), conv2, bn2, conv3, bn3, downsample }
     }
 
-    fn forward(&self, x: Tensor<B, 4>, imp: ConvImpl) -> Tensor<B, 4> {
+    fn forward(&self, x: Tensor<B, 4>, imp: ConvImpl, precision: Precision) -> Tensor<B, 4> {
+        let conv_forward = |conv: &Conv2d<B>, x: Tensor<B, 4>, imp: ConvImpl| conv_forward_in(conv, x, imp, precision);
         let identity = match &self.downsample {
             Some(d) => batch_norm_forward(&d.bn, conv_forward(&d.conv, x.clone(), imp)),
             None => x.clone(),
@@ -111,6 +113,8 @@ pub struct ResNet<B: Backend> {
     pub small_stem: bool,
     /// How the convolutions run; not saved with the weights.
     pub conv_impl: ConvImpl,
+    /// The convolutions' arithmetic type; not saved with the weights (always f32).
+    pub precision: Precision,
 }
 
 impl<B: Backend> ResNet<B> {
@@ -152,6 +156,7 @@ impl<B: Backend> ResNet<B> {
             arch_name: arch.name().to_string(),
             small_stem: cfg.small_stem,
             conv_impl: cfg.conv_impl,
+            precision: cfg.precision,
         }
     }
 
@@ -168,7 +173,7 @@ impl<B: Backend> ResNet<B> {
     }
 
     pub fn stem(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = relu(batch_norm_forward(&self.bn1, conv_forward(&self.conv1, x, self.conv_impl)));
+        let x = relu(batch_norm_forward(&self.bn1, conv_forward_in(&self.conv1, x, self.conv_impl, self.precision)));
         match &self.maxpool {
             Some(pool) => pool.forward(x),
             None => x,
@@ -184,7 +189,7 @@ impl<B: Backend> ResNet<B> {
             4 => &self.layer4,
             _ => panic!("ResNet has stages 1..=4, got {i}"),
         };
-        blocks.iter().fold(x, |x, b| b.forward(x, self.conv_impl))
+        blocks.iter().fold(x, |x, b| b.forward(x, self.conv_impl, self.precision))
     }
 
     pub fn forward_stages(&self, x: Tensor<B, 4>) -> Stages<B> {
@@ -212,6 +217,12 @@ impl<B: Backend> ResNet<B> {
     /// Switches how the convolutions run (parameters unchanged), e.g. after loading weights.
     pub fn with_conv_impl(mut self, imp: ConvImpl) -> Self {
         self.conv_impl = imp;
+        self
+    }
+
+    /// Switches the convolutions' arithmetic type (parameters unchanged).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
     }
 
