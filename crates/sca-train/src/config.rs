@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use sca_backbone::Arch;
+use sca_backbone::{Arch, ConvImpl, Precision};
 use sca_data::{AugmentConfig, DatasetSpec};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -29,6 +29,10 @@ pub struct TrainConfig {
     /// Keep a numbered checkpoint every this many epochs (the latest is always kept).
     #[serde(default = "one")]
     pub checkpoint_every: usize,
+    /// Arithmetic of the backbone's convolutions: `f32`, `bf16` or `f16` (f32 master
+    /// weights either way; f16 adds dynamic loss scaling). See sca_backbone::precision.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_log_every() -> usize {
@@ -49,6 +53,10 @@ pub struct ModelConfig {
     /// Start from these torchvision-named weights instead of a random initialisation.
     #[serde(default)]
     pub init_weights: Option<String>,
+    /// How the convolutions run: `matmul` (im2col + GEMM, the default) or `native` (the
+    /// backend's conv kernels, which on CUDA autotune between direct and implicit GEMM).
+    #[serde(default)]
+    pub conv: ConvImpl,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -384,6 +392,18 @@ mod tests {
         check(&["addon.clusters=1"], Err("default.json: key 'addon.clusters' must be at least 2"));
         check(&["engine.assignment_crops=[0,5]"], Err("default.json: key 'engine.assignment_crops': crop 5 does not exist (2 views)"));
         check(&["model.arch=vgg"], Err("default.json: key 'model.arch': unknown variant `vgg`, expected one of `resnet18`, `resnet34`, `resnet50`"));
+        check(&["precision=bf16", "model.conv=native"], Ok(()));
+        check(&["precision=fp8"], Err("default.json: key 'precision': unknown variant `fp8`, expected one of `f32`, `bf16`, `f16`"));
+        check(&["model.conv=winograd"], Err("default.json: key 'model.conv': unknown variant `winograd`, expected `native` or `matmul`"));
+    }
+
+    #[test]
+    fn precision_and_conv_default_to_f32_matmul_and_reach_the_model() {
+        let cfg = parse(DEFAULT, "d", &[]).unwrap();
+        assert_eq!((cfg.precision, cfg.model.conv), (Precision::F32, ConvImpl::Matmul));
+        let cfg = parse(DEFAULT, "d", &["precision=f16".into(), "model.conv=native".into()]).unwrap();
+        let model = crate::model::SslModel::<burn::backend::Flex>::new(&cfg, &Default::default());
+        assert_eq!((model.backbone.precision, model.backbone.conv_impl), (Precision::F16, ConvImpl::Native));
     }
 
     #[test]

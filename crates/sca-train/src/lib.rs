@@ -7,13 +7,15 @@
 //! - [`addon`]: memory bank + k-means at epoch start and the add-on's forward pass.
 //! - [`checkpoint`]: the checksummed checkpoint container.
 //! - [`dist`]: gradient averaging and weight broadcast between data-parallel replicas.
+//! - [`loss_scale`]: dynamic loss scaling for f16 training.
 
 pub mod addon;
 pub mod checkpoint;
 pub mod config;
 pub mod dist;
+pub mod loss_scale;
 pub mod model;
 pub mod trainer;
 
 pub use config::TrainConfig;
-pub use trainer::{Observer, RunEnd, StepMetrics, TrainError, Trainer};
+pub use trainer::{Observer, PhaseReport, RunEnd, StepMetrics, TrainError, Trainer};

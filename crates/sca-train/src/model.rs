@@ -31,6 +31,8 @@ impl<B: Backend> SslModel<B> {
         let backbone = ResNetConfig::new(cfg.model.arch)
             .with_small_stem(cfg.model.small_stem)
             .with_zero_init_residual(cfg.model.zero_init_residual)
+            .with_conv_impl(cfg.model.conv)
+            .with_precision(cfg.precision)
             .init(device);
         let in_dim = backbone.feature_dim();
         let engine = match &cfg.engine {

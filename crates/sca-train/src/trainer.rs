@@ -29,6 +29,7 @@ use sca_optim::schedule::warmup_cosine;
 
 use crate::checkpoint::{CheckpointError, Container};
 use crate::config::{EngineConfig, LrSchedule, TrainConfig};
+use crate::loss_scale::LossScale;
 use crate::model::{to_tensor, Engine, SslModel};
 
 type Optim<B> = OptimizerAdaptor<Lars<<B as AutodiffBackend>::InnerBackend>, SslModel<B>, B>;
@@ -65,6 +66,12 @@ pub struct StepMetrics {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss_cls: Option<f64>,
     pub images_per_s: f64,
+    /// f16 only: the loss scale this step used, and whether its gradients overflowed (the
+    /// step was then skipped and the scale halved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// What the loop needs from the outside world.
@@ -128,7 +135,14 @@ pub struct Trainer<B: AutodiffBackend> {
     /// Set by [`Trainer::restore`] when the checkpoint's SwAV queues were written by another
     /// number of replicas and the queues start empty instead.
     pub queue_reset: bool,
+    /// Dynamic loss scale (f16 precision only).
+    loss_scale: Option<LossScale>,
+    /// Told the seconds of each phase of every step as it ends (see [`Trainer::time_phases`]).
+    phase_report: Option<PhaseReport>,
 }
+
+/// Receives (phase, seconds) as each phase of a step ends.
+pub type PhaseReport = Box<dyn FnMut(&str, f64)>;
 
 fn optimiser<B: AutodiffBackend>(cfg: &TrainConfig) -> Optim<B> {
     let o = &cfg.optim;
@@ -144,6 +158,7 @@ impl<B: TrackedSum> Trainer<B> {
     /// A fresh run. `knn` is called after every `eval.knn_every` epochs.
     pub fn new(cfg: TrainConfig, train: Arc<dyn Dataset>, knn: Option<KnnMonitor<B>>, device: B::Device) -> Self {
         let model = SslModel::new(&cfg, &device);
+        let cfg_needs_scaling = cfg.precision.needs_loss_scaling();
         let queue = match &cfg.engine {
             EngineConfig::Swav { queue_length, assignment_crops, out_dim, .. } if *queue_length > 0 => {
                 Some(SwavQueue::new(assignment_crops.len(), *queue_length, *out_dim, &device))
@@ -167,6 +182,8 @@ impl<B: TrackedSum> Trainer<B> {
             replica: Replica::single(),
             sync_bn: false,
             queue_reset: false,
+            loss_scale: cfg_needs_scaling.then(LossScale::default),
+            phase_report: None,
         }
     }
 
@@ -296,6 +313,23 @@ impl<B: TrackedSum> Trainer<B> {
         self.train_step(batch, batches, n_images, Instant::now())
     }
 
+    /// Times every step's forward pass, backward pass (with the gradient exchange) and
+    /// optimiser update, waiting for the device after each, and hands each to `report` as it
+    /// ends: a first step that takes minutes on a GPU then shows where. The waits cost a
+    /// little throughput, so benchmarks time their steps without it. `None` stops it.
+    pub fn time_phases(&mut self, report: Option<PhaseReport>) {
+        self.phase_report = report;
+    }
+
+    /// The device finished everything queued; `phase` took the time since `since`.
+    fn phase_done(&mut self, phase: &str, since: &mut Instant) {
+        if let Some(report) = self.phase_report.as_mut() {
+            let _ = B::sync(&self.device);
+            report(phase, since.elapsed().as_secs_f64());
+            *since = Instant::now();
+        }
+    }
+
     /// Pseudo-labels for the current epoch, e.g. to step the add-on without a clustering pass.
     pub fn set_pseudo_labels(&mut self, labels: Vec<u32>) {
         self.pseudo = Some(labels);
@@ -313,6 +347,7 @@ impl<B: TrackedSum> Trainer<B> {
             let sum: sca_dist::sync_bn::StatSum<B> = Rc::new(move |t| B::tracked_sum(&replica, t));
             sca_dist::sync_bn::install(self.replica.world(), sum)
         });
+        let mut phase_start = Instant::now();
         let losses = self.forward(&model, batch);
         // The logged values are means over the global batch (replica means averaged), so a
         // non-finite value on any replica stops all of them at the same step.
@@ -327,17 +362,34 @@ impl<B: TrackedSum> Trainer<B> {
                 return Err(TrainError::NonFinite { term: term.into(), value: v, epoch: self.epoch, step: self.step });
             }
         }
-        let mut grads = losses.total.backward();
+        self.phase_done("forward", &mut phase_start);
+        let scale = self.loss_scale.as_ref().map(|s| s.scale);
+        let mut grads = match scale {
+            Some(s) => losses.total.mul_scalar(s).backward(),
+            None => losses.total.backward(),
+        };
         let addon_grads = match &model.addon {
             Some(a) => GradientsParams::from_module(&mut grads, a),
             None => GradientsParams::new(),
         };
         let mut core_grads = GradientsParams::from_grads(grads, &model);
-        let addon_grads = match &model.addon {
+        let mut addon_grads = match &model.addon {
             Some(a) => crate::dist::average_gradients(&self.replica, a, addon_grads),
             None => addon_grads,
         };
         core_grads = crate::dist::average_gradients(&self.replica, &model, core_grads);
+        // Unscaled after averaging, so every replica sees the same sums and skips alike.
+        let mut skipped = false;
+        if let (Some(ls), Some(s)) = (self.loss_scale.as_mut(), scale) {
+            let (core, core_ok) = crate::loss_scale::unscale(&model, core_grads, s);
+            let (addon, addon_ok) = match &model.addon {
+                Some(a) => crate::loss_scale::unscale(a, addon_grads, s),
+                None => (addon_grads, true),
+            };
+            (core_grads, addon_grads) = (core, addon);
+            skipped = !(core_ok && addon_ok);
+            ls.update(!skipped);
+        }
         if let (Engine::Swav(head), EngineConfig::Swav { freeze_prototypes_steps, .. }) = (&model.engine, &self.cfg.engine) {
             if self.step < *freeze_prototypes_steps {
                 head.freeze_prototypes(&mut core_grads);
@@ -345,11 +397,15 @@ impl<B: TrackedSum> Trainer<B> {
             let ln_k = (head.n_prototypes() as f64).ln();
             self.near_collapse &= (values[0].1.unwrap() - ln_k).abs() <= 0.01 * ln_k;
         }
-        model = self.optim_core.step(lr, model, core_grads);
-        if model.addon.is_some() {
-            model = self.optim_addon.step(lr_addon, model, addon_grads);
+        self.phase_done("backward", &mut phase_start);
+        if !skipped {
+            model = self.optim_core.step(lr, model, core_grads);
+            if model.addon.is_some() {
+                model = self.optim_addon.step(lr_addon, model, addon_grads);
+            }
+            self.model = model;
+            self.phase_done("optimiser", &mut phase_start);
         }
-        self.model = model;
         if let Some(queue) = self.queue.as_mut() {
             if self.epoch >= queue_start(&self.cfg) {
                 for (i, z) in losses.queue_z.into_iter().enumerate() {
@@ -371,6 +427,8 @@ impl<B: TrackedSum> Trainer<B> {
             loss_mu: values[1].1,
             loss_cls: values[2].1,
             images_per_s: n_images as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            loss_scale: scale,
+            skipped,
         })
     }
 
@@ -481,10 +539,14 @@ impl<B: TrackedSum> Trainer<B> {
         if let Some(p) = &self.pseudo {
             blobs.push(("pseudo_labels".into(), p.iter().flat_map(|v| v.to_le_bytes()).collect()));
         }
-        let meta = json!({
+        let mut meta = json!({
             "format": 1, "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "near_collapse": self.near_collapse, "config": self.cfg, "replicas": self.replica.world(),
         });
+        if let Some(ls) = &self.loss_scale {
+            meta["loss_scale"] = json!(ls.scale);
+            meta["loss_scale_good_steps"] = json!(ls.good_steps);
+        }
         Container { meta, blobs }.encode()
     }
 
@@ -520,6 +582,9 @@ impl<B: TrackedSum> Trainer<B> {
             .ok()
             .map(|b| b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect());
         self.near_collapse = c.meta.get("near_collapse").and_then(|v| v.as_bool()).unwrap_or(true);
+        if let (Some(ls), Some(scale)) = (self.loss_scale.as_mut(), c.meta.get("loss_scale").and_then(|v| v.as_f64())) {
+            *ls = LossScale { scale, good_steps: get("loss_scale_good_steps").unwrap_or(0) };
+        }
         (self.epoch, self.batch, self.step) = (epoch, batch, step);
         Ok(())
     }
