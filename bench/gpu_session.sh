@@ -1,21 +1,64 @@
 #!/usr/bin/env bash
-# One GPU session's measurements, side by side: `sca bench gpu` (ours) and
-# bench/torch_reference.py (PyTorch, same shapes), each with a time limit so one slow case
-# cannot eat the session. Builds nothing: run `cargo build --release -p sca-cli` first
-# (the binary runs unchanged on the GPU machine). Results go under OUT (default ./gpu-bench):
-# sca.json, torch.json and the two logs; the two tables are printed last.
+# One GPU session's measurements, side by side: `sca bench gpu` (ours) in several settings
+# and bench/torch_reference.py (PyTorch, same shapes), each under a time limit so one slow
+# case cannot eat the session. Builds nothing: run `cargo build --release -p sca-cli` first
+# (the binary runs unchanged on the GPU machine). Everything lands under OUT (default
+# ./gpu-bench): one JSON and one log per run, and the combined table, printed last.
 #
-#   bash bench/gpu_session.sh [OUT]
+#   bash bench/gpu_session.sh [OUT] [PART]
+#
+# PART splits the session in two calls of a few minutes each (all = both, the default):
+#   core  ours cold (caches empty: the first step includes compilation and autotuning) and
+#         warm (same caches) on (a) and (c), matmul convolutions in f32; then PyTorch.
+#   more  native convolutions (CubeCL's autotuned direct / implicit GEMM) and bf16 on
+#         (a) and (c); the add-on step (b), k-means (d) and KNN (e).
 set -u
 OUT=${1:-gpu-bench}
+PART=${2:-all}
 SCA=${SCA:-target/release/sca}
+CACHE="$OUT/cubecl"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-# Ours first, cold: the first-step column then includes compilation and autotuning; the
-# caches land in $OUT/cubecl so a second run (warm) can be timed from the same folder.
-timeout 420 "$SCA" bench gpu --device cuda --autotune minimal --gpu-cache "$OUT/cubecl" --json "$OUT/sca.json" > "$OUT/sca.log" 2>&1
-echo "sca exit $?" >> "$OUT/sca.log"
-timeout 240 python3 bench/torch_reference.py --json "$OUT/torch.json" > "$OUT/torch.log" 2>&1
-echo "torch exit $?" >> "$OUT/torch.log"
-echo "== sca (Burn, CUDA) =="; tail -n 8 "$OUT/sca.log"
-echo "== PyTorch =="; tail -n 8 "$OUT/torch.log"
+
+# ours NAME LIMIT_S ARGS...: one `sca bench gpu` run, its log and JSON under OUT.
+ours() {
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$SCA" bench gpu --device cuda --autotune minimal --gpu-cache "$CACHE" \
+        --json "$OUT/sca-$name.json" "$@" > "$OUT/sca-$name.log" 2>&1
+    echo "sca $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+}
+
+if [ "$PART" = core ] || [ "$PART" = all ]; then
+    ours cold 170 --only a,c --conv matmul --precision f32
+    ours warm 80 --only a --conv matmul --precision f32
+    t0=$SECONDS
+    timeout 170 python3 bench/torch_reference.py --json "$OUT/torch.json" > "$OUT/torch.log" 2>&1
+    echo "torch: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+fi
+if [ "$PART" = more ] || [ "$PART" = all ]; then
+    ours native 150 --only a,c --conv native --precision f32
+    ours bf16 100 --only a,c --conv matmul --precision bf16
+    ours rest 150 --only b,d,e --conv matmul --precision f32
+fi
+
+# Every row of every JSON written so far, in one table.
+python3 - "$OUT" <<'EOF'
+import glob, json, os, sys
+out = sys.argv[1]
+print(f"\n{'run':<7} {'case':<66} {'images/s':>9} {'ms/step':>9} {'first s':>8}")
+for path in sorted(glob.glob(os.path.join(out, "sca-*.json"))):
+    run = os.path.basename(path)[4:-5]
+    for r in json.load(open(path))["rows"]:
+        f = lambda k: f"{r[k]:.1f}" if isinstance(r.get(k), (int, float)) else "-"
+        print(f"{run:<7} {r.get('case', '?')[:66]:<66} {f('images_per_s'):>9} {f('ms_per_step'):>9} {f('first_step_s'):>8}")
+path = os.path.join(out, "torch.json")
+if os.path.exists(path):
+    doc = json.load(open(path))
+    for r in doc.get("rows", doc if isinstance(doc, list) else []):
+        f = lambda k: f"{r[k]:.1f}" if isinstance(r.get(k), (int, float)) else "-"
+        case = f"{r.get('case', '?')} {r.get('precision', '')}"
+        print(f"{'torch':<7} {case[:66]:<66} {f('images_per_s'):>9} {f('ms_per_step'):>9} {f('first_step_s'):>8}")
+EOF
+cat "$OUT/runs.txt" 2>/dev/null

@@ -48,6 +48,15 @@ pub enum BenchCommand {
         /// Batch of the forward-only feature case.
         #[arg(long, default_value_t = 256)]
         feature_batch: usize,
+        /// How the convolutions run: matmul (im2col + GEMM) or native (the backend's kernels).
+        #[arg(long, default_value = "matmul")]
+        conv: sca_backbone::ConvImpl,
+        /// Arithmetic of the convolutions: f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        precision: sca_backbone::Precision,
+        /// Run only these cases (letters a-e, e.g. `--only a,c`).
+        #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
+        only: Vec<char>,
     },
     /// Data-parallel step on CPU replicas (threads, burn-collective): time per step, time in
     /// collectives and its share, bytes summed per step; against one replica with the same
@@ -91,15 +100,16 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pretrain(c) => pretrain::<B>(&c, matches!(choice, crate::device::Choice::Cuda(_)), device)?,
         BenchCommand::Addon(c) => addon::<B>(&c, device)?,
         BenchCommand::Kmeans { n, d, c, iterations, .. } => kmeans::<B>(n, d, c, iterations, device)?,
-        BenchCommand::Gpu { common, scale, size, feature_batch } => {
-            gpu::<B>(&common, matches!(choice, crate::device::Choice::Cuda(_)), scale, size, feature_batch, device)?
+        BenchCommand::Gpu { common, scale, size, feature_batch, conv, precision, only } => {
+            let cuda = matches!(choice, crate::device::Choice::Cuda(_));
+            gpu::<B>(&common, cuda, GpuCases { scale, size, feature_batch, conv, precision, only }, device)?
         }
         BenchCommand::Distributed { common, replicas } => distributed::<B>(&common, replicas, device)?,
     });
-    println!("\n{:<52} {:>12} {:>12} {:>14}", "case", "images/s", "ms/step", "first step s");
+    println!("\n{:<64} {:>12} {:>12} {:>14}", "case", "images/s", "ms/step", "first step s");
     for r in &rows {
         let f = |k: &str| r.get(k).and_then(|v| v.as_f64()).map(|v| format!("{v:.2}")).unwrap_or("-".into());
-        println!("{:<52} {:>12} {:>12} {:>14}", r["case"].as_str().unwrap_or("?"), f("images_per_s"), f("ms_per_step"), f("first_step_s"));
+        println!("{:<64} {:>12} {:>12} {:>14}", r["case"].as_str().unwrap_or("?"), f("images_per_s"), f("ms_per_step"), f("first_step_s"));
     }
     if let Some(path) = common.json {
         let doc = json!({ "device": device_name, "rows": rows });
@@ -147,11 +157,16 @@ fn time_steps_on<B: sca_dist::TrackedSum>(case: &str, cfg: TrainConfig, b: usize
     trainer.distribute(replica.clone(), true)?;
     trainer.set_pseudo_labels((0..b as u32).map(|i| i % clusters).collect());
     let say = |msg: String| if replica.is_root() { eprintln!("{case}: {msg}") };
-    say("warm-up step".into());
+    say("warm-up step (compilation and autotuning; each phase is reported as it ends)".into());
+    if replica.is_root() {
+        let case = case.to_string();
+        trainer.time_phases(Some(Box::new(move |phase, s| eprintln!("{case}: warm-up {phase} {s:.1} s"))));
+    }
     let t0 = Instant::now();
     trainer.step_batch(random_batch::<B>(local, views, size, p, &device))?;
     B::sync(&device)?;
     let first = t0.elapsed().as_secs_f64();
+    trainer.time_phases(None);
     let (t0, comm0) = (Instant::now(), replica.comm_totals());
     for _ in 0..steps {
         trainer.step_batch(random_batch::<B>(local, views, size, p, &device))?;
@@ -223,38 +238,66 @@ fn distributed<B: sca_dist::TrackedSum>(c: &Common, replicas: usize, device: B::
     Ok(vec![one, r.clone(), summary])
 }
 
-/// Everything the GPU comparison with `bench/torch_reference.py` needs, in one table.
-fn gpu<B: sca_dist::TrackedSum>(
-    c: &Common,
-    cuda: bool,
+/// What `bench gpu` runs.
+struct GpuCases {
     scale: f64,
     size: usize,
     feature_batch: usize,
-    device: B::Device,
-) -> anyhow::Result<Vec<serde_json::Value>> {
-    anyhow::ensure!(scale > 0.0, "--scale must be positive");
-    let b = c.batch.unwrap_or(if cuda { 64 } else { 4 });
-    let r50 = ["model.arch=resnet50", "model.small_stem=false", "engine.hidden_dim=2048", "engine.prototypes=3000"];
-    let swav = config(&[&r50[..], &["addon.enabled=false"]].concat())?;
-    let addon = config(&[&r50[..], &["addon.enabled=true", "addon.positives=1", "addon.clusters=3000"]].concat())?;
-    let mut rows = vec![
-        time_steps::<B>(&format!("(a) SwAV ResNet-50, 2x{size} px, batch {b}"), swav, b, 2, size, c.steps, device.clone())?,
-        time_steps::<B>(&format!("(b) SwAV + add-on (P=1) ResNet-50, batch {b}"), addon, b, 2, size, c.steps, device.clone())?,
-        features::<B>(feature_batch, size, c.steps, device.clone())?,
-    ];
-    let n = ((1_280_000.0 * scale).round() as usize).max(1);
-    for mut row in kmeans::<B>(n, 128, 3000.min(n), 10, device.clone())? {
-        row["case"] = json!(format!("(d) {}", row["case"].as_str().unwrap_or("k-means")));
-        rows.push(row);
+    conv: sca_backbone::ConvImpl,
+    precision: sca_backbone::Precision,
+    only: Vec<char>,
+}
+
+/// Everything the GPU comparison with `bench/torch_reference.py` needs, in one table.
+fn gpu<B: sca_dist::TrackedSum>(c: &Common, cuda: bool, g: GpuCases, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
+    anyhow::ensure!(g.scale > 0.0, "--scale must be positive");
+    if let Some(bad) = g.only.iter().find(|c| !('a'..='e').contains(c)) {
+        anyhow::bail!("--only: unknown case '{bad}' (the cases are a, b, c, d, e)");
     }
-    rows.push(knn_bench::<B>(((50_000.0 * scale).round() as usize).max(1), n, 2048, device)?);
+    let b = c.batch.unwrap_or(if cuda { 64 } else { 4 });
+    let (size, run) = (g.size, |case: char| g.only.contains(&case));
+    let (conv, precision) = (format!("model.conv={}", g.conv), format!("precision={}", g.precision));
+    let r50 = ["model.arch=resnet50", "model.small_stem=false", "engine.hidden_dim=2048", "engine.prototypes=3000", &conv, &precision];
+    let tag = format!("{} conv, {}", g.conv, g.precision);
+    let mut rows = Vec::new();
+    if run('a') {
+        let swav = config(&[&r50[..], &["addon.enabled=false"]].concat())?;
+        rows.push(time_steps::<B>(&format!("(a) SwAV ResNet-50, 2x{size} px, batch {b}, {tag}"), swav, b, 2, size, c.steps, device.clone())?);
+    }
+    if run('b') {
+        let addon = config(&[&r50[..], &["addon.enabled=true", "addon.positives=1", "addon.clusters=3000"]].concat())?;
+        rows.push(time_steps::<B>(&format!("(b) SwAV + add-on (P=1) ResNet-50, batch {b}, {tag}"), addon, b, 2, size, c.steps, device.clone())?);
+    }
+    if run('c') {
+        rows.push(features::<B>(g.feature_batch, size, c.steps, g.conv, g.precision, device.clone())?);
+    }
+    let n = ((1_280_000.0 * g.scale).round() as usize).max(1);
+    if run('d') {
+        for mut row in kmeans::<B>(n, 128, 3000.min(n), 10, device.clone())? {
+            row["case"] = json!(format!("(d) {}", row["case"].as_str().unwrap_or("k-means")));
+            rows.push(row);
+        }
+    }
+    if run('e') {
+        rows.push(knn_bench::<B>(((50_000.0 * g.scale).round() as usize).max(1), n, 2048, device)?);
+    }
     Ok(rows)
 }
 
 /// Forward-only pooled ResNet-50 features (no autodiff, inference-mode BN).
-fn features<B: AutodiffBackend>(batch: usize, size: usize, steps: usize, device: B::Device) -> anyhow::Result<serde_json::Value> {
+fn features<B: AutodiffBackend>(
+    batch: usize,
+    size: usize,
+    steps: usize,
+    conv: sca_backbone::ConvImpl,
+    precision: sca_backbone::Precision,
+    device: B::Device,
+) -> anyhow::Result<serde_json::Value> {
     type I<B> = <B as AutodiffBackend>::InnerBackend;
-    let model: sca_backbone::ResNet<I<B>> = sca_backbone::ResNetConfig::new(sca_backbone::Arch::ResNet50).init(&device);
+    let model: sca_backbone::ResNet<I<B>> = sca_backbone::ResNetConfig::new(sca_backbone::Arch::ResNet50)
+        .with_conv_impl(conv)
+        .with_precision(precision)
+        .init(&device);
     let x = || Tensor::<I<B>, 4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
     let t0 = Instant::now();
     let _ = model.forward_features(x()).into_data();
@@ -265,7 +308,7 @@ fn features<B: AutodiffBackend>(batch: usize, size: usize, steps: usize, device:
     }
     let per = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
     Ok(json!({
-        "case": format!("(c) ResNet-50 features, batch {batch} at {size} px"),
+        "case": format!("(c) ResNet-50 features, batch {batch} at {size} px, {conv} conv, {precision}"),
         "images_per_s": batch as f64 / per, "ms_per_step": per * 1e3, "first_step_s": first, "batch": batch,
     }))
 }
