@@ -253,7 +253,13 @@ fn engine_name(cfg: &TrainConfig) -> String {
         sca_train::config::EngineConfig::Swav { .. } => "SwAV",
         sca_train::config::EngineConfig::Simsiam { .. } => "SimSiam",
     };
-    format!("{engine}{} / {}", if cfg.addon.enabled { " + add-on" } else { "" }, cfg.model.arch)
+    let addon = if cfg.addon.enabled { " + add-on" } else { "" };
+    // Only what differs from the defaults, so the common case stays one short line.
+    let conv = match (cfg.model.conv, cfg.precision) {
+        (sca_backbone::ConvImpl::Matmul, sca_backbone::Precision::F32) => String::new(),
+        (conv, precision) => format!(" ({conv} convolutions in {precision})"),
+    };
+    format!("{engine}{addon} / {}{conv}", cfg.model.arch)
 }
 
 fn knn_monitor<B: AutodiffBackend>(cfg: &TrainConfig, data: &crate::datasets::Opened, device: B::Device, replica: Replica) -> Option<KnnMonitor<B>> {
