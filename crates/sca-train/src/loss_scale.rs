@@ -45,29 +45,44 @@ impl LossScale {
     }
 }
 
-/// Divides every gradient of `module` by `scale` and says whether all of them are finite.
-/// One number is read back from the device: the sum over all gradients, which is finite
-/// exactly when no gradient holds an inf or NaN (unscaled gradients are nowhere near f32's
-/// overflow).
-pub fn unscale<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: GradientsParams, scale: f64) -> (GradientsParams, bool) {
-    let mut u = Unscale::<B> { grads, inv: 1.0 / scale, total: None };
-    module.visit(&mut u);
-    let finite = u.total.map_or(true, |t| t.into_scalar().elem::<f64>().is_finite());
-    (u.grads, finite)
-}
-
-struct Unscale<B: AutodiffBackend> {
-    grads: GradientsParams,
+/// Divides gradients by the loss scale, module by module, and says at the end whether all
+/// of them were finite. One number is read back from the device for the whole step: the
+/// sum over all gradients, which is finite exactly when no gradient holds an inf or NaN
+/// (unscaled gradients are nowhere near f32's overflow).
+pub struct Unscaler<B: AutodiffBackend> {
     inv: f64,
     total: Option<Tensor<B::InnerBackend, 1>>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for Unscale<B> {
+impl<B: AutodiffBackend> Unscaler<B> {
+    pub fn new(scale: f64) -> Self {
+        Self { inv: 1.0 / scale, total: None }
+    }
+
+    /// `grads` (of `module`'s parameters) divided by the scale.
+    pub fn unscale<M: AutodiffModule<B>>(&mut self, module: &M, mut grads: GradientsParams) -> GradientsParams {
+        module.visit(&mut Visit::<B> { grads: &mut grads, inv: self.inv, total: &mut self.total });
+        grads
+    }
+
+    /// Whether every gradient unscaled so far is finite.
+    pub fn all_finite(self) -> bool {
+        self.total.map_or(true, |t| t.into_scalar().elem::<f64>().is_finite())
+    }
+}
+
+struct Visit<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    inv: f64,
+    total: &'a mut Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Visit<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
             let g = g.mul_scalar(self.inv);
             let s = g.clone().sum();
-            self.total = Some(match self.total.take() {
+            *self.total = Some(match self.total.take() {
                 Some(t) => t + s,
                 None => s,
             });
@@ -120,8 +135,9 @@ mod tests {
         let m = Two::<B> { a: LinearConfig::new(3, 4).init(&device), b: LinearConfig::new(4, 2).init(&device) };
         let x = Tensor::<B, 2>::random([5, 3], Distribution::Normal(0.0, 1.0), &device);
         let mut plain = grads_of(&m, x.clone(), 1.0);
-        let (mut unscaled, finite) = unscale(&m, grads_of(&m, x.clone(), 1024.0), 1024.0);
-        assert!(finite);
+        let mut u = Unscaler::<B>::new(1024.0);
+        let mut unscaled = u.unscale(&m, grads_of(&m, x.clone(), 1024.0));
+        assert!(u.all_finite());
         let tol = burn::tensor::Tolerance::<f32>::rel_abs(1e-6, 1e-7);
         for id in [m.a.weight.id, m.b.weight.id] {
             let want = plain.remove::<Flex, 2>(id).expect("weight gradient").into_data();
@@ -132,7 +148,8 @@ mod tests {
         unscaled.remove::<Flex, 1>(id).expect("bias gradient").into_data().assert_approx_eq::<f32>(&want, tol);
         // An inf input makes the gradients of `b` overflow: seen, whatever the scale.
         let bad = Tensor::<B, 2>::from_data(TensorData::new(vec![f32::INFINITY; 15], [5, 3]), &device);
-        let (_, finite) = unscale(&m, grads_of(&m, bad, 1.0), 1.0);
-        assert!(!finite);
+        let mut u = Unscaler::<B>::new(1.0);
+        u.unscale(&m, grads_of(&m, bad, 1.0));
+        assert!(!u.all_finite());
     }
 }

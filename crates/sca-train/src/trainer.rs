@@ -29,7 +29,7 @@ use sca_optim::schedule::warmup_cosine;
 
 use crate::checkpoint::{CheckpointError, Container};
 use crate::config::{EngineConfig, LrSchedule, TrainConfig};
-use crate::loss_scale::LossScale;
+use crate::loss_scale::{LossScale, Unscaler};
 use crate::model::{to_tensor, Engine, SslModel};
 
 type Optim<B> = OptimizerAdaptor<Lars<<B as AutodiffBackend>::InnerBackend>, SslModel<B>, B>;
@@ -158,7 +158,7 @@ impl<B: TrackedSum> Trainer<B> {
     /// A fresh run. `knn` is called after every `eval.knn_every` epochs.
     pub fn new(cfg: TrainConfig, train: Arc<dyn Dataset>, knn: Option<KnnMonitor<B>>, device: B::Device) -> Self {
         let model = SslModel::new(&cfg, &device);
-        let cfg_needs_scaling = cfg.precision.needs_loss_scaling();
+        let loss_scale = cfg.precision.needs_loss_scaling().then(LossScale::default);
         let queue = match &cfg.engine {
             EngineConfig::Swav { queue_length, assignment_crops, out_dim, .. } if *queue_length > 0 => {
                 Some(SwavQueue::new(assignment_crops.len(), *queue_length, *out_dim, &device))
@@ -182,7 +182,7 @@ impl<B: TrackedSum> Trainer<B> {
             replica: Replica::single(),
             sync_bn: false,
             queue_reset: false,
-            loss_scale: cfg_needs_scaling.then(LossScale::default),
+            loss_scale,
             phase_report: None,
         }
     }
@@ -381,13 +381,12 @@ impl<B: TrackedSum> Trainer<B> {
         // Unscaled after averaging, so every replica sees the same sums and skips alike.
         let mut skipped = false;
         if let (Some(ls), Some(s)) = (self.loss_scale.as_mut(), scale) {
-            let (core, core_ok) = crate::loss_scale::unscale(&model, core_grads, s);
-            let (addon, addon_ok) = match &model.addon {
-                Some(a) => crate::loss_scale::unscale(a, addon_grads, s),
-                None => (addon_grads, true),
-            };
-            (core_grads, addon_grads) = (core, addon);
-            skipped = !(core_ok && addon_ok);
+            let mut unscaler = Unscaler::new(s);
+            core_grads = unscaler.unscale(&model, core_grads);
+            if let Some(a) = &model.addon {
+                addon_grads = unscaler.unscale(a, addon_grads);
+            }
+            skipped = !unscaler.all_finite();
             ls.update(!skipped);
         }
         if let (Engine::Swav(head), EngineConfig::Swav { freeze_prototypes_steps, .. }) = (&model.engine, &self.cfg.engine) {
