@@ -403,8 +403,9 @@ impl<B: TrackedSum> Trainer<B> {
                 model = self.optim_addon.step(lr_addon, model, addon_grads);
             }
             self.model = model;
-            self.phase_done("optimiser", &mut phase_start);
         }
+        // Reported on skipped steps too, so every step reports its three phases.
+        self.phase_done("optimiser", &mut phase_start);
         if let Some(queue) = self.queue.as_mut() {
             if self.epoch >= queue_start(&self.cfg) {
                 for (i, z) in losses.queue_z.into_iter().enumerate() {
