@@ -27,6 +27,7 @@ use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::gemm_conv::gemm_conv2d;
 use crate::precision::Precision;
 
 /// How [`conv_forward`] computes a convolution.
@@ -39,15 +40,20 @@ pub enum ConvImpl {
     /// (see `examples/conv_bench.rs`).
     #[default]
     Matmul,
+    /// On CUDA, CubeCL's implicit-GEMM kernels for all three passes, chosen without autotune
+    /// (see [`crate::gemm_conv`]); elsewhere the backend's kernels through the same
+    /// autodiff operation.
+    Gemm,
 }
 
 impl ConvImpl {
-    pub const ALL: [ConvImpl; 2] = [ConvImpl::Native, ConvImpl::Matmul];
+    pub const ALL: [ConvImpl; 3] = [ConvImpl::Native, ConvImpl::Matmul, ConvImpl::Gemm];
 
     pub fn name(self) -> &'static str {
         match self {
             ConvImpl::Native => "native",
             ConvImpl::Matmul => "matmul",
+            ConvImpl::Gemm => "gemm",
         }
     }
 }
@@ -64,7 +70,7 @@ impl FromStr for ConvImpl {
         ConvImpl::ALL
             .into_iter()
             .find(|c| c.name() == s.to_ascii_lowercase())
-            .ok_or_else(|| format!("unknown convolution implementation '{s}' (expected native or matmul)"))
+            .ok_or_else(|| format!("unknown convolution implementation '{s}' (expected native, matmul or gemm)"))
     }
 }
 
@@ -96,17 +102,14 @@ pub fn conv_forward_in<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, imp: ConvI
     let Some(g) = matmul_geometry(conv, &x) else {
         return conv.forward(x);
     };
-    let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
-    let Some(dtype) = precision.compute_dtype() else {
-        return match imp {
-            ConvImpl::Native => conv.forward(x),
-            ConvImpl::Matmul => conv_matmul_impl(conv, x, weight, bias, g, auto_layout(&g, conv)),
-        };
-    };
+    let dtype = precision.compute_dtype();
+    if imp == ConvImpl::Native && dtype.is_none() {
+        return conv.forward(x);
+    }
     let out_dtype = FloatDType::from(x.dtype());
-    let (weight, bias) = (weight.cast(dtype), bias.map(|b| b.cast(dtype)));
+    let (weight, bias) = (cast_to(conv.weight.val(), dtype), conv.bias.as_ref().map(|b| cast_to(b.val(), dtype)));
     let y = match imp {
-        ConvImpl::Native => {
+        ConvImpl::Native | ConvImpl::Gemm => {
             // Uneven padding is applied here, before the cast: Burn's `conv2d` pads it with
             // a zero tensor of the default float type, which a bf16 input does not accept.
             let (top, bottom, left, right) = g.pad;
@@ -116,11 +119,30 @@ pub fn conv_forward_in<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, imp: ConvI
                 (x.pad((left, right, top, bottom), PadMode::Constant(0.0)), [0, 0])
             };
             let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
-            burn::tensor::module::conv2d(x.cast(dtype), weight, bias, options)
+            if imp == ConvImpl::Native {
+                burn::tensor::module::conv2d(cast_to(x, dtype), weight, bias, options)
+            } else {
+                let y = gemm_conv2d(cast_to(x, dtype), weight, options);
+                match bias {
+                    Some(bias) => y + bias.reshape([1, -1, 1, 1]),
+                    None => y,
+                }
+            }
         }
-        ConvImpl::Matmul => conv_matmul_impl(conv, x.cast(dtype), weight, bias, g, auto_layout(&g, conv)),
+        ConvImpl::Matmul => conv_matmul_impl(conv, cast_to(x, dtype), weight, bias, g, auto_layout(&g, conv)),
     };
-    y.cast(out_dtype)
+    match dtype {
+        Some(_) => y.cast(out_dtype),
+        None => y,
+    }
+}
+
+/// `t` in the compute type, if there is one.
+fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: Option<FloatDType>) -> Tensor<B, D> {
+    match dtype {
+        Some(d) => t.cast(d),
+        None => t,
+    }
 }
 
 fn auto_layout<B: Backend>(g: &Geometry, conv: &Conv2d<B>) -> Layout {

@@ -78,6 +78,8 @@ fn check(c: Case) {
     let mut paths: Vec<(&str, &dyn Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>)> = vec![
         ("auto", &|m, x| conv_forward(m, x, ConvImpl::Matmul)),
         ("rows", &|m, x| conv_matmul_with_layout(m, x, Layout::Rows)),
+        // The explicit-kernel autodiff operation (on Flex: the backend's kernels underneath).
+        ("gemm", &|m, x| conv_forward(m, x, ConvImpl::Gemm)),
     ];
     if c.k == 1 && c.stride == 1 && c.pad == (0, 0, 0, 0) {
         paths.push(("batched", &|m, x| conv_matmul_with_layout(m, x, Layout::Batched)));
@@ -92,7 +94,7 @@ fn check(c: Case) {
 }
 
 #[test]
-fn matmul_conv_matches_conv2d_in_outputs_and_gradients() {
+fn matmul_and_gemm_convs_match_conv2d_in_outputs_and_gradients() {
     let cases = [
         // 1×1, stride 1 (narrow weights pick the batched layout, wide ones the row layout)
         // and stride 2 (even and odd sides: stride 2 keeps rows 0, 2, ...)
@@ -119,6 +121,16 @@ fn matmul_conv_matches_conv2d_in_outputs_and_gradients() {
     for c in cases {
         check(c);
     }
+}
+
+#[test]
+fn explicit_kernels_serve_the_binaries_backends() {
+    use sca_backbone::gemm_conv::runs_explicitly;
+    use sca_backbone::CudaBackend;
+    assert!(runs_explicitly::<B>() && runs_explicitly::<Flex>());
+    assert!(runs_explicitly::<Autodiff<CudaBackend>>() && runs_explicitly::<CudaBackend>());
+    // Any other backend (here autodiff with gradient checkpointing) keeps Burn's conv2d.
+    assert!(!runs_explicitly::<Autodiff<Flex, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>>());
 }
 
 #[test]

@@ -78,7 +78,9 @@ impl DeviceArg {
 }
 
 pub type CpuBackend = burn::backend::Flex;
-pub type CudaBackend = burn::backend::Cuda;
+/// CubeCL's CUDA backend without Burn's operation fusion: convolutions with `model.conv:
+/// gemm` reach their explicit kernels by type (see `sca_backbone::gemm_conv`).
+pub type CudaBackend = sca_backbone::CudaBackend;
 
 /// `with_backend!(choice, |B, device| expr)`: evaluates `expr` with `B` bound to the
 /// autodiff backend of the chosen device and `device` to its device value.
