@@ -8,10 +8,10 @@
 #   bash bench/gpu_session.sh [OUT] [PART]
 #
 # PART splits the session in two calls of a few minutes each (all = both, the default):
-#   core  ours cold (caches empty: the first step includes compilation and autotuning) and
-#         warm (same caches) on (a) and (c), matmul convolutions in f32; then PyTorch.
-#   more  native convolutions (CubeCL's autotuned direct / implicit GEMM) and bf16 on
-#         (a) and (c); the add-on step (b), k-means (d) and KNN (e).
+#   core  ours with gemm convolutions (implicit GEMM, no autotune) in f32, cold (caches empty:
+#         the first step includes compilation and tuning) and warm (same caches), then bf16,
+#         on (a) and (c); then PyTorch's training step (a) in fp32, TF32 and bf16.
+#   more  the add-on step (b), k-means (d) and KNN (e); PyTorch's features (c).
 set -u
 OUT=${1:-gpu-bench}
 PART=${2:-all}
@@ -30,17 +30,23 @@ ours() {
     echo "sca $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
 }
 
+torch() {
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout "$limit" python3 bench/torch_reference.py --json "$OUT/torch-$name.json" "$@" > "$OUT/torch-$name.log" 2>&1
+    echo "torch $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+}
+
 if [ "$PART" = core ] || [ "$PART" = all ]; then
-    ours cold 170 --only a,c --conv matmul --precision f32
-    ours warm 80 --only a --conv matmul --precision f32
-    t0=$SECONDS
-    timeout 170 python3 bench/torch_reference.py --json "$OUT/torch.json" > "$OUT/torch.log" 2>&1
-    echo "torch: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+    ours cold 200 --only a,c --conv gemm --precision f32 --steps 5
+    ours warm 80 --only a --conv gemm --precision f32 --steps 5
+    ours bf16 140 --only a,c --conv gemm --precision bf16 --steps 5
+    torch train 100 --cases train
 fi
 if [ "$PART" = more ] || [ "$PART" = all ]; then
-    ours native 150 --only a,c --conv native --precision f32
-    ours bf16 100 --only a,c --conv matmul --precision bf16
-    ours rest 150 --only b,d,e --conv matmul --precision f32
+    ours rest 150 --only b,d,e --conv gemm --precision f32
+    torch features 60 --cases features
 fi
 
 # Every row of every JSON written so far, in one table.
@@ -53,8 +59,7 @@ for path in sorted(glob.glob(os.path.join(out, "sca-*.json"))):
     for r in json.load(open(path))["rows"]:
         f = lambda k: f"{r[k]:.1f}" if isinstance(r.get(k), (int, float)) else "-"
         print(f"{run:<7} {r.get('case', '?')[:66]:<66} {f('images_per_s'):>9} {f('ms_per_step'):>9} {f('first_step_s'):>8}")
-path = os.path.join(out, "torch.json")
-if os.path.exists(path):
+for path in sorted(glob.glob(os.path.join(out, "torch*.json"))):
     doc = json.load(open(path))
     for r in doc.get("rows", doc if isinstance(doc, list) else []):
         f = lambda k: f"{r[k]:.1f}" if isinstance(r.get(k), (int, float)) else "-"

@@ -153,6 +153,7 @@ def main():
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--steps", type=int, default=20, help=f"timed steps, after the first and {WARMUP} warm-up")
     ap.add_argument("--precisions", default="fp32,tf32,bf16")
+    ap.add_argument("--cases", default="train,features", help="which of train (a), features (c)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
 
@@ -173,7 +174,11 @@ def main():
     torch.backends.cudnn.benchmark = True  # autotune: paid in the first step, reported there
 
     rows = []
-    for bench in (bench_train, bench_features):
+    cases = {"train": bench_train, "features": bench_features}
+    unknown = [c for c in args.cases.split(",") if c and c not in cases]
+    if unknown:
+        raise SystemExit(f"unknown case {unknown[0]!r} (expected train or features)")
+    for bench in [cases[c] for c in args.cases.split(",") if c]:
         for p in precisions:
             set_precision(p)
             row = bench(device, p, args)

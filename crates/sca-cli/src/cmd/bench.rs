@@ -48,8 +48,9 @@ pub enum BenchCommand {
         /// Batch of the forward-only feature case.
         #[arg(long, default_value_t = 256)]
         feature_batch: usize,
-        /// How the convolutions run: matmul (im2col + GEMM) or native (the backend's kernels).
-        #[arg(long, default_value = "matmul")]
+        /// How the convolutions run: gemm (CUDA: implicit-GEMM kernels chosen without
+        /// autotune), matmul (im2col + GEMM) or native (the backend's kernels, autotuned on CUDA).
+        #[arg(long, default_value = "gemm")]
         conv: sca_backbone::ConvImpl,
         /// Arithmetic of the convolutions: f32, bf16 or f16.
         #[arg(long, default_value = "f32")]
@@ -262,26 +263,33 @@ fn gpu<B: sca_dist::TrackedSum>(c: &Common, cuda: bool, g: GpuCases, device: B::
     let mut rows = Vec::new();
     if run('a') {
         let swav = config(&[&r50[..], &["addon.enabled=false"]].concat())?;
-        rows.push(time_steps::<B>(&format!("(a) SwAV ResNet-50, 2x{size} px, batch {b}, {tag}"), swav, b, 2, size, c.steps, device.clone())?);
+        push_row(&mut rows, time_steps::<B>(&format!("(a) SwAV ResNet-50, 2x{size} px, batch {b}, {tag}"), swav, b, 2, size, c.steps, device.clone())?);
     }
     if run('b') {
         let addon = config(&[&r50[..], &["addon.enabled=true", "addon.positives=1", "addon.clusters=3000"]].concat())?;
-        rows.push(time_steps::<B>(&format!("(b) SwAV + add-on (P=1) ResNet-50, batch {b}, {tag}"), addon, b, 2, size, c.steps, device.clone())?);
+        push_row(&mut rows, time_steps::<B>(&format!("(b) SwAV + add-on (P=1) ResNet-50, batch {b}, {tag}"), addon, b, 2, size, c.steps, device.clone())?);
     }
     if run('c') {
-        rows.push(features::<B>(g.feature_batch, size, c.steps, g.conv, g.precision, device.clone())?);
+        push_row(&mut rows, features::<B>(g.feature_batch, size, c.steps, g.conv, g.precision, device.clone())?);
     }
     let n = ((1_280_000.0 * g.scale).round() as usize).max(1);
     if run('d') {
         for mut row in kmeans::<B>(n, 128, 3000.min(n), 10, device.clone())? {
             row["case"] = json!(format!("(d) {}", row["case"].as_str().unwrap_or("k-means")));
-            rows.push(row);
+            push_row(&mut rows, row);
         }
     }
     if run('e') {
-        rows.push(knn_bench::<B>(((50_000.0 * g.scale).round() as usize).max(1), n, 2048, device)?);
+        push_row(&mut rows, knn_bench::<B>(((50_000.0 * g.scale).round() as usize).max(1), n, 2048, device)?);
     }
     Ok(rows)
+}
+
+/// Keeps a finished case, and prints it at once: a later case that runs past the session's
+/// time limit must not take the earlier figures with it.
+fn push_row(rows: &mut Vec<serde_json::Value>, row: serde_json::Value) {
+    eprintln!("done: {row}");
+    rows.push(row);
 }
 
 /// Forward-only pooled ResNet-50 features (no autodiff, inference-mode BN).

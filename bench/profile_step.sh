@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Per-kernel GPU time of the ResNet-50 SwAV step and of the feature pass: CubeCL's kernel
+# profiler (a cubecl.toml in the working directory) under one `sca bench gpu --only a,c`
+# run, then the kernels of the timed steps only (not the warm-up step, whose compilation and
+# tuning runs are profiled too), summed by name, largest first.
+#
+#   bash bench/profile_step.sh OUT [sca bench gpu flags...]
+#   e.g. SCA=target/release/sca bash bench/profile_step.sh prof --conv gemm --precision bf16
+set -u
+OUT=${1:-gpu-profile}
+shift || true
+SCA=${SCA:-target/release/sca}
+LIMIT=${LIMIT:-200}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cat > cubecl.toml <<EOF
+[profiling.logger]
+level = "basic"
+file = "$OUT/profile.log"
+[autotune.logger]
+level = "minimal"
+file = "$OUT/autotune.log"
+EOF
+touch "$OUT/profile.log"
+# Each line of the run's output is prefixed with the profile log's length at that moment, so
+# the kernels can be split at the phase messages. The profiler logs asynchronously; every
+# phase message follows a device sync, so the split is right to within a few kernels.
+timeout "$LIMIT" "$SCA" bench gpu --device cuda --autotune minimal --gpu-cache "$OUT/cubecl" --steps 2 \
+    --only a,c --json "$OUT/run.json" "$@" 2>&1 | while IFS= read -r line; do
+    echo "$(wc -l < "$OUT/profile.log") $line"
+done > "$OUT/run.log"
+echo "exit ${PIPESTATUS[0]}" >> "$OUT/run.log"
+rm -f cubecl.toml
+
+python3 - "$OUT" <<'PY'
+import collections, re, sys
+out = sys.argv[1]
+marks = [l.rstrip("\n").split(" ", 1) for l in open(f"{out}/run.log") if l[:1].isdigit()]
+prof = open(f"{out}/profile.log", errors="replace").read().splitlines()
+unit = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
+
+def span(start, end):
+    """Kernel name -> (total ms, count) over profile lines [start, end)."""
+    acc = collections.defaultdict(lambda: [0.0, 0])
+    for line in prof[start:end]:
+        m = re.match(r"\|\s*([\d.]+)(ns|µs|us|ms|s)\s*\|\s*(.*)", line)
+        if m:
+            name = re.sub(r"\s+", " ", m.group(3))[:110]
+            acc[name][0] += float(m.group(1)) * unit[m.group(2)]
+            acc[name][1] += 1
+    return acc
+
+def report(title, start, end, per):
+    acc = span(start, end)
+    total = sum(v[0] for v in acc.values())
+    print(f"\n{title}: {total / per:.1f} ms of kernel time per step, {sum(v[1] for v in acc.values()) // max(per, 1)} launches per step")
+    for name, (ms, n) in sorted(acc.items(), key=lambda kv: -kv[1][0])[:25]:
+        print(f"  {ms / per:9.2f} ms {100 * ms / max(total, 1e-9):5.1f} %  x{n // max(per, 1):<5} {name}")
+
+# (a): from the end of the warm-up step (its optimiser phase) to the row of (a);
+# (c): from there to the row of (c) (its first batch, compilation included, is in it).
+opt = next((int(n) for n, l in marks if "warm-up optimiser" in l), None)
+done = [int(n) for n, l in marks if l.startswith("done:")]
+if opt is not None and done:
+    report("(a) training step", opt, done[0], 2)
+    if len(done) > 1:
+        report("(c) feature batch (first batch included)", done[0], done[1], 3)
+else:
+    print("the run ended before its timed steps; see run.log")
+PY
