@@ -2,6 +2,7 @@
 
 use burn::config::Config;
 use burn::tensor::{backend::Backend, Tensor};
+use sca_kernels::gemm_matmul;
 
 #[derive(Config, Debug, PartialEq, Eq, Copy)]
 pub enum MaskNorm {
@@ -33,8 +34,7 @@ pub fn correlation_mask<B: Backend>(
         .reshape([b * p, hw, d]);
     let q = positives.detach().reshape([b * p, d, hwp]);
     // ρ for every (source position, positive) pair: best match over the positive's positions.
-    let rho = s
-        .matmul(q)
+    let rho = gemm_matmul(s, q)
         .max_dim(2)
         .reshape([b, p, hw])
         .div_scalar(d as f64);

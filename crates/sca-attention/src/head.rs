@@ -5,7 +5,9 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{backend::Backend, Tensor};
+use sca_kernels::{gemm_conv2d, gemm_linear};
 
 #[derive(Config, Debug)]
 pub struct AttentionHeadConfig {
@@ -30,7 +32,13 @@ impl AttentionHeadConfig {
 impl<B: Backend> AttentionHead<B> {
     /// `[N, D, H, W]` → β `[N, 1, H, W]` in (0, 1).
     pub fn forward(&self, f: Tensor<B, 4>) -> Tensor<B, 4> {
-        sigmoid(self.conv.forward(relu(f)))
+        // A 1×1 convolution, unpadded, stride 1 (as configured above), with its bias.
+        let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        let logits = gemm_conv2d(relu(f), self.conv.weight.val(), options);
+        sigmoid(match &self.conv.bias {
+            Some(bias) => logits + bias.val().reshape([1, -1, 1, 1]),
+            None => logits,
+        })
     }
 }
 
@@ -70,7 +78,7 @@ impl ClusterClassifierConfig {
 impl<B: Backend> ClusterClassifier<B> {
     /// `[N, D_out]` → logits `[N, C]`.
     pub fn forward(&self, pooled: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.fc.forward(pooled)
+        gemm_linear(&self.fc, pooled)
     }
 }
 

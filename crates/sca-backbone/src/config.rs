@@ -82,7 +82,7 @@ pub struct ResNetConfig {
     #[config(default = false)]
     pub zero_init_residual: bool,
     /// How the convolutions run (same parameters either way); see [`ConvImpl`].
-    #[config(default = "ConvImpl::Matmul")]
+    #[config(default = "ConvImpl::Auto")]
     pub conv_impl: ConvImpl,
     /// The arithmetic type of the convolutions (parameters stay f32); see [`Precision`].
     #[config(default = "Precision::F32")]

@@ -27,7 +27,7 @@ use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::gemm_conv::gemm_conv2d;
+use sca_kernels::gemm_conv2d;
 use crate::precision::Precision;
 
 /// How [`conv_forward`] computes a convolution.
@@ -36,24 +36,36 @@ use crate::precision::Precision;
 pub enum ConvImpl {
     /// Burn's `conv2d` (the backend's convolution kernels).
     Native,
-    /// Reshape / im2col + matmul. The default: faster for training on the CPU backend
-    /// (see `examples/conv_bench.rs`).
-    #[default]
+    /// Reshape / im2col + matmul: faster for training on the CPU backend (see
+    /// `examples/conv_bench.rs`).
     Matmul,
     /// On CUDA, CubeCL's implicit-GEMM kernels for all three passes, chosen without autotune
-    /// (see [`crate::gemm_conv`]); elsewhere the backend's kernels through the same
+    /// (see the `sca-kernels` crate); elsewhere the backend's kernels through the same
     /// autodiff operation.
     Gemm,
+    /// The default: `gemm` on CUDA, `matmul` elsewhere.
+    #[default]
+    Auto,
 }
 
 impl ConvImpl {
-    pub const ALL: [ConvImpl; 3] = [ConvImpl::Native, ConvImpl::Matmul, ConvImpl::Gemm];
+    pub const ALL: [ConvImpl; 4] = [ConvImpl::Native, ConvImpl::Matmul, ConvImpl::Gemm, ConvImpl::Auto];
 
     pub fn name(self) -> &'static str {
         match self {
             ConvImpl::Native => "native",
             ConvImpl::Matmul => "matmul",
             ConvImpl::Gemm => "gemm",
+            ConvImpl::Auto => "auto",
+        }
+    }
+
+    /// What runs on backend `B`: `Auto` resolved, the others as they are.
+    pub fn on<B: Backend>(self) -> ConvImpl {
+        match self {
+            ConvImpl::Auto if sca_kernels::on_cuda::<B>() => ConvImpl::Gemm,
+            ConvImpl::Auto => ConvImpl::Matmul,
+            imp => imp,
         }
     }
 }
@@ -70,7 +82,7 @@ impl FromStr for ConvImpl {
         ConvImpl::ALL
             .into_iter()
             .find(|c| c.name() == s.to_ascii_lowercase())
-            .ok_or_else(|| format!("unknown convolution implementation '{s}' (expected native, matmul or gemm)"))
+            .ok_or_else(|| format!("unknown convolution implementation '{s}' (expected native, matmul, gemm or auto)"))
     }
 }
 
@@ -103,6 +115,7 @@ pub fn conv_forward_in<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, imp: ConvI
         return conv.forward(x);
     };
     let dtype = precision.compute_dtype();
+    let imp = imp.on::<B>();
     if imp == ConvImpl::Native && dtype.is_none() {
         return conv.forward(x);
     }
@@ -129,7 +142,7 @@ pub fn conv_forward_in<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, imp: ConvI
                 }
             }
         }
-        ConvImpl::Matmul => conv_matmul_impl(conv, cast_to(x, dtype), weight, bias, g, auto_layout(&g, conv)),
+        ConvImpl::Matmul | ConvImpl::Auto => conv_matmul_impl(conv, cast_to(x, dtype), weight, bias, g, auto_layout(&g, conv)),
     };
     match dtype {
         Some(_) => y.cast(out_dtype),

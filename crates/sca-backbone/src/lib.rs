@@ -5,8 +5,6 @@
 //! - [`resnet`]: the network; [`ResNet::forward_stages`] returns the four stage maps the
 //!   attention add-on taps, [`ResNet::forward_features`] the pooled feature.
 //! - [`conv`]: [`ConvImpl`] and [`conv_forward`], convolution as matmul (faster on CPU).
-//! - [`gemm_conv`]: convolutions on explicitly chosen GPU kernels (implicit GEMM, no
-//!   autotune), one autodiff operation for the three passes.
 //! - [`precision`]: [`Precision`], convolutions in bf16/f16 with f32 master weights.
 //! - [`norm`]: [`norm::batch_norm_forward`], Burn's training-mode batch norm without its
 //!   transposes (the largest cost of a CPU training step before).
@@ -15,7 +13,6 @@
 
 pub mod config;
 pub mod conv;
-pub mod gemm_conv;
 pub mod norm;
 pub mod precision;
 pub mod resnet;
@@ -23,7 +20,6 @@ pub mod weights;
 
 pub use config::{materialize, Arch, ResNetConfig};
 pub use conv::{conv_forward, conv_forward_in, ConvImpl};
-pub use gemm_conv::{gemm_conv2d, CudaBackend};
 pub use precision::Precision;
 pub use resnet::{ResNet, Stages};
 pub use weights::{WeightsError, WeightsReport};

@@ -124,16 +124,6 @@ fn matmul_and_gemm_convs_match_conv2d_in_outputs_and_gradients() {
 }
 
 #[test]
-fn explicit_kernels_serve_the_binaries_backends() {
-    use sca_backbone::gemm_conv::runs_explicitly;
-    use sca_backbone::CudaBackend;
-    assert!(runs_explicitly::<B>() && runs_explicitly::<Flex>());
-    assert!(runs_explicitly::<Autodiff<CudaBackend>>() && runs_explicitly::<CudaBackend>());
-    // Any other backend (here autodiff with gradient checkpointing) keeps Burn's conv2d.
-    assert!(!runs_explicitly::<Autodiff<Flex, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>>());
-}
-
-#[test]
 fn resnet18_forward_is_the_same_under_both_impls() {
     let device = Default::default();
     type F = Flex;
@@ -154,16 +144,20 @@ fn resnet18_forward_is_the_same_under_both_impls() {
 
 #[test]
 fn conv_impl_config_and_names() {
-    assert_eq!(ResNetConfig::new(Arch::ResNet18).conv_impl, ConvImpl::Matmul);
-    assert_eq!(ConvImpl::default(), ConvImpl::Matmul);
+    assert_eq!(ResNetConfig::new(Arch::ResNet18).conv_impl, ConvImpl::Auto);
+    assert_eq!(ConvImpl::default(), ConvImpl::Auto);
+    // Auto is gemm on CUDA, matmul elsewhere; the others stay as they are.
+    assert_eq!(ConvImpl::Auto.on::<burn::backend::Autodiff<sca_kernels::CudaBackend>>(), ConvImpl::Gemm);
+    assert_eq!(ConvImpl::Auto.on::<B>(), ConvImpl::Matmul);
+    assert_eq!(ConvImpl::Native.on::<sca_kernels::CudaBackend>(), ConvImpl::Native);
     for imp in ConvImpl::ALL {
         assert_eq!(imp.to_string().parse::<ConvImpl>(), Ok(imp));
         assert_eq!(serde_json::to_string(&imp).unwrap(), format!("\"{imp}\""));
     }
     assert!("winograd".parse::<ConvImpl>().is_err());
     let json = serde_json::to_string(&ResNetConfig::new(Arch::ResNet50)).unwrap();
-    assert!(json.contains(r#""conv_impl":"matmul""#), "{json}");
-    let cfg: ResNetConfig = serde_json::from_str(&json.replace(r#""matmul""#, r#""native""#)).unwrap();
+    assert!(json.contains(r#""conv_impl":"auto""#), "{json}");
+    let cfg: ResNetConfig = serde_json::from_str(&json.replace(r#""auto""#, r#""native""#)).unwrap();
     assert_eq!(cfg.conv_impl, ConvImpl::Native);
 }
 

@@ -78,9 +78,9 @@ impl DeviceArg {
 }
 
 pub type CpuBackend = burn::backend::Flex;
-/// CubeCL's CUDA backend without Burn's operation fusion: convolutions with `model.conv:
-/// gemm` reach their explicit kernels by type (see `sca_backbone::gemm_conv`).
-pub type CudaBackend = sca_backbone::CudaBackend;
+/// CubeCL's CUDA backend without Burn's operation fusion: convolutions (`model.conv: gemm`)
+/// and the heads' matmuls reach their explicit kernels by type (see the `sca-kernels` crate).
+pub type CudaBackend = sca_kernels::CudaBackend;
 
 /// `with_backend!(choice, |B, device| expr)`: evaluates `expr` with `B` bound to the
 /// autodiff backend of the chosen device and `device` to its device value.

@@ -6,6 +6,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use sca_kernels::gemm_linear;
 
 use crate::norm::{batch_norm_1d, BatchNormNoAffine, BatchNormNoAffineConfig};
 
@@ -87,15 +88,15 @@ impl<B: Backend> SimSiamHead<B> {
 
     /// The projector alone.
     pub fn project(&self, features: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = relu(batch_norm_1d(&self.proj_bn1, self.proj_fc1.forward(features)));
-        let x = relu(batch_norm_1d(&self.proj_bn2, self.proj_fc2.forward(x)));
-        self.proj_bn3.forward(self.proj_fc3.forward(x))
+        let x = relu(batch_norm_1d(&self.proj_bn1, gemm_linear(&self.proj_fc1, features)));
+        let x = relu(batch_norm_1d(&self.proj_bn2, gemm_linear(&self.proj_fc2, x)));
+        self.proj_bn3.forward(gemm_linear(&self.proj_fc3, x))
     }
 
     /// The predictor alone.
     pub fn predict(&self, z: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = relu(batch_norm_1d(&self.pred_bn1, self.pred_fc1.forward(z)));
-        self.pred_fc2.forward(x)
+        let x = relu(batch_norm_1d(&self.pred_bn1, gemm_linear(&self.pred_fc1, z)));
+        gemm_linear(&self.pred_fc2, x)
     }
 }
 

@@ -16,6 +16,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+use sca_kernels::{gemm_linear, gemm_matmul};
 use serde::{Deserialize, Serialize};
 
 use crate::l2_normalize;
@@ -81,12 +82,12 @@ pub struct SwavHead<B: Backend> {
 impl<B: Backend> SwavHead<B> {
     /// `features [N, in] → (z [N, out] unit rows, scores [N, K] = z·C)`.
     pub fn forward(&self, features: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let mut x = self.fc1.forward(features);
+        let mut x = gemm_linear(&self.fc1, features);
         if let (Some(bn), Some(fc2)) = (&self.bn1, &self.fc2) {
-            x = fc2.forward(relu(crate::norm::batch_norm_1d(bn, x)));
+            x = gemm_linear(fc2, relu(crate::norm::batch_norm_1d(bn, x)));
         }
         let z = l2_normalize(x);
-        let scores = self.prototypes.forward(z.clone());
+        let scores = gemm_linear(&self.prototypes, z.clone());
         (z, scores)
     }
 
@@ -217,7 +218,7 @@ impl<B: Backend> SwavQueue<B> {
         let c = prototypes.detach().set_require_grad(false);
         self.queues
             .iter()
-            .map(|q| q.clone().matmul(c.clone()))
+            .map(|q| gemm_matmul(q.clone(), c.clone()))
             .collect()
     }
 

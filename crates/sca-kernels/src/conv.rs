@@ -1,25 +1,13 @@
-//! Convolutions on explicitly chosen kernels: CubeCL's implicit GEMM on the GPU, no autotune.
+//! 2-D convolution (no bias, no groups) as one autodiff operation on explicit kernels.
 //!
-//! Burn's `conv2d` on the CUDA backend autotunes every convolution shape of every pass
-//! (forward, data gradient, weight gradient): each tuning key compiles and times up to seven
-//! candidate kernels, which kept a ResNet-50 training step from finishing its first backward
-//! pass within minutes (docs/BENCHMARKS.md, section GPU). [`gemm_conv2d`] runs the same
-//! convolution as one autodiff operation whose three passes call burn-cubecl's implicit-GEMM
-//! kernels directly (`ConvStrategy::ImplicitGemm`: tensor cores, TF32 for f32 inputs), so a
-//! shape costs one compilation per pass. Shapes those kernels refuse (a `ConvSetupError`)
-//! fall back to the direct kernel (forward) or to Burn's own choice (gradients), once
-//! reported on stderr.
-//!
-//! On other backends (the CPU's Flex) the same autodiff operation runs on the backend's own
-//! convolution kernels, so the operation's gradient plumbing is tested without a GPU.
-//!
-//! The model code is generic over `B: Backend`; rather than carry a new trait bound through
-//! every crate, [`gemm_conv2d`] recognises the concrete backends it knows by type and falls
-//! back to Burn's `conv2d` for any other.
-
-use std::any::{Any, TypeId};
-use std::collections::BTreeSet;
-use std::sync::Mutex;
+//! On CubeCL backends the three passes call burn-cubecl's `conv_forward`,
+//! `conv_data_backward` and `conv_weight_backward` with `ConvStrategy::ImplicitGemm`. Its data
+//! gradient handles stride 1 only (strided ones go to a transposed convolution, autotuned,
+//! whose col2im path autotunes a matmul too); [`strided_data_grad`] turns a strided data
+//! gradient into a stride-1 one by spreading the output gradient with zeros, at the price of
+//! s² more multiply-adds in the few strided layers. Shapes the kernels refuse (a
+//! `ConvSetupError`) fall back to the direct kernel (forward) or Burn's own choice
+//! (gradients), reported once.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -29,16 +17,13 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
-use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
-use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn::tensor::{FloatDType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::conv::{conv_data_backward, conv_forward, conv_weight_backward, ConvStrategy};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-/// The CUDA backend the binaries run on: CubeCL without Burn's operation fusion, so that
-/// convolutions can be routed to [`gemm_conv2d`]'s kernels by type.
-pub type CudaBackend = CubeBackend<CudaRuntime, f32, i32, u8>;
+use crate::{is, report_fallback, same_type, CudaBackend};
 
-/// The three passes of a bias-free convolution, on kernels the backend chooses explicitly.
+/// The three passes of a bias-free convolution on kernels the backend chooses explicitly.
 /// Signatures follow Burn's `ModuleOps::conv2d*` (symmetric padding in `options`).
 pub trait ConvKernels: Backend {
     fn conv_fwd(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
@@ -46,25 +31,32 @@ pub trait ConvKernels: Backend {
     fn conv_wgrad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
 }
 
-/// A convolution a backend can run through [`ConvKernels`]: the kernels themselves on an
-/// inner backend, one autodiff operation over them on `Autodiff`.
+/// A convolution a backend runs through [`ConvKernels`]: the kernels themselves on an inner
+/// backend, one autodiff operation over them on `Autodiff`.
 pub trait GemmConv: Backend {
     fn gemm_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
+}
+
+fn describe(pass: &str, x: &Shape, w: &Shape, options: &ConvOptions<2>) -> String {
+    format!("convolution {pass}, x {x:?} w {w:?} stride {:?} padding {:?}", options.stride, options.padding)
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ConvKernels for CubeBackend<R, F, I, BT> {
     fn conv_fwd(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
         let (xs, ws) = (x.shape(), weight.shape());
         conv_forward::<R, 2>(x.clone(), weight.clone(), None, options.clone(), ConvStrategy::ImplicitGemm).unwrap_or_else(|e| {
-            report_fallback("forward", &xs, &ws, &options, &e);
+            report_fallback(describe("forward", &xs, &ws, &options), &e);
             conv_forward::<R, 2>(x, weight, None, options, ConvStrategy::Direct).expect("direct convolution")
         })
     }
 
     fn conv_dgrad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        if options.stride != [1, 1] && options.groups == 1 {
+            return strided_data_grad::<Self>(x, weight, grad, options, Self::conv_dgrad);
+        }
         let (xs, ws) = (x.shape(), weight.shape());
         conv_data_backward::<R, 2>(grad.clone(), weight.clone(), xs.clone(), options.clone(), ConvStrategy::ImplicitGemm).unwrap_or_else(|e| {
-            report_fallback("data gradient", &xs, &ws, &options, &e);
+            report_fallback(describe("data gradient", &xs, &ws, &options), &e);
             <Self as ModuleOps<Self>>::conv2d_x_backward(x, weight, grad, options)
         })
     }
@@ -72,19 +64,61 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ConvKernel
     fn conv_wgrad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
         let (xs, ws) = (x.shape(), weight.shape());
         conv_weight_backward::<R, 2>(x.clone(), grad.clone(), ws.clone(), options.clone(), ConvStrategy::ImplicitGemm).unwrap_or_else(|e| {
-            report_fallback("weight gradient", &xs, &ws, &options, &e);
+            report_fallback(describe("weight gradient", &xs, &ws, &options), &e);
             <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, grad, options)
         })
     }
 }
 
-/// Says once per (pass, shape) that the implicit-GEMM kernels refused a convolution.
-fn report_fallback(pass: &str, x: &impl std::fmt::Debug, w: &impl std::fmt::Debug, options: &ConvOptions<2>, error: &impl std::fmt::Debug) {
-    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-    let key = format!("{pass} x {x:?} w {w:?} stride {:?} padding {:?}", options.stride, options.padding);
-    if SEEN.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
-        eprintln!("note: implicit-GEMM convolution refused ({error:?}); {key} runs on the fallback kernel");
+/// The data gradient of a strided convolution as that of a stride-1 one (`stride1`).
+///
+/// With stride s, `x[i]` feeds `y[o]` through tap t when `o·s + t·d − p = i`. Spreading the
+/// output gradient to `g[o·s] = dy[o]` (zeros between) makes that `j + t·d − p = i` with
+/// `j = o·s`: the stride-1 convolution's relation, whose output has `H + 2p − d(k−1)` rows;
+/// the spread gradient is cut or zero-extended to that size (its rows past `(H'−1)·s` are
+/// zeros either way).
+pub fn strided_data_grad<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    options: ConvOptions<2>,
+    stride1: impl Fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, ConvOptions<2>) -> FloatTensor<B>,
+) -> FloatTensor<B> {
+    let (xs, ws) = (x.shape(), weight.shape());
+    let size = |i: usize| xs[2 + i] + 2 * options.padding[i] - options.dilation[i] * (ws[2 + i] - 1);
+    let grad = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(grad));
+    let spread = spread_with_zeros(grad, options.stride, [size(0), size(1)]);
+    let options = ConvOptions::new([1, 1], options.padding, options.dilation, options.groups);
+    stride1(x, weight, spread.into_primitive().tensor(), options)
+}
+
+/// `[B, C, H, W]` → `[B, C, size]` with `out[.., h·sh, w·sw] = t[.., h, w]` and zeros elsewhere.
+fn spread_with_zeros<B: Backend>(t: Tensor<B, 4>, [sh, sw]: [usize; 2], size: [usize; 2]) -> Tensor<B, 4> {
+    let [b, c, h, w] = t.dims();
+    let dtype = FloatDType::from(t.dtype());
+    let device = t.device();
+    let zeros = |shape: [usize; 6]| Tensor::<B, 6>::zeros(shape, &device).cast(dtype);
+    let mut t = t.reshape([b, c, h, 1, w, 1]);
+    if sh > 1 {
+        t = Tensor::cat(vec![t, zeros([b, c, h, sh - 1, w, 1])], 3);
     }
+    if sw > 1 {
+        t = Tensor::cat(vec![t, zeros([b, c, h, sh, w, sw - 1])], 5);
+    }
+    let t = t.reshape([b, c, h * sh, w * sw]);
+    fit(fit(t, 2, size[0]), 3, size[1])
+}
+
+/// `t` cut or zero-extended (at the end) to `len` along `dim`.
+fn fit<B: Backend>(t: Tensor<B, 4>, dim: usize, len: usize) -> Tensor<B, 4> {
+    let have = t.dims()[dim];
+    if have >= len {
+        return t.narrow(dim, 0, len);
+    }
+    let mut shape = t.dims();
+    shape[dim] = len - have;
+    let zeros = Tensor::<B, 4>::zeros(shape, &t.device()).cast(FloatDType::from(t.dtype()));
+    Tensor::cat(vec![t, zeros], dim)
 }
 
 /// The CPU backend's own kernels: the reference the tests hold the autodiff operation to.
@@ -147,8 +181,8 @@ impl<B: ConvKernels, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
 }
 
 /// `conv2d(x, weight)` without bias (padding symmetric, in `options`) through [`GemmConv`]
-/// when `B` is one of the backends the binaries use (CUDA and Flex, with or without
-/// autodiff); Burn's `conv2d` otherwise.
+/// when `B` is one of the binaries' backends ([`crate::runs_explicitly`]); Burn's `conv2d`
+/// otherwise.
 pub fn gemm_conv2d<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, options: ConvOptions<2>) -> Tensor<B, 4> {
     run_as::<B, Autodiff<CudaBackend>>(x, weight, &options)
         .or_else(|(x, w)| run_as::<B, CudaBackend>(x, w, &options))
@@ -157,24 +191,13 @@ pub fn gemm_conv2d<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, options: C
         .unwrap_or_else(|(x, w)| burn::tensor::module::conv2d(x, w, None, options))
 }
 
-/// Whether [`gemm_conv2d`] on `B` runs through [`GemmConv`] (rather than Burn's `conv2d`).
-pub fn runs_explicitly<B: Backend>() -> bool {
-    let b = TypeId::of::<B>();
-    [TypeId::of::<Autodiff<CudaBackend>>(), TypeId::of::<CudaBackend>(), TypeId::of::<Autodiff<Flex>>(), TypeId::of::<Flex>()].contains(&b)
-}
-
 /// Runs the convolution as backend `T` if `B` is `T`; hands the inputs back otherwise.
 #[allow(clippy::type_complexity)]
 fn run_as<B: Backend, T: GemmConv>(x: Tensor<B, 4>, weight: Tensor<B, 4>, options: &ConvOptions<2>) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
-    if TypeId::of::<B>() != TypeId::of::<T>() {
+    if !is::<B, T>() {
         return Err((x, weight));
     }
     let (x, weight) = (same_type::<_, Tensor<T, 4>>(x), same_type::<_, Tensor<T, 4>>(weight));
     let y = T::gemm_conv(x.into_primitive().tensor(), weight.into_primitive().tensor(), options.clone());
     Ok(same_type(Tensor::<T, 4>::from_primitive(TensorPrimitive::Float(y))))
-}
-
-/// The identity between two names of one type (checked by `TypeId` before the call).
-fn same_type<A: 'static, T: 'static>(a: A) -> T {
-    *(Box::new(a) as Box<dyn Any>).downcast::<T>().expect("types checked equal")
 }

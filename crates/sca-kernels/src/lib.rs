@@ -1,0 +1,68 @@
+//! Convolution and matmul on explicitly chosen GPU kernels, as autodiff operations.
+//!
+//! Burn's CUDA backend autotunes every convolution and matmul shape of every pass: each
+//! tuning key compiles (NVRTC) and times every candidate kernel, up to seven per convolution
+//! pass and about thirty per matmul. On an H200 that kept a ResNet-50 training step from
+//! finishing within minutes, and a kernel profile of the first forward pass showed 54
+//! matmul candidates compiled in it (63 s of 77 s; docs/BENCHMARKS.md, section GPU).
+//!
+//! - [`conv`]: [`gemm_conv2d`], forward, data and weight gradients on burn-cubecl's
+//!   implicit-GEMM kernels (tensor cores; TF32 for f32 inputs).
+//! - [`matmul`]: [`gemm_matmul`] and [`gemm_linear`], matmul and its two gradients on
+//!   cubek's tiled tensor-core matmul.
+//!
+//! Each runs on the CUDA backend with one kernel per shape and pass, compiled once and kept
+//! in CubeCL's compilation cache. On the CPU's Flex backend the same autodiff operations run
+//! on the backend's own kernels, so their gradient plumbing is tested without a GPU.
+//!
+//! The model code is generic over `B: Backend`; rather than carry a new trait bound through
+//! every crate, the entry points recognise the concrete backends the binaries use by type
+//! ([`runs_explicitly`]) and fall back to Burn's own operation for any other.
+
+use std::any::{Any, TypeId};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::CubeBackend;
+
+pub mod conv;
+pub mod matmul;
+
+pub use conv::gemm_conv2d;
+pub use matmul::{gemm_linear, gemm_matmul};
+
+/// The CUDA backend the binaries run on: CubeCL without Burn's operation fusion, so that
+/// convolutions and matmuls reach this crate's kernels by type.
+pub type CudaBackend = CubeBackend<CudaRuntime, f32, i32, u8>;
+
+/// Whether the entry points of this crate run on `B` through the explicit kernels (rather
+/// than Burn's own operations).
+pub fn runs_explicitly<B: Backend>() -> bool {
+    let b = TypeId::of::<B>();
+    [TypeId::of::<Autodiff<CudaBackend>>(), TypeId::of::<CudaBackend>(), TypeId::of::<Autodiff<Flex>>(), TypeId::of::<Flex>()].contains(&b)
+}
+
+/// Whether `B` is the CUDA backend (with or without autodiff).
+pub fn on_cuda<B: Backend>() -> bool {
+    is::<B, CudaBackend>() || is::<B, Autodiff<CudaBackend>>()
+}
+
+/// The identity between two names of one type (callers compare `TypeId`s first).
+fn same_type<A: 'static, T: 'static>(a: A) -> T {
+    *(Box::new(a) as Box<dyn Any>).downcast::<T>().expect("types checked equal")
+}
+
+fn is<B: 'static, T: 'static>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<T>()
+}
+
+/// Says once per distinct `what` that an explicit kernel refused a shape.
+fn report_fallback(what: String, error: &impl std::fmt::Debug) {
+    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    if SEEN.lock().unwrap_or_else(|p| p.into_inner()).insert(what.clone()) {
+        eprintln!("note: explicit GPU kernel refused ({error:?}); {what} runs on the backend's own choice");
+    }
+}
