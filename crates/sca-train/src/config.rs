@@ -53,8 +53,9 @@ pub struct ModelConfig {
     /// Start from these torchvision-named weights instead of a random initialisation.
     #[serde(default)]
     pub init_weights: Option<String>,
-    /// How the convolutions run: `matmul` (im2col + GEMM, the default) or `native` (the
-    /// backend's conv kernels, which on CUDA autotune between direct and implicit GEMM).
+    /// How the convolutions run: `auto` (the default: `gemm` on CUDA, `matmul` elsewhere),
+    /// `matmul` (im2col + GEMM), `gemm` (CUDA: implicit-GEMM kernels chosen without autotune)
+    /// or `native` (the backend's conv kernels, autotuned on CUDA).
     #[serde(default)]
     pub conv: ConvImpl,
 }
@@ -394,13 +395,13 @@ mod tests {
         check(&["model.arch=vgg"], Err("default.json: key 'model.arch': unknown variant `vgg`, expected one of `resnet18`, `resnet34`, `resnet50`"));
         check(&["precision=bf16", "model.conv=native"], Ok(()));
         check(&["precision=fp8"], Err("default.json: key 'precision': unknown variant `fp8`, expected one of `f32`, `bf16`, `f16`"));
-        check(&["model.conv=winograd"], Err("default.json: key 'model.conv': unknown variant `winograd`, expected `native` or `matmul`"));
+        check(&["model.conv=winograd"], Err("default.json: key 'model.conv': unknown variant `winograd`, expected one of `native`, `matmul`, `gemm`, `auto`"));
     }
 
     #[test]
-    fn precision_and_conv_default_to_f32_matmul_and_reach_the_model() {
+    fn precision_and_conv_default_to_f32_auto_and_reach_the_model() {
         let cfg = parse(DEFAULT, "d", &[]).unwrap();
-        assert_eq!((cfg.precision, cfg.model.conv), (Precision::F32, ConvImpl::Matmul));
+        assert_eq!((cfg.precision, cfg.model.conv), (Precision::F32, ConvImpl::Auto));
         let cfg = parse(DEFAULT, "d", &["precision=f16".into(), "model.conv=native".into()]).unwrap();
         let model = crate::model::SslModel::<burn::backend::Flex>::new(&cfg, &Default::default());
         assert_eq!((model.backbone.precision, model.backbone.conv_impl), (Precision::F16, ConvImpl::Native));

@@ -256,7 +256,7 @@ fn engine_name(cfg: &TrainConfig) -> String {
     let addon = if cfg.addon.enabled { " + add-on" } else { "" };
     // Only what differs from the defaults, so the common case stays one short line.
     let conv = match (cfg.model.conv, cfg.precision) {
-        (sca_backbone::ConvImpl::Matmul, sca_backbone::Precision::F32) => String::new(),
+        (sca_backbone::ConvImpl::Auto, sca_backbone::Precision::F32) => String::new(),
         (conv, precision) => format!(" ({conv} convolutions in {precision})"),
     };
     format!("{engine}{addon} / {}{conv}", cfg.model.arch)
