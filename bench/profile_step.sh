@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Per-kernel GPU time of the ResNet-50 SwAV step and of the feature pass: CubeCL's kernel
-# profiler (a cubecl.toml in the working directory) under one `sca bench gpu --only a,c`
-# run, then the kernels of the timed steps only (not the warm-up step, whose compilation and
-# tuning runs are profiled too), summed by name, largest first.
+# Per-kernel GPU time of the ResNet-50 SwAV step and of the feature pass, summed by kernel
+# name, largest first. Two runs of `sca bench gpu --only a,c` on one cache directory: the
+# first fills the compilation and tuning caches; the second runs under CubeCL's kernel
+# profiler (a cubecl.toml in the working directory), which syncs after every kernel and
+# counts a kernel's first launch with its compilation, so only its timed steps are kept.
+# (Profiling a cold run instead made its warm-up step 6x slower: 77 s forward, H200.)
 #
 #   bash bench/profile_step.sh OUT [sca bench gpu flags...]
 #   e.g. SCA=target/release/sca bash bench/profile_step.sh prof --conv gemm --precision bf16
@@ -13,6 +15,10 @@ SCA=${SCA:-target/release/sca}
 LIMIT=${LIMIT:-200}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+t0=$SECONDS
+timeout "$LIMIT" "$SCA" bench gpu --device cuda --autotune minimal --gpu-cache "$OUT/cubecl" --steps 1 \
+    --only a,c "$@" > "$OUT/warm-caches.log" 2>&1
+echo "caches filled: exit $? after $((SECONDS - t0)) s"
 cat > cubecl.toml <<EOF
 [profiling.logger]
 level = "basic"
