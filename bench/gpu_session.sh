@@ -12,6 +12,7 @@
 #         the first step includes compilation and tuning) and warm (same caches), then bf16,
 #         on (a) and (c); then PyTorch's training step (a) in fp32, TF32 and bf16.
 #   more  the add-on step (b), k-means (d) and KNN (e); PyTorch's features (c).
+#   profile  bench/profile_step.sh under OUT/profile: per-kernel time of the timed steps.
 set -u
 OUT=${1:-gpu-bench}
 PART=${2:-all}
@@ -47,6 +48,10 @@ fi
 if [ "$PART" = more ] || [ "$PART" = all ]; then
     ours rest 150 --only b,d,e --conv gemm --precision f32
     torch features 60 --cases features
+fi
+
+if [ "$PART" = profile ]; then
+    SCA="$SCA" LIMIT=200 bash bench/profile_step.sh "$OUT/profile" --conv gemm --precision f32
 fi
 
 # Every row of every JSON written so far, in one table.
