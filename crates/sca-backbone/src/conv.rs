@@ -1,4 +1,6 @@
-//! Convolution as matrix multiplication, built only from differentiable tensor ops.
+//! Convolution as matrix multiplication, built only from differentiable tensor ops, and the
+//! choice between it and the backends' kernels ([`ConvImpl`]: on CUDA the default is the
+//! `sca-kernels` crate's implicit-GEMM operation).
 //!
 //! Burn 0.21's `conv2d` is slow on the CPU backend (its backward runs a transposed conv for
 //! the input and a large-kernel conv for the weight), while its matmul runs at the machine's
@@ -25,9 +27,9 @@ use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData};
+use sca_kernels::gemm_conv2d;
 use serde::{Deserialize, Serialize};
 
-use sca_kernels::gemm_conv2d;
 use crate::precision::Precision;
 
 /// How [`conv_forward`] computes a convolution.
