@@ -49,7 +49,8 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         feature_batch: usize,
         /// How the convolutions run: gemm (CUDA: implicit-GEMM kernels chosen without
-        /// autotune), matmul (im2col + GEMM) or native (the backend's kernels, autotuned on CUDA).
+        /// autotune), matmul (im2col + GEMM), native (the backend's kernels, autotuned on
+        /// CUDA) or auto (gemm on CUDA, matmul elsewhere).
         #[arg(long, default_value = "gemm")]
         conv: sca_backbone::ConvImpl,
         /// Arithmetic of the convolutions: f32, bf16 or f16.
