@@ -21,7 +21,7 @@ use burn::tensor::{FloatDType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::conv::{conv_data_backward, conv_forward, conv_weight_backward, ConvStrategy};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use crate::{is, report_fallback, same_type, CudaBackend};
+use crate::{dispatch, report_fallback, BinaryOp, ExplicitOps};
 
 /// The three passes of a bias-free convolution on kernels the backend chooses explicitly.
 /// Signatures follow Burn's `ModuleOps::conv2d*` (symmetric padding in `options`).
@@ -29,12 +29,6 @@ pub trait ConvKernels: Backend {
     fn conv_fwd(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
     fn conv_dgrad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
     fn conv_wgrad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
-}
-
-/// A convolution a backend runs through [`ConvKernels`]: the kernels themselves on an inner
-/// backend, one autodiff operation over them on `Autodiff`.
-pub trait GemmConv: Backend {
-    fn gemm_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
 }
 
 fn describe(pass: &str, x: &Shape, w: &Shape, options: &ConvOptions<2>) -> String {
@@ -134,70 +128,57 @@ impl ConvKernels for Flex {
     }
 }
 
-impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GemmConv for CubeBackend<R, F, I, BT> {
-    fn gemm_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
-        Self::conv_fwd(x, weight, options)
-    }
-}
+/// The convolution as one autodiff operation whose passes run on `B`'s [`ConvKernels`].
+pub(crate) fn autodiff_conv<B: ConvKernels, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    options: ConvOptions<2>,
+) -> FloatTensor<Autodiff<B, C>> {
+    #[derive(Debug)]
+    struct ConvBackward;
 
-impl GemmConv for Flex {
-    fn gemm_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
-        Self::conv_fwd(x, weight, options)
-    }
-}
+    impl<B: ConvKernels> Backward<B, 2> for ConvBackward {
+        type State = (NodeId, NodeId, ConvOptions<2>);
 
-impl<B: ConvKernels, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
-    fn gemm_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct ConvBackward;
-
-        impl<B: ConvKernels> Backward<B, 2> for ConvBackward {
-            type State = (NodeId, NodeId, ConvOptions<2>);
-
-            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-                let [node_x, node_weight] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x_state, weight_state, options) = ops.state;
-                let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
-                let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
-                if let Some(node) = node_x {
-                    grads.register::<B>(node.id, B::conv_dgrad(x.clone(), weight.clone(), grad.clone(), options.clone()));
-                }
-                if let Some(node) = node_weight {
-                    grads.register::<B>(node.id, B::conv_wgrad(x, weight, grad, options));
-                }
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+            let [node_x, node_weight] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (x_state, weight_state, options) = ops.state;
+            let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+            let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
+            if let Some(node) = node_x {
+                grads.register::<B>(node.id, B::conv_dgrad(x.clone(), weight.clone(), grad.clone(), options.clone()));
+            }
+            if let Some(node) = node_weight {
+                grads.register::<B>(node.id, B::conv_wgrad(x, weight, grad, options));
             }
         }
+    }
 
-        match ConvBackward.prepare::<C>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                prep.finish((x_state, weight_state, options.clone()), B::conv_fwd(x.primitive, weight.primitive, options))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::conv_fwd(x.primitive, weight.primitive, options)),
+    match ConvBackward.prepare::<C>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let x_state = prep.checkpoint(&x);
+            let weight_state = prep.checkpoint(&weight);
+            prep.finish((x_state, weight_state, options.clone()), B::conv_fwd(x.primitive, weight.primitive, options))
         }
+        OpsKind::UnTracked(prep) => prep.finish(B::conv_fwd(x.primitive, weight.primitive, options)),
     }
 }
 
-/// `conv2d(x, weight)` without bias (padding symmetric, in `options`) through [`GemmConv`]
-/// when `B` is one of the binaries' backends ([`crate::runs_explicitly`]); Burn's `conv2d`
-/// otherwise.
+/// `conv2d(x, weight)` without bias (padding symmetric, in `options`) on the explicit
+/// kernels when `B` is one of the binaries' backends ([`crate::runs_explicitly`]); Burn's
+/// `conv2d` otherwise.
 pub fn gemm_conv2d<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, options: ConvOptions<2>) -> Tensor<B, 4> {
-    run_as::<B, Autodiff<CudaBackend>>(x, weight, &options)
-        .or_else(|(x, w)| run_as::<B, CudaBackend>(x, w, &options))
-        .or_else(|(x, w)| run_as::<B, Autodiff<Flex>>(x, w, &options))
-        .or_else(|(x, w)| run_as::<B, Flex>(x, w, &options))
-        .unwrap_or_else(|(x, w)| burn::tensor::module::conv2d(x, w, None, options))
+    dispatch(x, weight, &Conv(options))
 }
 
-/// Runs the convolution as backend `T` if `B` is `T`; hands the inputs back otherwise.
-#[allow(clippy::type_complexity)]
-fn run_as<B: Backend, T: GemmConv>(x: Tensor<B, 4>, weight: Tensor<B, 4>, options: &ConvOptions<2>) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
-    if !is::<B, T>() {
-        return Err((x, weight));
+struct Conv(ConvOptions<2>);
+
+impl BinaryOp<4> for Conv {
+    fn explicit<T: ExplicitOps>(&self, x: FloatTensor<T>, weight: FloatTensor<T>) -> FloatTensor<T> {
+        T::gemm_conv(x, weight, self.0.clone())
     }
-    let (x, weight) = (same_type::<_, Tensor<T, 4>>(x), same_type::<_, Tensor<T, 4>>(weight));
-    let y = T::gemm_conv(x.into_primitive().tensor(), weight.into_primitive().tensor(), options.clone());
-    Ok(same_type(Tensor::<T, 4>::from_primitive(TensorPrimitive::Float(y))))
+    fn fallback<B: Backend>(&self, x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
+        burn::tensor::module::conv2d(x, weight, None, self.0.clone())
+    }
 }

@@ -23,10 +23,16 @@ use std::any::{Any, TypeId};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::{ConvOptions, FloatTensor};
+use burn::tensor::{Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
-use burn_cubecl::CubeBackend;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+use conv::ConvKernels;
+use matmul::MatmulKernels;
 
 pub mod conv;
 pub mod matmul;
@@ -37,6 +43,68 @@ pub use matmul::{gemm_linear, gemm_matmul};
 /// The CUDA backend the binaries run on: CubeCL without Burn's operation fusion, so that
 /// convolutions and matmuls reach this crate's kernels by type.
 pub type CudaBackend = CubeBackend<CudaRuntime, f32, i32, u8>;
+
+/// This crate's operations on one concrete backend: the kernels themselves on CubeCL and
+/// Flex, one autodiff operation over them on `Autodiff`.
+pub trait ExplicitOps: Backend {
+    fn gemm_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
+    fn gemm_mm(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ExplicitOps for CubeBackend<R, F, I, BT> {
+    fn gemm_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        Self::conv_fwd(x, weight, options)
+    }
+    fn gemm_mm(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::mm(a, b)
+    }
+}
+
+impl ExplicitOps for Flex {
+    fn gemm_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        Self::conv_fwd(x, weight, options)
+    }
+    fn gemm_mm(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::mm(a, b)
+    }
+}
+
+impl<B: ConvKernels + MatmulKernels, C: CheckpointStrategy> ExplicitOps for Autodiff<B, C> {
+    fn gemm_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        conv::autodiff_conv::<B, C>(x, weight, options)
+    }
+    fn gemm_mm(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        matmul::autodiff_mm::<B, C>(a, b)
+    }
+}
+
+/// An operation of two float tensors, as [`dispatch`] runs it: on [`ExplicitOps`], or
+/// Burn's own way on any other backend.
+trait BinaryOp<const D: usize> {
+    fn explicit<T: ExplicitOps>(&self, a: FloatTensor<T>, b: FloatTensor<T>) -> FloatTensor<T>;
+    fn fallback<B: Backend>(&self, a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D>;
+}
+
+/// Runs `op` as the concrete backend `B` is, when that is one of the binaries' backends (the
+/// same four as [`runs_explicitly`]); `op`'s fallback otherwise.
+fn dispatch<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, op: &impl BinaryOp<D>) -> Tensor<B, D> {
+    run_as::<B, Autodiff<CudaBackend>, D>(a, b, op)
+        .or_else(|(a, b)| run_as::<B, CudaBackend, D>(a, b, op))
+        .or_else(|(a, b)| run_as::<B, Autodiff<Flex>, D>(a, b, op))
+        .or_else(|(a, b)| run_as::<B, Flex, D>(a, b, op))
+        .unwrap_or_else(|(a, b)| op.fallback(a, b))
+}
+
+/// Runs `op` as backend `T` if `B` is `T`; hands the inputs back otherwise.
+#[allow(clippy::type_complexity)]
+fn run_as<B: Backend, T: ExplicitOps, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, op: &impl BinaryOp<D>) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    if !is::<B, T>() {
+        return Err((a, b));
+    }
+    let (a, b) = (same_type::<_, Tensor<T, D>>(a), same_type::<_, Tensor<T, D>>(b));
+    let y = op.explicit::<T>(a.into_primitive().tensor(), b.into_primitive().tensor());
+    Ok(same_type(Tensor::<T, D>::from_primitive(TensorPrimitive::Float(y))))
+}
 
 /// Whether the entry points of this crate run on `B` through the explicit kernels (rather
 /// than Burn's own operations).
