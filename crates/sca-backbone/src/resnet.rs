@@ -67,15 +67,15 @@ impl<B: Backend> Block<B> {
     }
 
     fn forward(&self, x: Tensor<B, 4>, imp: ConvImpl, precision: Precision) -> Tensor<B, 4> {
-        let conv_forward = |conv: &Conv2d<B>, x: Tensor<B, 4>, imp: ConvImpl| conv_forward_in(conv, x, imp, precision);
+        let conv_forward = |conv: &Conv2d<B>, x: Tensor<B, 4>| conv_forward_in(conv, x, imp, precision);
         let identity = match &self.downsample {
-            Some(d) => batch_norm_forward(&d.bn, conv_forward(&d.conv, x.clone(), imp)),
+            Some(d) => batch_norm_forward(&d.bn, conv_forward(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let out = relu(batch_norm_forward(&self.bn1, conv_forward(&self.conv1, x, imp)));
-        let out = batch_norm_forward(&self.bn2, conv_forward(&self.conv2, out, imp));
+        let out = relu(batch_norm_forward(&self.bn1, conv_forward(&self.conv1, x)));
+        let out = batch_norm_forward(&self.bn2, conv_forward(&self.conv2, out));
         let out = match (&self.conv3, &self.bn3) {
-            (Some(c3), Some(b3)) => batch_norm_forward(b3, conv_forward(c3, relu(out), imp)),
+            (Some(c3), Some(b3)) => batch_norm_forward(b3, conv_forward(c3, relu(out))),
             _ => out,
         };
         relu(out + identity)

@@ -380,8 +380,8 @@ impl<B: TrackedSum> Trainer<B> {
         core_grads = crate::dist::average_gradients(&self.replica, &model, core_grads);
         // Unscaled after averaging, so every replica sees the same sums and skips alike.
         let mut skipped = false;
-        if let (Some(ls), Some(s)) = (self.loss_scale.as_mut(), scale) {
-            let mut unscaler = Unscaler::new(s);
+        if let Some(ls) = self.loss_scale.as_mut() {
+            let mut unscaler = Unscaler::new(ls.scale);
             core_grads = unscaler.unscale(&model, core_grads);
             if let Some(a) = &model.addon {
                 addon_grads = unscaler.unscale(a, addon_grads);
