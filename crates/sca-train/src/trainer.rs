@@ -75,19 +75,23 @@ pub struct StepMetrics {
 }
 
 /// What the loop needs from the outside world.
+/// The notifications default to doing nothing; `step` and `checkpoint` have no default, so
+/// an observer always says what it does with progress and with the checkpoints.
 pub trait Observer {
     /// An epoch begins (`start_batch` > 0 when resuming inside it).
-    fn epoch_start(&mut self, epoch: usize, batches: usize, start_batch: usize);
+    fn epoch_start(&mut self, _epoch: usize, _batches: usize, _start_batch: usize) {}
     /// After every step (progress bars).
     fn step(&mut self, m: &StepMetrics);
     /// A line for `metrics.jsonl`.
-    fn record(&mut self, line: serde_json::Value);
+    fn record(&mut self, _line: serde_json::Value) {}
     /// A human-readable note (cluster statistics, warnings).
-    fn info(&mut self, msg: &str);
+    fn info(&mut self, _msg: &str) {}
     /// Persist a checkpoint; `keep_epoch` asks for an extra numbered copy.
     fn checkpoint(&mut self, bytes: Vec<u8>, keep_epoch: Option<usize>) -> Result<(), String>;
     /// Ctrl-C or similar: checkpoint and leave after the current step.
-    fn stop_requested(&self) -> bool;
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 /// How a call to [`Trainer::run`] ended.

@@ -42,18 +42,12 @@ struct Log {
 }
 
 impl Observer for Log {
-    fn epoch_start(&mut self, _: usize, _: usize, _: usize) {}
     fn step(&mut self, m: &StepMetrics) {
         self.losses.push([m.loss, m.loss_ssl, m.loss_mu.unwrap_or(0.0), m.loss_cls.unwrap_or(0.0)]);
     }
-    fn record(&mut self, _: serde_json::Value) {}
-    fn info(&mut self, _: &str) {}
     fn checkpoint(&mut self, _: Vec<u8>, _: Option<usize>) -> Result<(), String> {
         self.checkpoints += 1;
         Ok(())
-    }
-    fn stop_requested(&self) -> bool {
-        false
     }
 }
 

@@ -43,18 +43,12 @@ struct Log {
 }
 
 impl Observer for Log {
-    fn epoch_start(&mut self, _: usize, _: usize, _: usize) {}
     fn step(&mut self, m: &StepMetrics) {
         self.steps.push(m.clone());
     }
-    fn record(&mut self, _: serde_json::Value) {}
-    fn info(&mut self, _: &str) {}
     fn checkpoint(&mut self, bytes: Vec<u8>, _: Option<usize>) -> Result<(), String> {
         self.last_checkpoint = bytes;
         Ok(())
-    }
-    fn stop_requested(&self) -> bool {
-        false
     }
 }
 

@@ -278,15 +278,9 @@ fn knn_monitor<B: AutodiffBackend>(cfg: &TrainConfig, data: &crate::datasets::Op
 struct QuietObserver;
 
 impl Observer for QuietObserver {
-    fn epoch_start(&mut self, _: usize, _: usize, _: usize) {}
     fn step(&mut self, _: &StepMetrics) {}
-    fn record(&mut self, _: serde_json::Value) {}
-    fn info(&mut self, _: &str) {}
     fn checkpoint(&mut self, _: Vec<u8>, _: Option<usize>) -> Result<(), String> {
         Ok(())
-    }
-    fn stop_requested(&self) -> bool {
-        false
     }
 }
 
