@@ -76,7 +76,7 @@ fn check(c: Case) {
     let want = run(&conv, &x, |m, x| m.forward(x));
     let names = ["output", "input grad", "weight grad", "bias grad"];
     let mut paths: Vec<(&str, &dyn Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>)> = vec![
-        ("auto", &|m, x| conv_forward(m, x, ConvImpl::Matmul)),
+        ("matmul (automatic layout)", &|m, x| conv_forward(m, x, ConvImpl::Matmul)),
         ("rows", &|m, x| conv_matmul_with_layout(m, x, Layout::Rows)),
         // The explicit-kernel autodiff operation (on Flex: the backend's kernels underneath).
         ("gemm", &|m, x| conv_forward(m, x, ConvImpl::Gemm)),

@@ -67,7 +67,7 @@ impl<B: AutodiffBackend> Unscaler<B> {
 
     /// Whether every gradient unscaled so far is finite.
     pub fn all_finite(self) -> bool {
-        self.total.map_or(true, |t| t.into_scalar().elem::<f64>().is_finite())
+        self.total.is_none_or(|t| t.into_scalar().elem::<f64>().is_finite())
     }
 }
 
