@@ -1,13 +1,14 @@
 //! 2-D convolution (no bias, no groups) as one autodiff operation on explicit kernels.
 //!
-//! On CubeCL backends the three passes call burn-cubecl's `conv_forward`,
-//! `conv_data_backward` and `conv_weight_backward` with `ConvStrategy::ImplicitGemm`. Its data
-//! gradient handles stride 1 only (strided ones go to a transposed convolution, autotuned,
-//! whose col2im path autotunes a matmul too); [`strided_data_grad`] turns a strided data
-//! gradient into a stride-1 one by spreading the output gradient with zeros, at the price of
-//! s² more multiply-adds in the few strided layers. Shapes the kernels refuse (a
-//! `ConvSetupError`) fall back to the direct kernel (forward) or Burn's own choice
-//! (gradients), reported once.
+//! On CubeCL backends each pass launches the cubek implicit-GEMM kernel the current
+//! [`ConvPlan`](crate::plan::ConvPlan) names for its shape ([`forward_on`], [`data_on`],
+//! [`weight_on`]; by default what burn-cubecl's `ConvStrategy::ImplicitGemm` pins). cubek's
+//! data gradient handles stride 1 only (burn-cubecl sends strided ones to a transposed
+//! convolution, autotuned, whose col2im path autotunes a matmul too); [`strided_data_grad`]
+//! turns a strided data gradient into a stride-1 one by spreading the output gradient with
+//! zeros, at the price of s² more multiply-adds in the few strided layers. A kernel that
+//! refuses a shape (a `ConvSetupError`) gives way to the default kernel, and that to the
+//! direct kernel (forward) or Burn's own choice (gradients), reported once.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -17,10 +18,18 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
-use burn::tensor::{FloatDType, Shape, Tensor, TensorMetadata, TensorPrimitive};
-use burn_cubecl::kernel::conv::{conv_data_backward, conv_forward, conv_weight_backward, ConvStrategy};
+use burn::tensor::{DType, FloatDType, Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::ops::{permute_nchw_to_nhwc, permute_nchw_to_nhwc_shape, permute_nhwc_to_nchw};
+use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubek::convolution::components::ConvSetupError;
+use cubek::convolution::{launch_ref, ConvolutionArgs, ConvolutionInputs, Strategy};
+use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems, MatmulSetupError};
+use cubek::std::InputBinding;
 
+use crate::plan::{planned_kernel, ConvKernel, ConvShape, Pass};
 use crate::{dispatch, report_fallback, BinaryOp, ExplicitOps};
 
 /// The three passes of a bias-free convolution on kernels the backend chooses explicitly.
@@ -31,37 +40,137 @@ pub trait ConvKernels: Backend {
     fn conv_wgrad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
 }
 
-fn describe(pass: &str, x: &Shape, w: &Shape, options: &ConvOptions<2>) -> String {
-    format!("convolution {pass}, x {x:?} w {w:?} stride {:?} padding {:?}", options.stride, options.padding)
+/// The plan's key for a convolution of `x` by `weight` (NCHW / OIHW shapes).
+pub fn conv_shape(x: &Shape, weight: &Shape, options: &ConvOptions<2>, dtype: DType) -> ConvShape {
+    ConvShape {
+        input: [x[1], x[2], x[3]],
+        weight: [weight[0], weight[1], weight[2], weight[3]],
+        stride: options.stride,
+        padding: options.padding,
+        dilation: options.dilation,
+        dtype: dtype_name(dtype),
+    }
+}
+
+fn dtype_name(dtype: DType) -> String {
+    match dtype {
+        DType::F32 => "f32".into(),
+        DType::BF16 => "bf16".into(),
+        DType::F16 => "f16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// `launch` on the kernel the plan names for `pass` of `shape`, then on the default kernel
+/// if that one refuses; `None` (reported once) when both refuse.
+fn on_planned<T>(pass: Pass, shape: &ConvShape, launch: impl Fn(ConvKernel) -> Result<T, ConvSetupError>) -> Option<T> {
+    let planned = planned_kernel(pass, shape);
+    let what = |k: ConvKernel| format!("convolution {pass} pass of {shape} on {k}");
+    match launch(planned) {
+        Ok(y) => return Some(y),
+        Err(e) if planned != ConvKernel::DEFAULT => report_fallback(what(planned), &ConvKernel::DEFAULT.to_string(), &e),
+        Err(e) => {
+            report_fallback(what(planned), "the backend's own kernel", &e);
+            return None;
+        }
+    }
+    launch(ConvKernel::DEFAULT).map_err(|e| report_fallback(what(ConvKernel::DEFAULT), "the backend's own kernel", &e)).ok()
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ConvKernels for CubeBackend<R, F, I, BT> {
     fn conv_fwd(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
-        let (xs, ws) = (x.shape(), weight.shape());
-        conv_forward::<R, 2>(x.clone(), weight.clone(), None, options.clone(), ConvStrategy::ImplicitGemm).unwrap_or_else(|e| {
-            report_fallback(describe("forward", &xs, &ws, &options), &e);
-            conv_forward::<R, 2>(x, weight, None, options, ConvStrategy::Direct).expect("direct convolution")
-        })
+        let shape = conv_shape(&x.shape(), &weight.shape(), &options, x.dtype);
+        on_planned(Pass::Forward, &shape, |k| forward_on(k, x.clone(), weight.clone(), &options))
+            .unwrap_or_else(|| conv_forward::<R, 2>(x, weight, None, options, ConvStrategy::Direct).expect("direct convolution"))
     }
 
     fn conv_dgrad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        // Looked up under the layer's own shape (strided or not), as `sca bench convs` times it.
+        let shape = conv_shape(&x.shape(), &weight.shape(), &options, x.dtype);
+        let stride1 = |x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>| {
+            on_planned(Pass::Data, &shape, |k| data_on(k, grad.clone(), weight.clone(), x.shape(), &options))
+                .unwrap_or_else(|| <Self as ModuleOps<Self>>::conv2d_x_backward(x, weight, grad, options))
+        };
         if options.stride != [1, 1] && options.groups == 1 {
-            return strided_data_grad::<Self>(x, weight, grad, options, Self::conv_dgrad);
+            return strided_data_grad::<Self, _>(x, weight, grad, options, stride1);
         }
-        let (xs, ws) = (x.shape(), weight.shape());
-        conv_data_backward::<R, 2>(grad.clone(), weight.clone(), xs.clone(), options.clone(), ConvStrategy::ImplicitGemm).unwrap_or_else(|e| {
-            report_fallback(describe("data gradient", &xs, &ws, &options), &e);
-            <Self as ModuleOps<Self>>::conv2d_x_backward(x, weight, grad, options)
-        })
+        stride1(x, weight, grad, options)
     }
 
     fn conv_wgrad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
-        let (xs, ws) = (x.shape(), weight.shape());
-        conv_weight_backward::<R, 2>(x.clone(), grad.clone(), ws.clone(), options.clone(), ConvStrategy::ImplicitGemm).unwrap_or_else(|e| {
-            report_fallback(describe("weight gradient", &xs, &ws, &options), &e);
-            <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, grad, options)
-        })
+        let shape = conv_shape(&x.shape(), &weight.shape(), &options, x.dtype);
+        on_planned(Pass::Weight, &shape, |k| weight_on(k, x.clone(), grad.clone(), weight.shape(), &options))
+            .unwrap_or_else(|| <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, grad, options))
     }
+}
+
+/// cubek's convolutions take channels-last operands: NCHW tensors are handed over as NHWC
+/// views (a permute of strides; cubek copies a view only where its layout needs it) and
+/// the NHWC result comes back as an NCHW view, as burn-cubecl's own launchers do.
+fn binding<R: CubeRuntime>(t: CubeTensor<R>) -> InputBinding<R> {
+    let dtype = t.dtype;
+    InputBinding::new(t.binding(), dtype.into())
+}
+
+fn elems(lhs: DType, rhs: DType, out: DType) -> MatmulElems {
+    MatmulElems::from_globals(&MatmulGlobalElems { lhs: lhs.into(), rhs: rhs.into(), out: out.into() })
+}
+
+fn launch<R: CubeRuntime>(kernel: ConvKernel, client: &burn_cubecl::cubecl::client::ComputeClient<R>, inputs: ConvolutionInputs<R>, options: &ConvOptions<2>, dtypes: MatmulElems) -> Result<(), ConvSetupError> {
+    if options.groups != 1 {
+        return Err(ConvSetupError::Groups(options.groups));
+    }
+    let strategy = Strategy::Inferred { algorithm: kernel.algorithm, tile_kind: kernel.tile };
+    let args = ConvolutionArgs { stride: options.stride, padding: options.padding, dilation: options.dilation };
+    launch_ref::<R, 2>(&strategy, client, inputs, args, dtypes)
+}
+
+/// The forward pass on `kernel`: `[N, C, H, W]` × `[O, C, kh, kw]` → `[N, O, H', W']`.
+pub fn forward_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, weight: CubeTensor<R>, options: &ConvOptions<2>) -> Result<CubeTensor<R>, ConvSetupError> {
+    let (xs, ws) = (x.shape(), weight.shape());
+    let [oh, ow] = conv_shape(&xs, &ws, options, x.dtype).output_size();
+    let (client, dtype) = (x.client.clone(), x.dtype);
+    let out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([xs[0], oh, ow, ws[0]]), dtype);
+    let inputs = ConvolutionInputs::Forward {
+        input: binding(permute_nchw_to_nhwc(x)),
+        weight: binding(permute_nchw_to_nhwc(weight.clone())),
+        bias: None,
+        out: out.clone().binding(),
+    };
+    launch(kernel, &client, inputs, options, elems(dtype, weight.dtype, dtype))?;
+    Ok(permute_nhwc_to_nchw(out))
+}
+
+/// The data gradient on `kernel` (stride 1 only: see [`strided_data_grad`]): `dy` and the
+/// weight → `dx` of shape `x_shape` (NCHW).
+pub fn data_on<R: CubeRuntime>(kernel: ConvKernel, grad: CubeTensor<R>, weight: CubeTensor<R>, x_shape: Shape, options: &ConvOptions<2>) -> Result<CubeTensor<R>, ConvSetupError> {
+    if options.stride != [1, 1] {
+        return Err(ConvSetupError::Matmul(MatmulSetupError::InvalidConfig(Box::new("strided data gradient (burn-cubecl refuses it; see strided_data_grad)"))));
+    }
+    let (client, dtype) = (grad.client.clone(), grad.dtype);
+    let out = empty_device_dtype(client.clone(), grad.device.clone(), permute_nchw_to_nhwc_shape(x_shape), dtype);
+    let wdtype = weight.dtype;
+    let inputs = ConvolutionInputs::BackwardData {
+        out_grad: binding(permute_nchw_to_nhwc(grad)),
+        weights: binding(permute_nchw_to_nhwc(weight)),
+        in_grad: out.clone().binding(),
+    };
+    launch(kernel, &client, inputs, options, elems(dtype, wdtype, dtype))?;
+    Ok(permute_nhwc_to_nchw(out))
+}
+
+/// The weight gradient on `kernel`: `x` and `dy` → `dw` of shape `weight_shape` (OIHW).
+pub fn weight_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: CubeTensor<R>, weight_shape: Shape, options: &ConvOptions<2>) -> Result<CubeTensor<R>, ConvSetupError> {
+    let (client, dtype) = (grad.client.clone(), grad.dtype);
+    let out = empty_device_dtype(client.clone(), grad.device.clone(), permute_nchw_to_nhwc_shape(weight_shape), dtype);
+    let xdtype = x.dtype;
+    let inputs = ConvolutionInputs::BackwardWeight {
+        input: binding(permute_nchw_to_nhwc(x)),
+        out_grad: binding(permute_nchw_to_nhwc(grad)),
+        weight_grad: out.clone().binding(),
+    };
+    launch(kernel, &client, inputs, options, elems(xdtype, dtype, dtype))?;
+    Ok(permute_nhwc_to_nchw(out))
 }
 
 /// The data gradient of a strided convolution as that of a stride-1 one (`stride1`).
@@ -71,13 +180,13 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ConvKernel
 /// `j = o·s`: the stride-1 convolution's relation, whose output has `H + 2p − d(k−1)` rows;
 /// the spread gradient is cut or zero-extended to that size (its rows past `(H'−1)·s` are
 /// zeros either way).
-pub fn strided_data_grad<B: Backend>(
+pub fn strided_data_grad<B: Backend, T>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     grad: FloatTensor<B>,
     options: ConvOptions<2>,
-    stride1: impl Fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, ConvOptions<2>) -> FloatTensor<B>,
-) -> FloatTensor<B> {
+    stride1: impl Fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, ConvOptions<2>) -> T,
+) -> T {
     let (xs, ws) = (x.shape(), weight.shape());
     let size = |i: usize| xs[2 + i] + 2 * options.padding[i] - options.dilation[i] * (ws[2 + i] - 1);
     let grad = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(grad));
@@ -181,4 +290,54 @@ impl BinaryOp<4> for Conv {
     fn fallback<B: Backend>(&self, x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
         burn::tensor::module::conv2d(x, weight, None, self.0.clone())
     }
+}
+
+/// The kernels [`conv_pass_on`] can run on backend `B`: cubek's [`ConvKernel::candidates`]
+/// (or [`ConvKernel::all`]) on the CUDA backend, `flex` (its own kernels) on the CPU's.
+pub fn conv_kernel_names<B: Backend>(all: bool) -> Vec<String> {
+    if crate::is::<B, crate::CudaBackend>() {
+        let kernels = if all { ConvKernel::all() } else { ConvKernel::candidates() };
+        kernels.iter().map(|k| k.to_string()).collect()
+    } else if crate::is::<B, Flex>() {
+        vec![FLEX.to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
+const FLEX: &str = "flex";
+
+/// One `pass` of the convolution of `x` by `weight` (with output gradient `grad` for the
+/// gradients) on the named kernel, with no fallback: what `sca bench convs` times. The
+/// error says why the kernel refused the shape.
+pub fn conv_pass_on<B: Backend>(kernel: &str, pass: Pass, x: Tensor<B, 4>, weight: Tensor<B, 4>, grad: Tensor<B, 4>, options: ConvOptions<2>) -> Result<Tensor<B, 4>, String> {
+    let prim = |t: Tensor<B, 4>| t.into_primitive().tensor();
+    let (x, weight, grad) = (prim(x), prim(weight), prim(grad));
+    let out = if crate::is::<B, crate::CudaBackend>() {
+        let k: ConvKernel = kernel.parse()?;
+        let cube = |t: FloatTensor<B>| crate::same_type::<_, FloatTensor<crate::CudaBackend>>(t);
+        let (x, weight, grad) = (cube(x), cube(weight), cube(grad));
+        let (xs, ws) = (x.shape(), weight.shape());
+        let y = match pass {
+            Pass::Forward => forward_on(k, x, weight, &options),
+            Pass::Data if options.stride != [1, 1] => {
+                strided_data_grad::<crate::CudaBackend, _>(x, weight, grad, options, |_, w, g, o| data_on(k, g, w, xs.clone(), &o))
+            }
+            Pass::Data => data_on(k, grad, weight, xs, &options),
+            Pass::Weight => weight_on(k, x, grad, ws, &options),
+        };
+        crate::same_type::<FloatTensor<crate::CudaBackend>, FloatTensor<B>>(y.map_err(|e| format!("{e:?}").trim().to_string())?)
+    } else if crate::is::<B, Flex>() && kernel == FLEX {
+        let flex = |t: FloatTensor<B>| crate::same_type::<_, FloatTensor<Flex>>(t);
+        let (x, weight, grad) = (flex(x), flex(weight), flex(grad));
+        let y = match pass {
+            Pass::Forward => Flex::conv_fwd(x, weight, options),
+            Pass::Data => Flex::conv_dgrad(x, weight, grad, options),
+            Pass::Weight => Flex::conv_wgrad(x, weight, grad, options),
+        };
+        crate::same_type::<FloatTensor<Flex>, FloatTensor<B>>(y)
+    } else {
+        return Err(format!("no kernel '{kernel}' on this backend (it has: {})", conv_kernel_names::<B>(true).join(", ")));
+    };
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }

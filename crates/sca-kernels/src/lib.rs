@@ -36,6 +36,7 @@ use matmul::MatmulKernels;
 
 pub mod conv;
 pub mod matmul;
+pub mod plan;
 
 pub use conv::gemm_conv2d;
 pub use matmul::{gemm_linear, gemm_matmul};
@@ -127,10 +128,10 @@ fn is<B: 'static, T: 'static>() -> bool {
     TypeId::of::<B>() == TypeId::of::<T>()
 }
 
-/// Says once per distinct `what` that an explicit kernel refused a shape.
-fn report_fallback(what: String, error: &impl std::fmt::Debug) {
+/// Says once per distinct `what` that an explicit kernel refused it and what runs instead.
+fn report_fallback(what: String, instead: &str, error: &impl std::fmt::Debug) {
     static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     if SEEN.lock().unwrap_or_else(|p| p.into_inner()).insert(what.clone()) {
-        eprintln!("note: explicit GPU kernel refused ({error:?}); {what} runs on the backend's own choice");
+        eprintln!("note: {what}: refused ({error:?}); runs on {instead}");
     }
 }

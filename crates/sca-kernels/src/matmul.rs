@@ -30,7 +30,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MatmulKern
     fn mm(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         let dtype = a.dtype;
         matmul::<R>(a.clone(), b.clone(), None, MatmulStrategy::Cube, dtype).unwrap_or_else(|e| {
-            report_fallback(format!("matmul {:?} x {:?}", a.shape(), b.shape()), &e);
+            report_fallback(format!("matmul {:?} x {:?}", a.shape(), b.shape()), "the backend's own choice", &e);
             Self::float_matmul(a, b)
         })
     }

@@ -75,7 +75,7 @@ fn strided_data_gradient_equals_the_stride_one_form() {
         for dtype in [FloatDType::F32, FloatDType::BF16] {
             let prim = |t: &Tensor<Flex, 4>| t.clone().cast(dtype).into_primitive().tensor();
             let want = Flex::conv2d_x_backward(prim(&x), prim(&wt), prim(&g), options.clone());
-            let got = strided_data_grad::<Flex>(prim(&x), prim(&wt), prim(&g), options.clone(), |x, w, g, o| {
+            let got = strided_data_grad::<Flex, _>(prim(&x), prim(&wt), prim(&g), options.clone(), |x, w, g, o| {
                 assert_eq!(o.stride, [1, 1]);
                 Flex::conv2d_x_backward(x, w, g, o)
             });

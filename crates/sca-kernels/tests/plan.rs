@@ -1,0 +1,137 @@
+//! Convolution plans: kernel names, the shape key, lookups, the JSON form, choosing the
+//! fastest from timings, and the bench entry point on the CPU backend.
+
+use burn::backend::Flex;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Distribution, Shape, Tensor};
+use sca_kernels::conv::{conv_kernel_names, conv_pass_on, conv_shape};
+use sca_kernels::plan::{planned_kernel, use_plan, ConvKernel, ConvPlan, ConvShape, Pass, Timing};
+
+fn stem() -> ConvShape {
+    let options = ConvOptions::new([2, 2], [3, 3], [1, 1], 1);
+    conv_shape(&Shape::new([128, 3, 224, 224]), &Shape::new([64, 3, 7, 7]), &options, DType::F32)
+}
+
+fn k(name: &str) -> ConvKernel {
+    name.parse().unwrap()
+}
+
+#[test]
+fn kernel_names_are_cubeks_and_parse_back() {
+    let all = ConvKernel::all();
+    assert_eq!(all.len(), 18);
+    for kernel in &all {
+        assert_eq!(&kernel.to_string().parse::<ConvKernel>().unwrap(), kernel);
+    }
+    assert_eq!(ConvKernel::DEFAULT.to_string(), "simple_sync_cyclic_cmma");
+    assert_eq!(k("specialized_tma_mma").to_string(), "specialized_tma_mma");
+    assert!(ConvKernel::candidates().iter().all(|c| all.contains(c)));
+    let err = "simple_sync_cmma".parse::<ConvKernel>().unwrap_err();
+    assert!(err.contains("'simple_sync_cmma'") && err.contains("simple_async_tma_cmma"), "{err}");
+}
+
+#[test]
+fn the_shape_key_leaves_out_the_batch_and_computes_the_output() {
+    let s = stem();
+    assert_eq!(s.to_string(), "3x224x224 * 64x3x7x7 s2 p3 d1 f32");
+    assert_eq!(s.output_size(), [112, 112]);
+    // 112·112 positions × 64 outputs × 147 taps, per image.
+    assert_eq!(s.macs(2), 2.0 * 112.0 * 112.0 * 64.0 * 147.0);
+    let uneven = ConvShape { stride: [2, 1], padding: [1, 0], dtype: "bf16".into(), ..s };
+    assert_eq!(uneven.to_string(), "3x224x224 * 64x3x7x7 s2,1 p1,0 d1 bf16");
+    // (224 + 2 − 6 − 1) / 2 + 1 = 110 rows; (224 − 6 − 1) / 1 + 1 = 218 columns.
+    assert_eq!(uneven.output_size(), [110, 218]);
+}
+
+#[test]
+fn lookups_go_shape_then_default_then_the_built_in_kernel() {
+    let plan = ConvPlan::parse(
+        r#"{"device": "test", "batch": 128,
+            "default": {"forward": "simple_async_cyclic_cmma"},
+            "shapes": {"3x224x224 * 64x3x7x7 s2 p3 d1 f32": {"weight": "specialized_tma_cmma"}}}"#,
+    )
+    .unwrap();
+    let other = ConvShape { dtype: "bf16".into(), ..stem() };
+    assert_eq!(plan.kernel(Pass::Weight, &stem()), k("specialized_tma_cmma"));
+    assert_eq!(plan.kernel(Pass::Weight, &other), ConvKernel::DEFAULT);
+    assert_eq!(plan.kernel(Pass::Forward, &stem()), k("simple_async_cyclic_cmma"));
+    assert_eq!(plan.kernel(Pass::Data, &stem()), ConvKernel::DEFAULT);
+
+    // The process-wide plan: none means the built-in kernel.
+    assert_eq!(planned_kernel(Pass::Weight, &stem()), ConvKernel::DEFAULT);
+    use_plan(plan.clone());
+    assert_eq!(planned_kernel(Pass::Weight, &stem()), k("specialized_tma_cmma"));
+    use_plan(ConvPlan::default());
+    assert_eq!(planned_kernel(Pass::Weight, &stem()), ConvKernel::DEFAULT);
+
+    // Written and read back unchanged.
+    let text = serde_json::to_string_pretty(&plan).unwrap();
+    assert_eq!(ConvPlan::parse(&text).unwrap(), plan);
+}
+
+#[test]
+fn bad_plans_name_what_is_wrong() {
+    let err = ConvPlan::parse(r#"{"default": {"forward": "fastest_cmma"}}"#).unwrap_err();
+    assert!(err.contains("'fastest_cmma'"), "{err}");
+    let err = ConvPlan::parse(r#"{"default": {"backward": "simple_sync_cyclic_cmma"}}"#).unwrap_err();
+    assert!(err.contains("backward"), "{err}");
+    let err = ConvPlan::parse(r#"{"shape": {}}"#).unwrap_err();
+    assert!(err.contains("shape"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("plan.json");
+    let err = ConvPlan::load(&missing).unwrap_err();
+    assert!(err.contains("plan.json"), "{err}");
+    std::fs::write(&missing, "{\"batch\": ").unwrap();
+    let err = ConvPlan::load(&missing).unwrap_err();
+    assert!(err.contains("plan.json") && err.contains("EOF"), "{err}");
+}
+
+#[test]
+fn the_fastest_plan_takes_each_shapes_best_and_a_default_fair_to_refusals() {
+    let (a, b, c) = (k("simple_sync_cyclic_cmma"), k("simple_async_tma_cmma"), k("specialized_tma_cmma"));
+    let t = |shape: &str, pass, kernel, ms| Timing { shape: shape.into(), pass, kernel, ms };
+    let timings = vec![
+        // Shape "big": b fastest; c refused it (no timing).
+        t("big", Pass::Forward, a, 10.0),
+        t("big", Pass::Forward, b, 6.0),
+        // Shape "small": c fastest, b slowest.
+        t("small", Pass::Forward, a, 1.0),
+        t("small", Pass::Forward, b, 1.5),
+        t("small", Pass::Forward, c, 0.5),
+        t("small", Pass::Weight, a, 2.0),
+    ];
+    let plan = ConvPlan::fastest(&timings, "card", 64);
+    assert_eq!((plan.device.as_str(), plan.batch), ("card", 64));
+    assert_eq!(plan.shapes["big"][&Pass::Forward], b);
+    assert_eq!(plan.shapes["small"][&Pass::Forward], c);
+    assert_eq!(plan.shapes["small"][&Pass::Weight], a);
+    assert!(!plan.shapes["big"].contains_key(&Pass::Weight));
+    // Only "small" ran on all three: there c (0.5) beats a (1.0) and b (1.5), although c
+    // never ran the big shape; summed over both shapes b would win (7.5 against 11).
+    assert_eq!(plan.default[&Pass::Forward], c);
+    assert_eq!(plan.default[&Pass::Weight], a);
+    assert!(!plan.default.contains_key(&Pass::Data));
+}
+
+#[test]
+fn the_bench_entry_runs_the_cpu_backends_own_kernels_and_refuses_others() {
+    assert_eq!(conv_kernel_names::<Flex>(true), vec!["flex".to_string()]);
+    let device = Default::default();
+    let x = Tensor::<Flex, 4>::random([2, 3, 9, 9], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<Flex, 4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+    let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
+    let y = burn::tensor::module::conv2d(x.clone(), w.clone(), None, options.clone());
+    let dy = Tensor::<Flex, 4>::random(y.dims(), Distribution::Normal(0.0, 1.0), &device);
+    let run = |pass| conv_pass_on("flex", pass, x.clone(), w.clone(), dy.clone(), options.clone()).unwrap();
+    let close = |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>| a.into_data().assert_approx_eq::<f32>(&b.into_data(), burn::tensor::Tolerance::absolute(1e-4));
+    close(run(Pass::Forward), y.clone());
+    // The gradients of Σ y·dy: the data gradient as the input's, the weight gradient as the weight's.
+    type A = burn::backend::Autodiff<Flex>;
+    let (xa, wa) = (Tensor::<A, 4>::from_inner(x.clone()).require_grad(), Tensor::<A, 4>::from_inner(w.clone()).require_grad());
+    let loss = (burn::tensor::module::conv2d(xa.clone(), wa.clone(), None, options.clone()) * Tensor::<A, 4>::from_inner(dy.clone())).sum();
+    let grads = loss.backward();
+    close(run(Pass::Data), xa.grad(&grads).unwrap());
+    close(run(Pass::Weight), wa.grad(&grads).unwrap());
+    let err = conv_pass_on("simple_sync_cyclic_cmma", Pass::Forward, x, w, dy, options).unwrap_err();
+    assert!(err.contains("'simple_sync_cyclic_cmma'") && err.contains("flex"), "{err}");
+}
