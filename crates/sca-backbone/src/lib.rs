@@ -21,5 +21,5 @@ pub mod weights;
 pub use config::{materialize, Arch, ResNetConfig};
 pub use conv::{conv_forward, conv_forward_in, ConvImpl};
 pub use precision::Precision;
-pub use resnet::{ResNet, Stages};
+pub use resnet::{ConvLayer, ResNet, Stages};
 pub use weights::{WeightsError, WeightsReport};

@@ -4,6 +4,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 
 use crate::config::{Arch, ResNetConfig};
@@ -230,6 +231,72 @@ impl<B: Backend> ResNet<B> {
     pub fn without_fc(mut self) -> Self {
         self.fc = None;
         self
+    }
+}
+
+/// One convolution of the network as a forward pass meets it: what a per-layer kernel
+/// benchmark (`sca bench convs`) needs to recreate it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvLayer {
+    /// torchvision's module path, e.g. `layer1.0.conv2`.
+    pub name: String,
+    /// Input `[C, H, W]` of one image.
+    pub input: [usize; 3],
+    /// Weight `[O, C, kh, kw]`.
+    pub weight: [usize; 4],
+    pub options: ConvOptions<2>,
+}
+
+impl ConvLayer {
+    fn of<B: Backend>(name: String, conv: &Conv2d<B>, [c, h, w]: [usize; 3]) -> Self {
+        let (top, left) = match conv.padding {
+            PaddingConfig2d::Explicit(top, left, bottom, right) => {
+                debug_assert!(top == bottom && left == right, "the ResNet pads symmetrically");
+                (top, left)
+            }
+            _ => (0, 0),
+        };
+        let options = ConvOptions::new(conv.stride, [top, left], conv.dilation, conv.groups);
+        Self { name, input: [c, h, w], weight: conv.weight.dims(), options }
+    }
+
+    /// The output `[O, H', W']`.
+    pub fn output(&self) -> [usize; 3] {
+        let o = &self.options;
+        let size = |i: usize| (self.input[1 + i] + 2 * o.padding[i] - o.dilation[i] * (self.weight[2 + i] - 1) - 1) / o.stride[i] + 1;
+        [self.weight[0], size(0), size(1)]
+    }
+}
+
+impl<B: Backend> ResNet<B> {
+    /// Every convolution of a forward pass on `[H, W]` images, in the order it runs.
+    pub fn conv_layers(&self, [h, w]: [usize; 2]) -> Vec<ConvLayer> {
+        let stem = ConvLayer::of("conv1".into(), &self.conv1, [3, h, w]);
+        let [c, mut h, mut w] = stem.output();
+        if self.maxpool.is_some() {
+            // 3×3, stride 2, padding 1.
+            (h, w) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+        }
+        let mut x = [c, h, w];
+        let mut layers = vec![stem];
+        for (i, stage) in [&self.layer1, &self.layer2, &self.layer3, &self.layer4].into_iter().enumerate() {
+            for (j, block) in stage.iter().enumerate() {
+                let name = |part: &str| format!("layer{}.{j}.{part}", i + 1);
+                if let Some(d) = &block.downsample {
+                    layers.push(ConvLayer::of(name("downsample.0"), &d.conv, x));
+                }
+                let mut y = x;
+                for (part, conv) in [("conv1", Some(&block.conv1)), ("conv2", Some(&block.conv2)), ("conv3", block.conv3.as_ref())] {
+                    if let Some(conv) = conv {
+                        let layer = ConvLayer::of(name(part), conv, y);
+                        y = layer.output();
+                        layers.push(layer);
+                    }
+                }
+                x = y;
+            }
+        }
+        layers
     }
 }
 

@@ -73,6 +73,44 @@ fn stage_shapes_at_224_and_32() {
     check(Arch::ResNet34, false, 32, [[2, 64, 8, 8], [2, 128, 4, 4], [2, 256, 2, 2], [2, 512, 1, 1]]);
 }
 
+#[test]
+fn conv_layers_list_every_convolution_with_the_shapes_a_forward_pass_gives_it() {
+    let m = model(Arch::ResNet50, false, None);
+    let layers = m.conv_layers([224, 224]);
+    // Stem, 16 bottlenecks of three, four projection shortcuts.
+    assert_eq!(layers.len(), 1 + 16 * 3 + 4);
+    assert_eq!((layers[0].name.as_str(), layers[0].input, layers[0].weight), ("conv1", [3, 224, 224], [64, 3, 7, 7]));
+    assert_eq!((layers[0].options.stride, layers[0].options.padding), ([2, 2], [3, 3]));
+    let find = |name: &str| layers.iter().find(|l| l.name == name).unwrap_or_else(|| panic!("{name}"));
+    // After the stem and max pool: 56 px; the stride sits on layer2's 3×3 (v1.5).
+    assert_eq!(find("layer1.0.downsample.0").input, [64, 56, 56]);
+    assert_eq!(find("layer2.0.conv2").input, [128, 56, 56]);
+    assert_eq!(find("layer2.0.conv2").output(), [128, 28, 28]);
+    assert_eq!(find("layer2.0.downsample.0").options.stride, [2, 2]);
+    assert_eq!(find("layer4.2.conv3").output(), [2048, 7, 7]);
+    // 23 distinct convolutions (by input, weight and options): 1 stem + 4 in layer1 (its
+    // shortcut has conv3's shape) + 6 in each later stage.
+    let mut distinct: Vec<_> = layers.iter().map(|l| format!("{:?} {:?} {:?} {:?}", l.input, l.weight, l.options.stride, l.options.padding)).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 23);
+
+    // Each stage's first input is the previous stage's output in a real forward pass.
+    for (arch, small, side) in [(Arch::ResNet50, false, 64), (Arch::ResNet18, true, 32)] {
+        let m = model(arch, small, None);
+        let layers = m.conv_layers([side, side]);
+        let stages = stage_dims(arch, small, side);
+        for (i, stage) in stages.iter().enumerate() {
+            let [_, c, h, w] = *stage;
+            if i < 3 {
+                assert_eq!(layers.iter().find(|l| l.name == format!("layer{}.0.conv1", i + 2)).unwrap().input, [c, h, w], "{arch} stage {}", i + 2);
+            } else {
+                assert_eq!(layers.last().unwrap().output(), [c, h, w], "{arch} last");
+            }
+        }
+    }
+}
+
 /// A model whose BN statistics are not the defaults, so a round trip that dropped them
 /// would show.
 fn perturbed(arch: Arch, classes: Option<usize>) -> ResNet<B> {
