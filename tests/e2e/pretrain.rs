@@ -187,3 +187,35 @@ fn gpu_benchmark_runs_scaled_down_on_the_cpu() {
     c.args(["bench", "gpu", "--device", "cpu", "--only", "a,z"]);
     assert!(run_err(c).contains("--only: unknown case 'z'"));
 }
+
+#[test]
+fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("convs.json");
+    let mut c = sca();
+    c.args(["bench", "convs", "--device", "cpu", "--arch", "resnet18", "--small-stem", "--size", "32", "--batch", "2", "--steps", "1", "--precision", "bf16"]);
+    c.args(["--plan"]).arg(tmp.path().join("plan.json")).arg("--json").arg(&json);
+    let log = run_ok(c);
+    // ResNet-18 with the small stem: 20 convolutions in 11 shapes, three passes each.
+    assert!(log.contains("20 convolutions of resnet18 at 32 px in 11 shapes"), "{log}");
+    assert!(log.contains("[11/11] 512x4x4 * 512x512x3x3 s1 p1 d1 bf16 (3 layers) measured"), "{log}");
+    assert!(log.contains("no plan written: the CPU backend has one kernel per pass"), "{log}");
+    assert!(!tmp.path().join("plan.json").exists());
+    let v: serde_json::Value = serde_json::from_slice(&read(json)).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 33);
+    assert!(rows.iter().all(|r| r["kernel"] == "flex" && r["ms"].as_f64().is_some_and(|t| t > 0.0)), "{rows:?}");
+    // The per-kernel network totals are each shape's time times its layer count.
+    let total = |pass: &str| -> f64 {
+        rows.iter().filter(|r| r["pass"] == pass).map(|r| r["ms"].as_f64().unwrap() * r["layers"].as_array().unwrap().len() as f64).sum()
+    };
+    let line = log.lines().find(|l| l.starts_with("flex ")).unwrap_or_else(|| panic!("{log}"));
+    let printed: Vec<f64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    for (i, pass) in ["forward", "data", "weight"].into_iter().enumerate() {
+        assert!((printed[i] - total(pass)).abs() <= 0.05 + 1e-3 * total(pass), "{pass}: printed {} vs {}", printed[i], total(pass));
+    }
+
+    let mut c = sca();
+    c.args(["bench", "convs", "--device", "cpu", "--kernels", "simple_sync_cyclic_cmma"]);
+    assert!(run_err(c).contains("no kernel 'simple_sync_cyclic_cmma' on this backend (it has: flex)"));
+}

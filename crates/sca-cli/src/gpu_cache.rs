@@ -6,6 +6,10 @@
 //! default, `--gpu-cache DIR` to move it or ship it with a run) and lets the level be chosen
 //! (`--autotune minimal|balanced|extensive|full`). A `cubecl.toml` and `CUBECL_*`
 //! variables are still read first; the flags override them.
+//!
+//! The same directory holds the convolution plan (`conv-plan.json`, written by
+//! `sca bench convs`): which implicit-GEMM kernel each convolution pass runs. A CUDA run
+//! uses the plan it finds there, or the one `--conv-plan FILE` names.
 
 use std::path::{Path, PathBuf};
 
@@ -41,13 +45,30 @@ pub fn runtime_config(base: CubeClRuntimeConfig, cache: &Path, level: Option<Aut
     c
 }
 
-/// The flags from the command line, kept until a command picks CUDA.
-static REQUESTED: std::sync::OnceLock<(PathBuf, Option<Autotune>)> = std::sync::OnceLock::new();
+/// The plan's file name inside the cache directory.
+pub const PLAN_FILE: &str = "conv-plan.json";
+
+/// The GPU settings from the command line, kept until a command picks CUDA.
+#[derive(Clone, Debug)]
+pub struct Requested {
+    pub cache: PathBuf,
+    pub level: Option<Autotune>,
+    /// `--conv-plan`: a plan to use instead of the cache directory's.
+    pub plan: Option<PathBuf>,
+}
+
+static REQUESTED: std::sync::OnceLock<Requested> = std::sync::OnceLock::new();
 static INSTALLED: std::sync::Once = std::sync::Once::new();
 
-/// Remembers `--gpu-cache` / `--autotune`; `main` calls it before any command runs.
-pub fn request(cache: PathBuf, level: Option<Autotune>) {
-    let _ = REQUESTED.set((cache, level));
+/// Remembers `--gpu-cache` / `--autotune` / `--conv-plan`; `main` calls it before any
+/// command runs.
+pub fn request(requested: Requested) {
+    let _ = REQUESTED.set(requested);
+}
+
+/// What was requested (the defaults when nothing was).
+pub fn requested() -> Requested {
+    REQUESTED.get().cloned().unwrap_or_else(|| Requested { cache: PathBuf::from(DEFAULT_CACHE_DIR), level: None, plan: None })
 }
 
 /// Installs the requested settings once, when a command has chosen CUDA and before its
@@ -55,10 +76,34 @@ pub fn request(cache: PathBuf, level: Option<Autotune>) {
 pub fn install_requested() -> anyhow::Result<()> {
     let mut result = Ok(());
     INSTALLED.call_once(|| {
-        let (cache, level) = REQUESTED.get().cloned().unwrap_or_else(|| (PathBuf::from(DEFAULT_CACHE_DIR), None));
-        result = install(&cache, level).map(|_| ());
+        let r = requested();
+        result = install(&r.cache, r.level).map(|_| ()).and_then(|_| install_plan(&r));
     });
     result
+}
+
+/// The convolution plan a CUDA run uses: `--conv-plan`'s (which must exist), else the cache
+/// directory's if there is one. Says which on stderr.
+fn install_plan(r: &Requested) -> anyhow::Result<()> {
+    let Some(path) = plan_path(r) else {
+        eprintln!("convolution kernels: built-in default ({}; `sca bench convs` measures a plan)", sca_kernels::plan::ConvKernel::DEFAULT);
+        return Ok(());
+    };
+    let plan = sca_kernels::plan::ConvPlan::load(&path).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "convolution kernels: plan {} ({} shapes, measured on {} at batch {})",
+        path.display(),
+        plan.shapes.len(),
+        if plan.device.is_empty() { "an unnamed device" } else { &plan.device },
+        plan.batch
+    );
+    sca_kernels::plan::use_plan(plan);
+    Ok(())
+}
+
+/// `--conv-plan` if given, else `conv-plan.json` in the cache directory if it exists.
+pub fn plan_path(r: &Requested) -> Option<PathBuf> {
+    r.plan.clone().or_else(|| Some(r.cache.join(PLAN_FILE)).filter(|p| p.exists()))
 }
 
 fn install(cache: &Path, level: Option<Autotune>) -> anyhow::Result<PathBuf> {
@@ -83,5 +128,18 @@ mod tests {
         let mut base = CubeClRuntimeConfig::default();
         base.autotune.level = AutotuneLevel::Full;
         assert!(matches!(runtime_config(base, Path::new("/tmp/x"), None).autotune.level, AutotuneLevel::Full));
+    }
+
+    #[test]
+    fn the_plan_comes_from_the_flag_else_from_the_cache_directory_if_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = |plan: Option<&str>| Requested { cache: dir.path().to_path_buf(), level: None, plan: plan.map(PathBuf::from) };
+        assert_eq!(plan_path(&r(None)), None);
+        std::fs::write(dir.path().join(PLAN_FILE), "{}").unwrap();
+        assert_eq!(plan_path(&r(None)), Some(dir.path().join(PLAN_FILE)));
+        assert_eq!(plan_path(&r(Some("/elsewhere/p.json"))), Some(PathBuf::from("/elsewhere/p.json")));
+        // A named plan that is missing is an error naming it, not a silent default.
+        let err = install_plan(&r(Some("/elsewhere/p.json"))).unwrap_err().to_string();
+        assert!(err.contains("/elsewhere/p.json"), "{err}");
     }
 }

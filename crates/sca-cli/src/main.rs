@@ -23,6 +23,10 @@ struct Cli {
     /// How hard the CUDA backend autotunes kernels (default: CubeCL's, `balanced`).
     #[arg(long, global = true, value_enum)]
     autotune: Option<gpu_cache::Autotune>,
+    /// Which implicit-GEMM kernel each convolution pass runs on CUDA (a JSON plan from
+    /// `sca bench convs`; default: `conv-plan.json` in the GPU cache if there is one).
+    #[arg(long, global = true)]
+    conv_plan: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -44,7 +48,7 @@ enum Command {
     CamMetrics(cmd::eval::CamArgs),
     /// Export a backbone for torchvision and Detectron2.
     Export(cmd::export::Args),
-    /// Throughput benchmarks (training step, add-on share, k-means).
+    /// Throughput benchmarks (training step, add-on share, k-means, the GPU set, convolution kernels).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
 }
@@ -52,7 +56,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     // Applied when a command picks CUDA (device.rs), so CPU runs create no cache directory.
-    gpu_cache::request(cli.gpu_cache, cli.autotune);
+    gpu_cache::request(gpu_cache::Requested { cache: cli.gpu_cache, level: cli.autotune, plan: cli.conv_plan });
     let result = match cli.command {
         Command::Info(args) => cmd::info::run(args),
         Command::Weights(args) => cmd::weights::run(args),

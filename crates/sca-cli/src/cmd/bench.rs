@@ -60,6 +60,16 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
         only: Vec<char>,
     },
+    /// Every convolution shape of a ResNet, each pass on each candidate kernel: a per-layer
+    /// table, and on CUDA the fastest kernel per shape and pass written as the convolution
+    /// plan later runs use (`conv-plan.json` in the GPU cache). `--batch` is images per
+    /// convolution (default: 128 on CUDA, two 224-px crops of 64; 2 on the CPU).
+    Convs {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: crate::cmd::bench_convs::ConvsArgs,
+    },
     /// Data-parallel step on CPU replicas (threads, burn-collective): time per step, time in
     /// collectives and its share, bytes summed per step; against one replica with the same
     /// global batch. ResNet-18, small stem, 32 px, SwAV + add-on, SyncBN.
@@ -92,12 +102,19 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         | BenchCommand::Addon(c)
         | BenchCommand::Kmeans { common: c, .. }
         | BenchCommand::Gpu { common: c, .. }
+        | BenchCommand::Convs { common: c, .. }
         | BenchCommand::Distributed { common: c, .. } => {
             c.clone()
         }
     };
     let choice = common.device.resolve_and_report()?;
     let device_name = choice.to_string();
+    if let BenchCommand::Convs { common, args } = &cmd {
+        // Its own tables (per shape and kernel), not the throughput table below.
+        let cuda = matches!(choice, crate::device::Choice::Cuda(_));
+        let batch = common.batch.unwrap_or(if cuda { 128 } else { 2 });
+        return with_backend!(choice, |B, device| crate::cmd::bench_convs::convs::<B>(args, batch, common.steps, &device_name, common.json.as_ref(), device));
+    }
     let rows = with_backend!(choice, |B, device| match cmd {
         BenchCommand::Pretrain(c) => pretrain::<B>(&c, matches!(choice, crate::device::Choice::Cuda(_)), device)?,
         BenchCommand::Addon(c) => addon::<B>(&c, device)?,
@@ -107,6 +124,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             gpu::<B>(&common, cuda, GpuCases { scale, size, feature_batch, conv, precision, only }, device)?
         }
         BenchCommand::Distributed { common, replicas } => distributed::<B>(&common, replicas, device)?,
+        BenchCommand::Convs { .. } => unreachable!("handled above"),
     });
     println!("\n{:<64} {:>12} {:>12} {:>14}", "case", "images/s", "ms/step", "first step s");
     for r in &rows {

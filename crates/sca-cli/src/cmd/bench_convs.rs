@@ -1,0 +1,296 @@
+//! `sca bench convs`: every convolution shape of a ResNet, each pass (forward, data gradient,
+//! weight gradient) on each candidate kernel, timed alone; then the fastest kernel per shape
+//! and pass written as a convolution plan (`sca_kernels::plan`), which later CUDA runs use.
+//!
+//! This is the per-layer profile of the convolutions (where a step's time goes, and which
+//! layers a kernel handles badly) and the one-time tuning in one: the plan lands beside the
+//! compiled kernels in the GPU cache directory, so a run compiles only the kernels it uses.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, FloatDType, Tensor};
+use sca_backbone::{Arch, ConvLayer, Precision, ResNetConfig};
+use sca_kernels::conv::{conv_kernel_names, conv_pass_on, conv_shape};
+use sca_kernels::plan::{ConvPlan, ConvShape, Pass, Timing};
+use serde_json::json;
+
+use crate::files;
+
+#[derive(clap::Args, Clone)]
+pub struct ConvsArgs {
+    /// Network whose convolutions are measured.
+    #[arg(long, default_value = "resnet50")]
+    pub arch: Arch,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    /// The small-image stem (3×3, no max pool).
+    #[arg(long)]
+    pub small_stem: bool,
+    /// Arithmetic of the convolutions: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// Kernels to compare: names (see `sca_kernels::plan::ConvKernel`), `all` for all
+    /// eighteen; default: the eight candidates (burn-cubecl's six and two warp-specialised).
+    #[arg(long, value_delimiter = ',')]
+    pub kernels: Vec<String>,
+    /// Passes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "forward,data,weight")]
+    pub passes: Vec<Pass>,
+    /// Where the plan goes (CUDA only; default: `conv-plan.json` in the GPU cache directory,
+    /// where later runs find it).
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+}
+
+/// One distinct convolution and the layers that have its shape.
+struct Problem {
+    layer: ConvLayer,
+    shape: ConvShape,
+    names: Vec<String>,
+}
+
+/// The network's convolutions grouped by shape, in the order a forward pass meets them.
+fn problems(args: &ConvsArgs, dtype: &str) -> Vec<Problem> {
+    type Cpu = burn::backend::Flex;
+    let model = ResNetConfig::new(args.arch).with_small_stem(args.small_stem).init::<Cpu>(&Default::default());
+    let dtype = match dtype {
+        "bf16" => burn::tensor::DType::BF16,
+        "f16" => burn::tensor::DType::F16,
+        _ => burn::tensor::DType::F32,
+    };
+    let mut out: Vec<Problem> = Vec::new();
+    for layer in model.conv_layers([args.size, args.size]) {
+        let [c, h, w] = layer.input;
+        let shape = conv_shape(&[1, c, h, w].into(), &layer.weight.into(), &layer.options, dtype);
+        match out.iter_mut().find(|p| p.shape == shape) {
+            Some(p) => p.names.push(layer.name),
+            None => out.push(Problem { names: vec![layer.name.clone()], layer, shape }),
+        }
+    }
+    out
+}
+
+/// Runs the benchmark; returns the rows for the JSON and prints the tables.
+pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, device_name: &str, json_path: Option<&PathBuf>, device: B::Device) -> anyhow::Result<()> {
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    let compute = args.precision.compute_dtype();
+    let dtype_name = match compute {
+        Some(FloatDType::BF16) => "bf16",
+        Some(FloatDType::F16) => "f16",
+        _ => "f32",
+    };
+    let kernels = choose_kernels::<I<B>>(&args.kernels)?;
+    let problems = problems(args, dtype_name);
+    let plan_path = plan_destination::<I<B>>(args)?;
+    eprintln!(
+        "{} convolutions of {} at {} px in {} shapes; {} passes × {} kernels each, batch {batch}, {steps} timed runs after one warm-up (which compiles)",
+        problems.iter().map(|p| p.names.len()).sum::<usize>(),
+        args.arch,
+        args.size,
+        problems.len(),
+        args.passes.len(),
+        kernels.len()
+    );
+    let mut timings: Vec<Timing> = Vec::new();
+    let mut rows = Vec::new();
+    let t_start = Instant::now();
+    for (i, p) in problems.iter().enumerate() {
+        let [c, h, w] = p.layer.input;
+        let [o, oh, ow] = p.layer.output();
+        let cast = |t: Tensor<I<B>, 4>| match compute {
+            Some(d) => t.cast(d),
+            None => t,
+        };
+        let x = cast(Tensor::random([batch, c, h, w], Distribution::Normal(0.0, 1.0), &device));
+        let weight = cast(Tensor::random(p.layer.weight, Distribution::Normal(0.0, 0.05), &device));
+        let grad = cast(Tensor::random([batch, o, oh, ow], Distribution::Normal(0.0, 1.0), &device));
+        for &pass in &args.passes {
+            for kernel in &kernels {
+                let run = || conv_pass_on(kernel, pass, x.clone(), weight.clone(), grad.clone(), p.layer.options.clone());
+                let (result, first_s, ms) = time_kernel::<I<B>>(run, steps, &device)?;
+                let mut row = json!({
+                    "shape": p.shape.to_string(), "layers": p.names, "pass": pass, "kernel": kernel,
+                    "batch": batch, "first_s": first_s,
+                });
+                match result {
+                    Ok(()) => {
+                        row["ms"] = json!(ms);
+                        row["tflops"] = json!(2.0 * p.shape.macs(batch) / (ms * 1e-3) / 1e12);
+                        if let Ok(k) = kernel.parse() {
+                            timings.push(Timing { shape: p.shape.to_string(), pass, kernel: k, ms });
+                        }
+                    }
+                    Err(why) => row["refused"] = json!(why),
+                }
+                rows.push(row);
+            }
+        }
+        let done = t_start.elapsed().as_secs_f64();
+        let eta = done / (i + 1) as f64 * (problems.len() - i - 1) as f64;
+        eprintln!("[{}/{}] {} ({} layers) measured; {:.0} s so far, about {:.0} s left", i + 1, problems.len(), p.shape, p.names.len(), done, eta);
+        // Written as the run goes: a session that runs out of time keeps what it measured.
+        save(&rows, &timings, device_name, batch, json_path, plan_path.as_ref())?;
+    }
+    print_tables(&problems, &rows, &kernels, &args.passes);
+    if let Some(path) = &plan_path {
+        eprintln!("plan written to {} (later CUDA runs with this GPU cache use it)", path.display());
+    }
+    Ok(())
+}
+
+/// The kernels to compare: the named ones, all, or the default candidates.
+fn choose_kernels<B: Backend>(asked: &[String]) -> anyhow::Result<Vec<String>> {
+    let available = conv_kernel_names::<B>(true);
+    anyhow::ensure!(!available.is_empty(), "this backend has no convolution kernels to compare");
+    if asked.is_empty() {
+        let candidates = conv_kernel_names::<B>(false);
+        return Ok(candidates);
+    }
+    if asked.len() == 1 && asked[0] == "all" {
+        return Ok(available);
+    }
+    for k in asked {
+        anyhow::ensure!(available.contains(k), "--kernels: no kernel '{k}' on this backend (it has: {})", available.join(", "));
+    }
+    Ok(asked.to_vec())
+}
+
+/// Where the plan is written: CUDA only (the CPU backend has one kernel per pass).
+fn plan_destination<B: Backend>(args: &ConvsArgs) -> anyhow::Result<Option<PathBuf>> {
+    if !sca_kernels::on_cuda::<B>() {
+        if args.plan.is_some() {
+            eprintln!("note: no plan written: the CPU backend has one kernel per pass (--plan ignored)");
+        }
+        return Ok(None);
+    }
+    Ok(Some(args.plan.clone().unwrap_or_else(|| crate::gpu_cache::requested().cache.join(crate::gpu_cache::PLAN_FILE))))
+}
+
+/// One warm-up call (compilation included), then `steps` timed calls; the result says
+/// whether the kernel took the shape.
+fn time_kernel<B: Backend>(run: impl Fn() -> Result<Tensor<B, 4>, String>, steps: usize, device: &B::Device) -> anyhow::Result<(Result<(), String>, f64, f64)> {
+    let t0 = Instant::now();
+    if let Err(why) = run() {
+        return Ok((Err(why), 0.0, 0.0));
+    }
+    B::sync(device)?;
+    let first = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for _ in 0..steps.max(1) {
+        run().map_err(anyhow::Error::msg)?;
+    }
+    B::sync(device)?;
+    Ok((Ok(()), first, t0.elapsed().as_secs_f64() * 1e3 / steps.max(1) as f64))
+}
+
+fn save(rows: &[serde_json::Value], timings: &[Timing], device: &str, batch: usize, json_path: Option<&PathBuf>, plan_path: Option<&PathBuf>) -> anyhow::Result<()> {
+    if let Some(path) = json_path {
+        let doc = json!({ "device": device, "rows": rows });
+        files::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    }
+    if let Some(path) = plan_path {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let plan = ConvPlan::fastest(timings, device, batch);
+        files::write_atomic(path, serde_json::to_string_pretty(&plan)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Per shape and pass, each kernel's milliseconds (the fastest marked `*`); then per
+/// kernel, the time of one network pass (each shape's time × its layer count).
+fn print_tables(problems: &[Problem], rows: &[serde_json::Value], kernels: &[String], passes: &[Pass]) {
+    let ms_of = |shape: &str, pass: Pass, kernel: &str| -> Option<f64> {
+        rows.iter()
+            .find(|r| r["shape"] == shape && r["pass"] == json!(pass) && r["kernel"] == kernel)
+            .and_then(|r| r["ms"].as_f64())
+    };
+    let short: Vec<String> = kernels.iter().map(|k| abbreviate(k)).collect();
+    println!("\nmilliseconds per call (* fastest; - refused)");
+    println!("{:<44} {:>3} {:<7} {}", "shape", "n", "pass", short.iter().map(|k| format!("{k:>9}")).collect::<String>());
+    let mut totals: BTreeMap<(Pass, usize), (f64, usize)> = BTreeMap::new();
+    let mut best_total: BTreeMap<Pass, f64> = BTreeMap::new();
+    for p in problems {
+        let key = p.shape.to_string();
+        let n = p.names.len();
+        for &pass in passes {
+            let times: Vec<Option<f64>> = kernels.iter().map(|k| ms_of(&key, pass, k)).collect();
+            let best = times.iter().flatten().copied().fold(f64::INFINITY, f64::min);
+            if best.is_finite() {
+                *best_total.entry(pass).or_default() += best * n as f64;
+            }
+            let cells: String = times
+                .iter()
+                .map(|t| match t {
+                    Some(ms) => format!("{:>8.3}{}", ms, if *ms == best { '*' } else { ' ' }),
+                    None => format!("{:>9}", "-"),
+                })
+                .collect();
+            println!("{:<44} {:>3} {:<7} {cells}", key, n, pass.name());
+            for (i, t) in times.iter().enumerate() {
+                let e = totals.entry((pass, i)).or_default();
+                match t {
+                    Some(ms) => e.0 += ms * n as f64,
+                    None => e.1 += n,
+                }
+            }
+        }
+    }
+    println!("\none network pass, ms (layers × ms; refused layers not counted, their number after '+')");
+    println!("{:<28} {}", "kernel", passes.iter().map(|p| format!("{:>16}", p.name())).collect::<String>());
+    for (i, k) in kernels.iter().enumerate() {
+        let cells: String = passes
+            .iter()
+            .map(|&p| {
+                let (ms, refused) = totals.get(&(p, i)).copied().unwrap_or_default();
+                if refused > 0 {
+                    format!("{:>11.1} +{:<3}", ms, refused)
+                } else {
+                    format!("{ms:>16.1}")
+                }
+            })
+            .collect();
+        println!("{k:<28} {cells}");
+    }
+    let cells: String = passes.iter().map(|p| format!("{:>16.1}", best_total.get(p).copied().unwrap_or(0.0))).collect();
+    println!("{:<28} {cells}", "fastest per shape (plan)");
+}
+
+/// `simple_async_cyclic_cmma` → `sac.cmma`: the table's column heads.
+fn abbreviate(kernel: &str) -> String {
+    let Some((algorithm, tile)) = kernel.rsplit_once('_') else {
+        return kernel.to_string();
+    };
+    let letters: String = algorithm.split('_').filter_map(|w| w.chars().next()).collect();
+    format!("{letters}.{tile}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_heads_abbreviate_kernel_names() {
+        assert_eq!(abbreviate("simple_async_cyclic_cmma"), "sac.cmma");
+        assert_eq!(abbreviate("specialized_tma_mma"), "st.mma");
+        assert_eq!(abbreviate("flex"), "flex");
+    }
+
+    #[test]
+    fn resnet50_has_23_shapes_and_layer_counts_sum_to_53() {
+        let args = ConvsArgs { arch: Arch::ResNet50, size: 224, small_stem: false, precision: Precision::F32, kernels: vec![], passes: Pass::ALL.to_vec(), plan: None };
+        let ps = problems(&args, "f32");
+        assert_eq!(ps.len(), 23);
+        assert_eq!(ps.iter().map(|p| p.names.len()).sum::<usize>(), 53);
+        // layer1's 3×3 appears in all three blocks; its 1×1 64→256 is also the shortcut.
+        let three = ps.iter().find(|p| p.shape.to_string() == "64x56x56 * 64x64x3x3 s1 p1 d1 f32").unwrap();
+        assert_eq!(three.names, ["layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"]);
+        let widen = ps.iter().find(|p| p.shape.to_string() == "64x56x56 * 256x64x1x1 s1 p0 d1 f32").unwrap();
+        assert_eq!(widen.names, ["layer1.0.downsample.0", "layer1.0.conv3", "layer1.1.conv3", "layer1.2.conv3"]);
+    }
+}
