@@ -7,11 +7,14 @@
 #
 #   bash bench/gpu_session.sh [OUT] [PART]
 #
-# PART splits the session in two calls of a few minutes each (all = both, the default):
-#   core  ours with gemm convolutions (implicit GEMM, no autotune) in f32, cold (caches empty:
-#         the first step includes compilation and tuning) and warm (same caches), then bf16,
-#         on (a) and (c); then PyTorch's training step (a) in fp32, TF32 and bf16.
-#   more  the add-on step (b), k-means (d) and KNN (e); PyTorch's features (c).
+# PART splits the session in calls of a few minutes each (all = core and more, the default):
+#   core  ours with gemm convolutions (implicit GEMM, no autotune) in f32 on (a), cold
+#         (caches empty: the first step includes compilation) on the built-in kernels; then
+#         `sca bench convs` (every ResNet-50 convolution shape × pass × candidate kernel,
+#         which writes the fastest per shape as the plan in the cache) and (a) again with
+#         that plan; then PyTorch's training step (a) in fp32, TF32 and bf16.
+#   more  bf16 on (a) and (c) with the plan, the add-on step (b), k-means (d) and KNN (e);
+#         PyTorch's features (c).
 #   profile  bench/profile_step.sh under OUT/profile: per-kernel time of the timed steps.
 set -u
 OUT=${1:-gpu-bench}
@@ -39,13 +42,25 @@ torch() {
     echo "torch $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
 }
 
+# convs NAME LIMIT_S ARGS...: `sca bench convs`, its plan into the cache (later runs use it).
+convs() {
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$SCA" bench convs --device cuda --gpu-cache "$CACHE" --json "$OUT/convs-$name.json" "$@" > "$OUT/convs-$name.log" 2>&1
+    echo "convs $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+    cp "$CACHE/conv-plan.json" "$OUT/conv-plan-$name.json" 2>/dev/null
+}
+
 if [ "$PART" = core ] || [ "$PART" = all ]; then
-    ours cold 200 --only a,c --conv gemm --precision f32 --steps 5
-    ours warm 80 --only a --conv gemm --precision f32 --steps 5
-    ours bf16 140 --only a,c --conv gemm --precision bf16 --steps 5
+    ours cold 150 --only a --conv gemm --precision f32 --steps 3
+    convs f32 240 --precision f32 --steps 3
+    ours plan 90 --only a --conv gemm --precision f32 --steps 5
     torch train 100 --cases train
 fi
 if [ "$PART" = more ] || [ "$PART" = all ]; then
+    convs bf16 180 --precision bf16 --steps 3
+    ours bf16 120 --only a,c --conv gemm --precision bf16 --steps 5
     ours rest 150 --only b,d,e --conv gemm --precision f32
     torch features 60 --cases features
 fi
@@ -71,4 +86,8 @@ for path in sorted(glob.glob(os.path.join(out, "torch*.json"))):
         case = f"{r.get('case', '?')} {r.get('precision', '')}"
         print(f"{'torch':<7} {case[:66]:<66} {f('images_per_s'):>9} {f('ms_per_step'):>9} {f('first_step_s'):>8}")
 EOF
+# The per-kernel network totals of each convolution benchmark.
+for log in "$OUT"/convs-*.log; do
+    [ -f "$log" ] && { echo; echo "$(basename "$log"):"; sed -n '/^one network pass/,$p' "$log"; }
+done
 cat "$OUT/runs.txt" 2>/dev/null

@@ -247,6 +247,17 @@ impl ConvPlan {
         }
         ConvPlan { device: device.to_string(), batch, default, shapes }
     }
+
+    /// This plan laid over `older`: shapes and passes this one measured replace older
+    /// entries, the others stay (a bf16 measurement keeps the f32 choices); the device,
+    /// batch and per-pass defaults are this plan's.
+    pub fn over(self, older: ConvPlan) -> ConvPlan {
+        let mut shapes = older.shapes;
+        for (shape, kernels) in self.shapes {
+            shapes.entry(shape).or_default().extend(kernels);
+        }
+        ConvPlan { shapes, ..self }
+    }
 }
 
 /// One measured (shape, pass, kernel): milliseconds per call, weighted by nothing.

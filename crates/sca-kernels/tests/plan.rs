@@ -111,6 +111,19 @@ fn the_fastest_plan_takes_each_shapes_best_and_a_default_fair_to_refusals() {
     assert_eq!(plan.default[&Pass::Forward], c);
     assert_eq!(plan.default[&Pass::Weight], a);
     assert!(!plan.default.contains_key(&Pass::Data));
+
+    // Laid over an older plan: re-measured entries replace, the rest stay.
+    let older = ConvPlan::parse(
+        r#"{"device": "old", "default": {"data": "simple_sync_strided_mma"},
+            "shapes": {"small": {"weight": "simple_async_tma_mma", "data": "simple_async_tma_mma"}, "f32 only": {"forward": "simple_async_tma_mma"}}}"#,
+    )
+    .unwrap();
+    let merged = plan.clone().over(older);
+    assert_eq!((merged.device.as_str(), &merged.default), ("card", &plan.default));
+    assert_eq!(merged.shapes["small"][&Pass::Weight], a);
+    assert_eq!(merged.shapes["small"][&Pass::Data], k("simple_async_tma_mma"));
+    assert_eq!(merged.shapes["f32 only"][&Pass::Forward], k("simple_async_tma_mma"));
+    assert_eq!(merged.shapes["big"], plan.shapes["big"]);
 }
 
 #[test]

@@ -86,6 +86,12 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
     let kernels = choose_kernels::<I<B>>(&args.kernels)?;
     let problems = problems(args, dtype_name);
     let plan_path = plan_destination::<I<B>>(args)?;
+    // Entries of an existing plan that this run does not re-measure (another precision,
+    // another network) are kept.
+    let older = match plan_path.as_ref().filter(|p| p.exists()) {
+        Some(p) => ConvPlan::load(p).map_err(|e| anyhow::anyhow!("{e} (move it away to start a new plan)"))?,
+        None => ConvPlan::default(),
+    };
     eprintln!(
         "{} convolutions of {} at {} px in {} shapes; {} passes × {} kernels each, batch {batch}, {steps} timed runs after one warm-up (which compiles)",
         problems.iter().map(|p| p.names.len()).sum::<usize>(),
@@ -133,7 +139,8 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
         let eta = done / (i + 1) as f64 * (problems.len() - i - 1) as f64;
         eprintln!("[{}/{}] {} ({} layers) measured; {:.0} s so far, about {:.0} s left", i + 1, problems.len(), p.shape, p.names.len(), done, eta);
         // Written as the run goes: a session that runs out of time keeps what it measured.
-        save(&rows, &timings, device_name, batch, json_path, plan_path.as_ref())?;
+        let plan = ConvPlan::fastest(&timings, device_name, batch).over(older.clone());
+        save(&rows, device_name, json_path, plan_path.as_ref().map(|p| (p, &plan)))?;
     }
     print_tables(&problems, &rows, &kernels, &args.passes);
     if let Some(path) = &plan_path {
@@ -171,13 +178,22 @@ fn plan_destination<B: Backend>(args: &ConvsArgs) -> anyhow::Result<Option<PathB
 }
 
 /// One warm-up call (compilation included), then `steps` timed calls; the result says
-/// whether the kernel took the shape.
+/// whether the kernel took the shape. A kernel that panics while being set up counts as
+/// refusing it, so one bad candidate does not end the measurement of the others.
 fn time_kernel<B: Backend>(run: impl Fn() -> Result<Tensor<B, 4>, String>, steps: usize, device: &B::Device) -> anyhow::Result<(Result<(), String>, f64, f64)> {
     let t0 = Instant::now();
-    if let Err(why) = run() {
-        return Ok((Err(why), 0.0, 0.0));
+    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run()?;
+        B::sync(device).map_err(|e| format!("{e:?}"))
+    }));
+    match first {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return Ok((Err(why), 0.0, 0.0)),
+        Err(panic) => {
+            let why = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            return Ok((Err(format!("panicked: {}", why.unwrap_or_default())), 0.0, 0.0));
+        }
     }
-    B::sync(device)?;
     let first = t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
     for _ in 0..steps.max(1) {
@@ -187,17 +203,16 @@ fn time_kernel<B: Backend>(run: impl Fn() -> Result<Tensor<B, 4>, String>, steps
     Ok((Ok(()), first, t0.elapsed().as_secs_f64() * 1e3 / steps.max(1) as f64))
 }
 
-fn save(rows: &[serde_json::Value], timings: &[Timing], device: &str, batch: usize, json_path: Option<&PathBuf>, plan_path: Option<&PathBuf>) -> anyhow::Result<()> {
+fn save(rows: &[serde_json::Value], device: &str, json_path: Option<&PathBuf>, plan: Option<(&PathBuf, &ConvPlan)>) -> anyhow::Result<()> {
     if let Some(path) = json_path {
         let doc = json!({ "device": device, "rows": rows });
         files::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
-    if let Some(path) = plan_path {
+    if let Some((path, plan)) = plan {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let plan = ConvPlan::fastest(timings, device, batch);
-        files::write_atomic(path, serde_json::to_string_pretty(&plan)?.as_bytes())?;
+        files::write_atomic(path, serde_json::to_string_pretty(plan)?.as_bytes())?;
     }
     Ok(())
 }
