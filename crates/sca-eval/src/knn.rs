@@ -11,6 +11,8 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+// Similarity blocks on an explicit matmul kernel (no per-shape autotuning on CUDA).
+use sca_kernels::gemm_matmul;
 use serde::{Deserialize, Serialize};
 
 /// Accuracy of a KNN evaluation, in percent.
@@ -77,7 +79,7 @@ fn nearest_host<B: Backend>(bank: &Tensor<B, 2>, queries: &Tensor<B, 2>, k: usiz
         let q = queries.clone().slice([q0..q1, 0..d]);
         for b0 in (0..n_bank).step_by(chunk) {
             let b1 = (b0 + chunk).min(n_bank);
-            let sim: Vec<f32> = q.clone().matmul(bank.clone().slice([b0..b1, 0..d]).transpose()).into_data().convert::<f32>().to_vec().expect("f32 similarities");
+            let sim: Vec<f32> = gemm_matmul(q.clone(), bank.clone().slice([b0..b1, 0..d]).transpose()).into_data().convert::<f32>().to_vec().expect("f32 similarities");
             top[q0..q1].par_iter_mut().zip(sim.par_chunks(b1 - b0)).for_each(|(t, row)| merge_row(t, row, b0, k));
         }
     }
@@ -118,7 +120,7 @@ fn nearest_device<B: Backend>(bank: &Tensor<B, 2>, queries: &Tensor<B, 2>, k: us
         for b0 in (0..n_bank).step_by(chunk) {
             let b1 = (b0 + chunk).min(n_bank);
             let block = bank.clone().slice([b0..b1, 0..d]);
-            let sim = q.clone().matmul(block.transpose());
+            let sim = gemm_matmul(q.clone(), block.transpose());
             let (v, i) = sim.topk_with_indices(k.min(b1 - b0), 1);
             let i = i.add_scalar(b0 as i64);
             running = Some(match running {
