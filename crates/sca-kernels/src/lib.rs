@@ -6,8 +6,11 @@
 //! finishing within minutes, and a kernel profile of the first forward pass showed 54
 //! matmul candidates compiled in it (63 s of 77 s; docs/BENCHMARKS.md, section GPU).
 //!
-//! - [`conv`]: [`gemm_conv2d`], forward, data and weight gradients on burn-cubecl's
-//!   implicit-GEMM kernels (tensor cores; TF32 for f32 inputs).
+//! - [`conv`]: [`gemm_conv2d`], forward, data and weight gradients on cubek's implicit-GEMM
+//!   kernels (tensor cores; TF32 for f32 inputs), each pass on the kernel the current
+//!   [`plan`] names for its shape.
+//! - [`plan`]: [`plan::ConvPlan`], which of cubek's eighteen convolution kernels each pass of
+//!   each shape runs, as `sca bench convs` measures and writes it.
 //! - [`matmul`]: [`gemm_matmul`] and [`gemm_linear`], matmul and its two gradients on
 //!   cubek's tiled tensor-core matmul.
 //!
