@@ -193,7 +193,7 @@ fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("convs.json");
     let mut c = sca();
-    c.args(["bench", "convs", "--device", "cpu", "--arch", "resnet18", "--small-stem", "--size", "32", "--batch", "2", "--steps", "1", "--precision", "bf16"]);
+    c.args(["bench", "convs", "--device", "cpu", "--arch", "resnet18", "--small-stem", "--size", "32", "--batch", "2", "--steps", "1", "--precision", "bf16", "--kernels", "flex"]);
     c.args(["--plan"]).arg(tmp.path().join("plan.json")).arg("--json").arg(&json);
     let log = run_ok(c);
     // ResNet-18 with the small stem: 20 convolutions in 11 shapes, three passes each.
@@ -201,7 +201,7 @@ fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
     assert!(log.contains("[11/11] 512x4x4 * 512x512x3x3 s1 p1 d1 bf16 (3 layers) measured"), "{log}");
     assert!(log.contains("no plan written: the CPU backend has one kernel per pass"), "{log}");
     assert!(!tmp.path().join("plan.json").exists());
-    let v: serde_json::Value = serde_json::from_slice(&read(json)).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&read(json.clone())).unwrap();
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 33);
     assert!(rows.iter().all(|r| r["kernel"] == "flex" && r["ms"].as_f64().is_some_and(|t| t > 0.0)), "{rows:?}");
@@ -217,5 +217,22 @@ fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
 
     let mut c = sca();
     c.args(["bench", "convs", "--device", "cpu", "--kernels", "simple_sync_cyclic_cmma"]);
-    assert!(run_err(c).contains("no kernel 'simple_sync_cyclic_cmma' on this backend (it has: flex)"));
+    assert!(run_err(c).contains("no kernel 'simple_sync_cyclic_cmma' on this backend (it has: flex, batched_matmul)"));
+
+    // The default candidates on the CPU: the backend's kernel and the batched matmul, which
+    // takes the weight gradients of ResNet-50's 12 stride-1 1×1 shapes and refuses the
+    // other 11 (3×3s, the stem, strided shortcuts).
+    let mut c = sca();
+    c.args(["bench", "convs", "--device", "cpu", "--small-stem", "--size", "16", "--batch", "2", "--steps", "1", "--passes", "weight", "--json"]).arg(&json);
+    let log = run_ok(c);
+    let v: serde_json::Value = serde_json::from_slice(&read(json)).unwrap();
+    let batched: Vec<&serde_json::Value> = v["rows"].as_array().unwrap().iter().filter(|r| r["kernel"] == "batched_matmul").collect();
+    assert_eq!(batched.len(), 23);
+    let took: Vec<&str> = batched.iter().filter(|r| r["ms"].is_number()).map(|r| r["shape"].as_str().unwrap()).collect();
+    assert_eq!(took.len(), 12, "{took:?}");
+    assert!(took.iter().all(|s| s.contains("x1x1 s1 p0")), "{took:?}");
+    assert!(batched.iter().filter(|r| r["refused"].is_string()).all(|r| r["refused"].as_str().unwrap().contains("only weight gradients of 1×1")));
+    // Its network total counts the layers it took and says how many it refused.
+    let line = log.lines().find(|l| l.starts_with("batched_matmul ")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.trim_end().ends_with(&format!("+{}", 53 - 36 + 3)), "{line}");
 }

@@ -9,8 +9,9 @@
 //! - [`conv`]: [`gemm_conv2d`], forward, data and weight gradients on cubek's implicit-GEMM
 //!   kernels (tensor cores; TF32 for f32 inputs), each pass on the kernel the current
 //!   [`plan`] names for its shape.
-//! - [`plan`]: [`plan::ConvPlan`], which of cubek's eighteen convolution kernels each pass of
-//!   each shape runs, as `sca bench convs` measures and writes it.
+//! - [`plan`]: [`plan::ConvPlan`], which of cubek's eighteen convolution kernels (or, for
+//!   the weight gradient of 1×1 convolutions, a batched matmul split over the batch) each
+//!   pass of each shape runs, as `sca bench convs` measures and writes it.
 //! - [`matmul`]: [`gemm_matmul`] and [`gemm_linear`], matmul and its two gradients on
 //!   cubek's tiled tensor-core matmul.
 //!

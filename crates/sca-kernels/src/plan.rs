@@ -1,7 +1,8 @@
 //! Which implicit-GEMM kernel each convolution pass runs on CUDA: a [`ConvPlan`].
 //!
 //! cubek offers nine convolution algorithms (synchronous, asynchronous, TMA and
-//! warp-specialised loading; cyclic or strided tiles) on two tensor-core instruction kinds.
+//! warp-specialised loading; cyclic or strided tiles) on two tensor-core instruction kinds;
+//! for the weight gradient of 1×1 convolutions this crate adds a batched matmul.
 //! burn-cubecl's autotune tries six of them per shape and pass, compiling and timing each on
 //! the first step; its `ImplicitGemm` strategy pins one. A plan names the kernel per pass for
 //! each convolution shape, measured once by `sca bench convs` and kept as a JSON file beside
@@ -65,32 +66,37 @@ const ALGORITHMS: [ConvAlgorithm; 9] = [
     ConvAlgorithm::SpecializedTma,
 ];
 
-/// One of cubek's implicit-GEMM convolution kernels: a loading algorithm and the
-/// tensor-core instruction kind. Named as cubek names its strategies,
-/// `<algorithm>_<cmma|mma>`, e.g. `simple_sync_cyclic_cmma`.
+/// A kernel for one convolution pass: one of cubek's implicit-GEMM kernels (a loading
+/// algorithm and the tensor-core instruction kind, named as cubek names its strategies,
+/// `<algorithm>_<cmma|mma>`, e.g. `simple_sync_cyclic_cmma`), or `batched_matmul`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ConvKernel {
-    pub algorithm: ConvAlgorithm,
-    pub tile: AcceleratedTileKind,
+pub enum ConvKernel {
+    Gemm { algorithm: ConvAlgorithm, tile: AcceleratedTileKind },
+    /// The weight gradient of a 1×1, stride-1, unpadded convolution as one batched matmul
+    /// over groups of images, summed after (`dW = Σ_g dY_g·X_gᵀ`): a split of the long
+    /// reduction over the batch's pixels, which cubek's weight-gradient kernels tile over
+    /// the small `O × C` output only. Refuses every other pass and shape.
+    BatchedMatmul,
 }
 
 impl ConvKernel {
     /// What burn-cubecl's `ConvStrategy::ImplicitGemm` runs: the kernel every pass ran on
     /// before plans existed, and the default of a plan that names none.
-    pub const DEFAULT: ConvKernel = ConvKernel { algorithm: ConvAlgorithm::SimpleSyncCyclic, tile: AcceleratedTileKind::Cmma };
+    pub const DEFAULT: ConvKernel = ConvKernel::Gemm { algorithm: ConvAlgorithm::SimpleSyncCyclic, tile: AcceleratedTileKind::Cmma };
 
-    /// All eighteen.
+    /// cubek's eighteen and the batched matmul.
     pub fn all() -> Vec<ConvKernel> {
         ALGORITHMS
             .into_iter()
-            .flat_map(|algorithm| [AcceleratedTileKind::Cmma, AcceleratedTileKind::Mma].map(|tile| ConvKernel { algorithm, tile }))
+            .flat_map(|algorithm| [AcceleratedTileKind::Cmma, AcceleratedTileKind::Mma].map(|tile| ConvKernel::Gemm { algorithm, tile }))
+            .chain([ConvKernel::BatchedMatmul])
             .collect()
     }
 
     /// The six burn-cubecl's autotune compares (each loading style with the tile layout it
-    /// pairs with each instruction kind) and the two warp-specialised ones it leaves out:
-    /// what `sca bench convs` measures unless told otherwise.
+    /// pairs with each instruction kind), the two warp-specialised ones it leaves out, and
+    /// the batched matmul: what `sca bench convs` measures unless told otherwise.
     pub fn candidates() -> Vec<ConvKernel> {
         use AcceleratedTileKind::{Cmma, Mma};
         use ConvAlgorithm::*;
@@ -105,14 +111,18 @@ impl ConvKernel {
             (SpecializedTma, Cmma),
         ]
         .into_iter()
-        .map(|(algorithm, tile)| ConvKernel { algorithm, tile })
+        .map(|(algorithm, tile)| ConvKernel::Gemm { algorithm, tile })
+        .chain([ConvKernel::BatchedMatmul])
         .collect()
     }
 }
 
 impl fmt::Display for ConvKernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}_{}", self.algorithm, self.tile)
+        match self {
+            ConvKernel::Gemm { algorithm, tile } => write!(f, "{algorithm}_{tile}"),
+            ConvKernel::BatchedMatmul => f.write_str("batched_matmul"),
+        }
     }
 }
 
@@ -225,8 +235,8 @@ impl ConvPlan {
     }
 
     /// The plan that picks, for each shape and pass, the fastest kernel that ran; the
-    /// default of each pass is the kernel with the least total time over the shapes where
-    /// every kernel timed for that pass ran (ties and gaps: [`ConvKernel::DEFAULT`]).
+    /// default of each pass is the fastest of the kernels that took the most shapes (see
+    /// `fastest_overall`; a pass never timed has none, so [`ConvKernel::DEFAULT`]).
     pub fn fastest(timings: &[Timing], device: &str, batch: usize) -> ConvPlan {
         let mut shapes: BTreeMap<String, PassKernels> = BTreeMap::new();
         let mut best: BTreeMap<(String, Pass), (ConvKernel, f64)> = BTreeMap::new();
@@ -269,21 +279,23 @@ pub struct Timing {
     pub ms: f64,
 }
 
-/// The kernel with the least summed time for `pass` over the shapes on which all of the
-/// pass's kernels ran, so that a kernel refusing the slow shapes does not win by absence.
+/// The default for `pass`: among the kernels that took the most shapes, the one with the
+/// least summed time over the shapes all of them took. A kernel that refuses some shapes
+/// (the batched matmul takes only 1×1 ones) neither wins by their absence nor becomes the
+/// default for shapes it would refuse.
 fn fastest_overall(timings: &[Timing], pass: Pass) -> Option<ConvKernel> {
     let of_pass: Vec<&Timing> = timings.iter().filter(|t| t.pass == pass).collect();
-    let mut kernels: Vec<ConvKernel> = Vec::new();
+    let mut coverage: Vec<(ConvKernel, usize)> = Vec::new();
     for t in &of_pass {
-        if !kernels.contains(&t.kernel) {
-            kernels.push(t.kernel);
+        match coverage.iter_mut().find(|(k, _)| *k == t.kernel) {
+            Some((_, n)) => *n += 1,
+            None => coverage.push((t.kernel, 1)),
         }
     }
+    let most = coverage.iter().map(|&(_, n)| n).max()?;
+    let kernels: Vec<ConvKernel> = coverage.into_iter().filter(|&(_, n)| n == most).map(|(k, _)| k).collect();
     let ran = |shape: &str, k: ConvKernel| of_pass.iter().any(|t| t.shape == shape && t.kernel == k);
     let common: Vec<&str> = of_pass.iter().map(|t| t.shape.as_str()).filter(|s| kernels.iter().all(|&k| ran(s, k))).collect();
-    if common.is_empty() {
-        return None;
-    }
     kernels
         .into_iter()
         .map(|k| (k, of_pass.iter().filter(|t| t.kernel == k && common.contains(&t.shape.as_str())).map(|t| t.ms).sum::<f64>()))

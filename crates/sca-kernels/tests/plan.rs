@@ -19,7 +19,8 @@ fn k(name: &str) -> ConvKernel {
 #[test]
 fn kernel_names_are_cubeks_and_parse_back() {
     let all = ConvKernel::all();
-    assert_eq!(all.len(), 18);
+    assert_eq!(all.len(), 19);
+    assert!(all.contains(&ConvKernel::BatchedMatmul) && ConvKernel::candidates().contains(&ConvKernel::BatchedMatmul));
     for kernel in &all {
         assert_eq!(&kernel.to_string().parse::<ConvKernel>().unwrap(), kernel);
     }
@@ -106,9 +107,9 @@ fn the_fastest_plan_takes_each_shapes_best_and_a_default_fair_to_refusals() {
     assert_eq!(plan.shapes["small"][&Pass::Forward], c);
     assert_eq!(plan.shapes["small"][&Pass::Weight], a);
     assert!(!plan.shapes["big"].contains_key(&Pass::Weight));
-    // Only "small" ran on all three: there c (0.5) beats a (1.0) and b (1.5), although c
-    // never ran the big shape; summed over both shapes b would win (7.5 against 11).
-    assert_eq!(plan.default[&Pass::Forward], c);
+    // c refused "big", so the default is a or b, the kernels that took both shapes: b
+    // (6 + 1.5) beats a (10 + 1), though c was fastest where it ran.
+    assert_eq!(plan.default[&Pass::Forward], b);
     assert_eq!(plan.default[&Pass::Weight], a);
     assert!(!plan.default.contains_key(&Pass::Data));
 
@@ -127,8 +128,44 @@ fn the_fastest_plan_takes_each_shapes_best_and_a_default_fair_to_refusals() {
 }
 
 #[test]
+fn the_batched_weight_gradient_equals_the_convolutions_for_every_grouping() {
+    use burn::tensor::ops::{FloatTensor, ModuleOps};
+    use sca_kernels::conv::{batched_weight_grad, weight_grad_groups};
+    let device = Default::default();
+    let (n, c, o, h, w) = (6, 5, 7, 4, 3);
+    let x = Tensor::<Flex, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let dy = Tensor::<Flex, 4>::random([n, o, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    let prim = |t: &Tensor<Flex, 4>| -> FloatTensor<Flex> { t.clone().into_primitive().tensor() };
+    let want = Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(<Flex as ModuleOps<Flex>>::conv2d_weight_backward(
+        prim(&x),
+        prim(&Tensor::zeros([o, c, 1, 1], &device)),
+        prim(&dy),
+        options.clone(),
+    )));
+    // By hand for one entry: dW[o][c] = Σ_n Σ_pixels dY[n][o]·X[n][c].
+    let hand: f32 = (x.clone().narrow(1, 2, 1) * dy.clone().narrow(1, 3, 1)).sum().into_scalar();
+    let got_entry: f32 = want.clone().narrow(0, 3, 1).narrow(1, 2, 1).sum().into_scalar();
+    assert!((hand - got_entry).abs() < 1e-4, "{hand} vs {got_entry}");
+    for groups in [1, 2, 3, 6] {
+        let got = batched_weight_grad::<Flex>(prim(&x), prim(&dy), &want.shape(), &options, groups).unwrap();
+        let got = Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(got));
+        got.into_data().assert_approx_eq::<f32>(&want.clone().into_data(), burn::tensor::Tolerance::absolute(1e-4));
+    }
+    let err = batched_weight_grad::<Flex>(prim(&x), prim(&dy), &want.shape(), &options, 4).unwrap_err();
+    assert!(err.contains("4 groups do not divide a batch of 6"), "{err}");
+    // Groups: the fewest giving two 64×64 tiles per SM, within 2^25 partial products.
+    assert_eq!(weight_grad_groups(128, 64, 64, 132), 128); // 1 tile: as many groups as images
+    assert_eq!(weight_grad_groups(128, 256, 64, 132), 128); // 4 tiles: 66 needed, 128 the first divisor past it
+    assert_eq!(weight_grad_groups(128, 512, 256, 132), 16); // 32 tiles: 9 needed → 16
+    assert_eq!(weight_grad_groups(128, 2048, 1024, 132), 1); // 512 tiles: enough already
+    assert_eq!(weight_grad_groups(128, 1024, 1024, 100_000), 32); // none enough: memory caps at 2^25 / 2^20
+    assert_eq!(weight_grad_groups(6, 64, 64, 132), 6);
+}
+
+#[test]
 fn the_bench_entry_runs_the_cpu_backends_own_kernels_and_refuses_others() {
-    assert_eq!(conv_kernel_names::<Flex>(true), vec!["flex".to_string()]);
+    assert_eq!(conv_kernel_names::<Flex>(true), vec!["flex".to_string(), "batched_matmul".to_string()]);
     let device = Default::default();
     let x = Tensor::<Flex, 4>::random([2, 3, 9, 9], Distribution::Normal(0.0, 1.0), &device);
     let w = Tensor::<Flex, 4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device);
@@ -145,6 +182,11 @@ fn the_bench_entry_runs_the_cpu_backends_own_kernels_and_refuses_others() {
     let grads = loss.backward();
     close(run(Pass::Data), xa.grad(&grads).unwrap());
     close(run(Pass::Weight), wa.grad(&grads).unwrap());
+    // The batched matmul refuses a 3×3 stride-2 convolution, and passes other than the weight's.
+    let err = conv_pass_on("batched_matmul", Pass::Weight, x.clone(), w.clone(), dy.clone(), options.clone()).unwrap_err();
+    assert!(err.contains("only weight gradients of 1×1, stride-1, unpadded"), "{err}");
+    let err = conv_pass_on("batched_matmul", Pass::Forward, x.clone(), w.clone(), dy.clone(), options.clone()).unwrap_err();
+    assert!(err.contains("runs only weight gradients"), "{err}");
     let err = conv_pass_on("simple_sync_cyclic_cmma", Pass::Forward, x, w, dy, options).unwrap_err();
     assert!(err.contains("'simple_sync_cyclic_cmma'") && err.contains("flex"), "{err}");
 }

@@ -33,8 +33,9 @@ pub struct ConvsArgs {
     /// Arithmetic of the convolutions: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
-    /// Kernels to compare: names (see `sca_kernels::plan::ConvKernel`), `all` for all
-    /// eighteen; default: the eight candidates (burn-cubecl's six and two warp-specialised).
+    /// Kernels to compare: names (see `sca_kernels::plan::ConvKernel`), or `all`; default:
+    /// on CUDA burn-cubecl's six, two warp-specialised and the batched-matmul weight
+    /// gradient; on the CPU the backend's own and the batched matmul.
     #[arg(long, value_delimiter = ',')]
     pub kernels: Vec<String>,
     /// Passes to measure.
