@@ -257,8 +257,13 @@ fn print_tables(problems: &[Problem], rows: &[serde_json::Value], kernels: &[Str
             }
         }
     }
-    println!("\none network pass, ms (layers × ms; refused layers not counted, their number after '+')");
-    println!("{:<28} {}", "kernel", passes.iter().map(|p| format!("{:>16}", p.name())).collect::<String>());
+    // First calls: compilation (unless the kernel cache had it) plus one call, per shape
+    // and pass: about what a cold step on that kernel alone would spend compiling.
+    let first_calls = |kernel: &str| -> f64 {
+        rows.iter().filter(|r| r["kernel"] == kernel && r["ms"].is_number()).filter_map(|r| r["first_s"].as_f64()).sum()
+    };
+    println!("\none network pass, ms (layers × ms; refused layers not counted, their number after '+'); first calls, s");
+    println!("{:<28} {}{:>14}", "kernel", passes.iter().map(|p| format!("{:>16}", p.name())).collect::<String>(), "first calls");
     for (i, k) in kernels.iter().enumerate() {
         let cells: String = passes
             .iter()
@@ -271,7 +276,7 @@ fn print_tables(problems: &[Problem], rows: &[serde_json::Value], kernels: &[Str
                 }
             })
             .collect();
-        println!("{k:<28} {cells}");
+        println!("{k:<28} {cells}{:>14.1}", first_calls(k));
     }
     let cells: String = passes.iter().map(|p| format!("{:>16.1}", best_total.get(p).copied().unwrap_or(0.0))).collect();
     println!("{:<28} {cells}", "fastest per shape (plan)");
