@@ -85,8 +85,7 @@ fn first_and_last_epoch(dir: &Path) -> anyhow::Result<(serde_json::Value, serde_
     let initial = lines.iter().find(|v| v.get("initial_knn_top1").is_some()).cloned().unwrap_or_default();
     let last = lines
         .into_iter()
-        .filter(|v| v.get("epoch_seconds").is_some())
-        .last()
+        .rfind(|v| v.get("epoch_seconds").is_some())
         .ok_or_else(|| anyhow::anyhow!("{} has no epoch summary", dir.display()))?;
     Ok((initial, last))
 }

@@ -276,7 +276,7 @@ impl<B: Backend> InferenceStep for LinearHead<B> {
 
 /// A reproducible permutation of `0..n` for `(seed, epoch)` (Fisher-Yates on splitmix64).
 pub fn permutation(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut state = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5052_4f42_45;
+    let mut state = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x0050_524f_4245;
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;

@@ -223,7 +223,7 @@ pub fn batched_weight_grad<B: MatmulKernels>(x: FloatTensor<B>, grad: FloatTenso
 pub fn weight_grad_groups(n: usize, o: usize, c: usize, sms: usize) -> usize {
     let tiles = o.div_ceil(64) * c.div_ceil(64);
     let cap = ((1usize << 25) / (o * c).max(1)).max(1);
-    let fits: Vec<usize> = (1..=n).filter(|g| n % g == 0 && *g <= cap).collect();
+    let fits: Vec<usize> = (1..=n).filter(|&g| n.is_multiple_of(g) && g <= cap).collect();
     fits.iter().copied().find(|g| g * tiles >= 2 * sms).unwrap_or_else(|| fits.last().copied().unwrap_or(1))
 }
 

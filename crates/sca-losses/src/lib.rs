@@ -42,7 +42,7 @@ pub(crate) mod test_util {
     pub type AB = Autodiff<Flex>;
 
     pub fn dev() -> FlexDevice {
-        FlexDevice::default()
+        FlexDevice
     }
 
     pub fn t2<Bk: Backend>(rows: &[&[f32]]) -> Tensor<Bk, 2> {

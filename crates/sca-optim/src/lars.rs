@@ -198,7 +198,7 @@ mod tests {
     fn t<const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<B, D> {
         Tensor::from_data(
             TensorData::new(values.to_vec(), shape),
-            &FlexDevice::default(),
+            &FlexDevice,
         )
     }
 
@@ -365,7 +365,7 @@ mod tests {
     }
 
     fn linear(w: [f32; 2], b: f32) -> Linear<AB> {
-        let dev = FlexDevice::default();
+        let dev = FlexDevice;
         Linear {
             weight: Param::from_tensor(Tensor::from_data(
                 TensorData::new(w.to_vec(), [2, 1]),
@@ -382,7 +382,7 @@ mod tests {
     fn grads(model: &Linear<AB>) -> GradientsParams {
         let x = Tensor::<AB, 2>::from_data(
             TensorData::new(vec![1.0f32, 2.0], [1, 2]),
-            &FlexDevice::default(),
+            &FlexDevice,
         );
         GradientsParams::from_grads(model.forward(x).sum().backward(), model)
     }
@@ -402,7 +402,7 @@ mod tests {
         // optimiser: the next step must match the uninterrupted one exactly.
         let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
         let bytes = Recorder::<AB>::record(&recorder, optim.to_record(), ()).unwrap();
-        let restored = Recorder::<AB>::load(&recorder, bytes, &FlexDevice::default()).unwrap();
+        let restored = Recorder::<AB>::load(&recorder, bytes, &FlexDevice).unwrap();
         let mut resumed = config.init::<AB, Linear<AB>>().load_record(restored);
 
         let g1 = grads(&model);

@@ -36,7 +36,7 @@ pub fn average_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(replica: &Rep
     if flat.is_empty() {
         return grads;
     }
-    let summed = replica.sum(Tensor::cat(flat.iter().cloned().collect(), 0)).div_scalar(replica.world() as f64);
+    let summed = replica.sum(Tensor::cat(flat.to_vec(), 0)).div_scalar(replica.world() as f64);
     let mut offset = 0;
     let mut pieces = Vec::with_capacity(flat.len());
     for t in &flat {

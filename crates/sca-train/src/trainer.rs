@@ -293,7 +293,7 @@ impl<B: TrackedSum> Trainer<B> {
             }
         }
         let every = self.cfg.eval.knn_every;
-        if every > 0 && ((epoch + 1) % every == 0 || epoch + 1 == self.cfg.epochs) {
+        if every > 0 && ((epoch + 1).is_multiple_of(every) || epoch + 1 == self.cfg.epochs) {
             if let Some(knn) = self.knn.as_mut() {
                 let (top1, top5) = knn(&self.model.valid().backbone).map_err(TrainError::Other)?;
                 line["knn_top1"] = json!(top1);
@@ -305,7 +305,7 @@ impl<B: TrackedSum> Trainer<B> {
         self.batch = 0;
         self.pseudo = None;
         self.near_collapse = true;
-        let keep = (self.epoch % self.cfg.checkpoint_every == 0).then_some(self.epoch);
+        let keep = self.epoch.is_multiple_of(self.cfg.checkpoint_every).then_some(self.epoch);
         let bytes = self.checkpoint_bytes();
         obs.checkpoint(bytes, keep).map_err(TrainError::Observer)
     }

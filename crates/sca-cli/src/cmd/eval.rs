@@ -501,8 +501,8 @@ fn cam_cmd<B: AutodiffBackend>(s: &Setup, args: &CamArgs, device: B::Device) -> 
         let out = cam_batch(&backbone, &head, images.clone(), &batch.indices, &batch.labels, &batch.bboxes, s.mean, s.std);
         if maps.len() < want_maps {
             let take = (want_maps - maps.len()).min(batch.indices.len());
-            let sel = |t: Tensor<B::InnerBackend, 4>| t.slice([0..take]);
-            let cams = out.cams.clone().slice([0..take]);
+            let sel = |t: Tensor<B::InnerBackend, 4>| t.slice(0..take);
+            let cams = out.cams.clone().slice(0..take);
             maps.extend(heatmap_rows(sel(images), cams, sel(out.explanations), s.mean, s.std, &batch.bboxes[..take]));
         }
         rows.extend(out.rows);
