@@ -170,6 +170,13 @@ fn gpu_benchmark_runs_scaled_down_on_the_cpu() {
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 5);
     assert!(rows.iter().all(|r| r["ms_per_step"].as_f64().is_some_and(|t| t > 0.0)), "{rows:?}");
+    // The training-step cases break a warm step down by phase.
+    for r in &rows[..2] {
+        for phase in ["forward_ms", "backward_ms", "optimiser_ms"] {
+            assert!(r[phase].as_f64().is_some_and(|t| t > 0.0), "{phase} missing: {r}");
+        }
+    }
+    assert!(log.contains("phases of a warm step (device waited on after each): forward "), "{log}");
 
     // A subset of the cases in another setting; the warm-up step reports its phases.
     let mut c = sca();

@@ -196,6 +196,30 @@ fn time_steps_on<B: sca_dist::TrackedSum>(case: &str, cfg: TrainConfig, b: usize
     let per_step = t0.elapsed().as_secs_f64() / n;
     say(format!("{:.1} ms/step", per_step * 1e3));
     let mut row = json!({ "case": case, "images_per_s": images as f64 / per_step, "ms_per_step": per_step * 1e3, "first_step_s": first, "batch": b, "images_per_step": images });
+    // Where a warm step's time goes: two more steps with the device waited on after each
+    // phase (kept out of the throughput above, which the waits would lower a little).
+    if replica.is_single() && steps > 0 {
+        let phase_steps = 2;
+        // (phase, seconds summed), in the order the phases run.
+        let sums = std::rc::Rc::new(std::cell::RefCell::new(Vec::<(String, f64)>::new()));
+        let into = sums.clone();
+        trainer.time_phases(Some(Box::new(move |phase, s| {
+            let mut sums = into.borrow_mut();
+            match sums.iter_mut().find(|(p, _)| p == phase) {
+                Some((_, total)) => *total += s,
+                None => sums.push((phase.to_string(), s)),
+            }
+        })));
+        for _ in 0..phase_steps {
+            trainer.step_batch(random_batch::<B>(local, views, size, p, &device))?;
+        }
+        trainer.time_phases(None);
+        let phases: Vec<String> = sums.borrow().iter().map(|(phase, s)| {
+            row[format!("{phase}_ms")] = json!(s * 1e3 / phase_steps as f64);
+            format!("{phase} {:.1} ms", s * 1e3 / phase_steps as f64)
+        }).collect();
+        say(format!("phases of a warm step (device waited on after each): {}", phases.join(", ")));
+    }
     if !replica.is_single() {
         row["comm_ms_per_step"] = json!(comm.seconds / n * 1e3);
         row["comm_share"] = json!(comm.seconds / n / per_step);

@@ -260,7 +260,7 @@ fn print_tables(problems: &[Problem], rows: &[serde_json::Value], kernels: &[Str
     // First calls: compilation (unless the kernel cache had it) plus one call, per shape
     // and pass: about what a cold step on that kernel alone would spend compiling.
     let first_calls = |kernel: &str| -> f64 {
-        rows.iter().filter(|r| r["kernel"] == kernel && r["ms"].is_number()).filter_map(|r| r["first_s"].as_f64()).sum()
+        rows.iter().filter(|r| r["kernel"] == kernel && r["ms"].is_number()).filter_map(|r| r["first_s"].as_f64()).fold(0.0, |a, b| a + b)
     };
     println!("\none network pass, ms (layers × ms; refused layers not counted, their number after '+'); first calls, s");
     println!("{:<28} {}{:>14}", "kernel", passes.iter().map(|p| format!("{:>16}", p.name())).collect::<String>(), "first calls");
