@@ -12,9 +12,10 @@
 #         (caches empty: the first step includes compilation) on the built-in kernels; then
 #         `sca bench convs` (every ResNet-50 convolution shape × pass × candidate kernel,
 #         which writes the fastest per shape as the plan in the cache) and (a) again with
-#         that plan; then PyTorch's training step (a) in fp32, TF32 and bf16.
-#   more  bf16 on (a) and (c) with the plan, the add-on step (b), k-means (d) and KNN (e);
-#         PyTorch's features (c).
+#         that plan; then PyTorch's training step (a) in fp32, TF32 and bf16, and its
+#         convolutions layer by layer in TF32 (bench/compare_convs.py sets them against ours).
+#   more  bf16: convolutions (ours and PyTorch's), then (a) and (c) with the plan; the add-on
+#         step (b), k-means (d) and KNN (e); PyTorch's features (c).
 #   profile  bench/profile_step.sh under OUT/profile: per-kernel time of the timed steps.
 set -u
 OUT=${1:-gpu-bench}
@@ -54,12 +55,14 @@ convs() {
 
 if [ "$PART" = core ] || [ "$PART" = all ]; then
     ours cold 150 --only a --conv gemm --precision f32 --steps 3
-    convs f32 240 --precision f32 --steps 3
-    ours plan 90 --only a --conv gemm --precision f32 --steps 5
-    torch train 100 --cases train
+    convs f32 220 --precision f32 --steps 3
+    ours plan 80 --only a --conv gemm --precision f32 --steps 5
+    torch train 70 --cases train
+    torch convs-tf32 60 --cases convs --precisions tf32 --steps 5
 fi
 if [ "$PART" = more ] || [ "$PART" = all ]; then
     convs bf16 180 --precision bf16 --steps 3
+    torch convs-bf16 60 --cases convs --precisions bf16 --steps 5
     ours bf16 120 --only a,c --conv gemm --precision bf16 --steps 5
     ours rest 150 --only b,d,e --conv gemm --precision f32
     torch features 60 --cases features
@@ -87,8 +90,16 @@ for path in sorted(glob.glob(os.path.join(out, "torch*.json"))):
         case = f"{r.get('case', '?')} {r.get('precision', '')}"
         print(f"{'torch':<7} {case[:66]:<66} {f('images_per_s'):>9} {f('ms_per_step'):>9} {f('first_step_s'):>8}")
 EOF
-# The per-kernel network totals of each convolution benchmark.
+# The per-kernel network totals of each convolution benchmark, then ours against PyTorch's.
 for log in "$OUT"/convs-*.log; do
     [ -f "$log" ] && { echo; echo "$(basename "$log"):"; sed -n '/^one network pass/,$p' "$log"; }
+done
+for p in f32:tf32 bf16:bf16; do
+    ours_json="$OUT/convs-${p%%:*}.json" torch_json="$OUT/torch-convs-${p##*:}.json"
+    if [ -f "$ours_json" ] && [ -f "$torch_json" ]; then
+        python3 bench/compare_convs.py "$ours_json" "$torch_json" > "$OUT/compare-convs-${p%%:*}.txt" 2>&1
+        echo; echo "ours against PyTorch, ${p%%:*} (whole table: compare-convs-${p%%:*}.txt):"
+        sed -n '/^one network pass/,$p' "$OUT/compare-convs-${p%%:*}.txt"
+    fi
 done
 cat "$OUT/runs.txt" 2>/dev/null

@@ -10,6 +10,10 @@ Cases:
               (eps 0.05, 3 iterations, no grad, temperature 0.1) over 2 crops of SIZE px,
               BATCH per crop; SGD momentum 0.9. images/s counts 2 x BATCH images per step.
   features    forward-only pooled 2048-d features, eval mode, no grad, FEATURE_BATCH per batch.
+  convs       every distinct convolution of resnet50 at SIZE px (as `sca bench convs`), each
+              pass alone on cuDNN: forward, data gradient (conv2d_input), weight gradient
+              (conv2d_weight), CONV_BATCH images; rows keyed by the same shape string as ours,
+              so bench/compare_convs.py can set them side by side.
 Precisions (CUDA): fp32 (TF32 off for matmul and cuDNN), tf32 (TF32 on), bf16 (autocast bf16 +
 channels_last). On CPU only fp32 runs.
 
@@ -145,6 +149,66 @@ def bench_features(device, precision, args):
                 ms_per_step=per * 1e3, first_step_s=first, batch=args.feature_batch)
 
 
+def pair(v):
+    """Stride / padding / dilation as `sca bench convs` writes them: one number when equal."""
+    return str(v[0]) if v[0] == v[1] else f"{v[0]},{v[1]}"
+
+
+def resnet50_convs(size):
+    """The distinct convolutions of torchvision's resnet50 on SIZE px inputs, in the order a
+    forward pass meets them: ((input CxHxW, weight shape, stride, padding, dilation), names)."""
+    model = torchvision.models.resnet50().eval()
+    seen, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            def hook(mod, inp, _out, name=name):
+                key = (tuple(inp[0].shape[1:]), tuple(mod.weight.shape), mod.stride, mod.padding, mod.dilation)
+                seen.setdefault(key, []).append(name)
+            hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return list(seen.items())
+
+
+def shape_key(spec, dtype_name):
+    (c, h, w), (o, ci, kh, kw), stride, padding, dilation = spec
+    return f"{c}x{h}x{w} * {o}x{ci}x{kh}x{kw} s{pair(stride)} p{pair(padding)} d{pair(dilation)} {dtype_name}"
+
+
+def bench_convs(device, precision, args):
+    """One row per (shape, pass): milliseconds per call on cuDNN (or the CPU's kernels)."""
+    torch.manual_seed(0)
+    dtype, fmt = (torch.bfloat16, torch.channels_last) if precision == "bf16" else (torch.float32, torch.contiguous_format)
+    rows = []
+    for spec, names in resnet50_convs(args.size):
+        (c, h, w), w_shape, stride, padding, dilation = spec
+        x = torch.randn(args.conv_batch, c, h, w, device=device, dtype=dtype).to(memory_format=fmt)
+        wt = (0.05 * torch.randn(*w_shape, device=device, dtype=dtype)).to(memory_format=fmt)
+        dy = torch.randn_like(F.conv2d(x, wt, None, stride, padding, dilation))
+        passes = {
+            "forward": lambda: F.conv2d(x, wt, None, stride, padding, dilation),
+            "data": lambda: torch.nn.grad.conv2d_input(x.shape, wt, dy, stride, padding, dilation),
+            "weight": lambda: torch.nn.grad.conv2d_weight(x, wt.shape, dy, stride, padding, dilation),
+        }
+        for name, fn in passes.items():
+            first, per = timed(device, fn, args.steps)
+            rows.append(dict(case="convs", precision=precision, shape=shape_key(spec, "bf16" if precision == "bf16" else "f32"),
+                             layers=names, **{"pass": name}, ms=per * 1e3, first_s=first, batch=args.conv_batch))
+    return rows
+
+
+def print_convs(rows):
+    """Per precision: the time of one network pass (each shape's ms times its layer count)."""
+    for p in dict.fromkeys(r["precision"] for r in rows):
+        totals = {}
+        for r in rows:
+            if r["precision"] == p:
+                totals[r["pass"]] = totals.get(r["pass"], 0.0) + r["ms"] * len(r["layers"])
+        print(f"convs {p:<5} one network pass: " + ", ".join(f"{k} {v:.1f} ms" for k, v in totals.items()))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -153,7 +217,8 @@ def main():
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--steps", type=int, default=20, help=f"timed steps, after the first and {WARMUP} warm-up")
     ap.add_argument("--precisions", default="fp32,tf32,bf16")
-    ap.add_argument("--cases", default="train,features", help="which of train (a), features (c)")
+    ap.add_argument("--conv-batch", type=int, default=128, help="images per convolution in the convs case")
+    ap.add_argument("--cases", default="train,features", help="which of train (a), features (c), convs")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
 
@@ -173,33 +238,38 @@ def main():
         name = torch.cuda.get_device_name(device)
     torch.backends.cudnn.benchmark = True  # autotune: paid in the first step, reported there
 
-    rows = []
-    cases = {"train": bench_train, "features": bench_features}
+    rows, conv_rows = [], []
+    cases = {"train": bench_train, "features": bench_features, "convs": bench_convs}
     unknown = [c for c in args.cases.split(",") if c and c not in cases]
     if unknown:
-        raise SystemExit(f"unknown case {unknown[0]!r} (expected train or features)")
+        raise SystemExit(f"unknown case {unknown[0]!r} (expected train, features or convs)")
     for bench in [cases[c] for c in args.cases.split(",") if c]:
         for p in precisions:
             set_precision(p)
-            row = bench(device, p, args)
-            rows.append(row)
-            print(f"{row['case']:<11} {p:<5} {row['images_per_s']:9.1f} images/s  {row['ms_per_step']:9.1f} ms/step",
-                  flush=True)
+            if bench is bench_convs:
+                conv_rows += bench(device, p, args)
+                print_convs([r for r in conv_rows if r["precision"] == p])
+            else:
+                row = bench(device, p, args)
+                rows.append(row)
+                print(f"{row['case']:<11} {p:<5} {row['images_per_s']:9.1f} images/s  {row['ms_per_step']:9.1f} ms/step",
+                      flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # each case starts from a clean allocator
 
     print(f"\ntorch {torch.__version__}, torchvision {torchvision.__version__}, {name}; "
-          f"train batch {args.batch}x2 crops, feature batch {args.feature_batch}, {args.size} px, {args.steps} steps")
+          f"train batch {args.batch}x2 crops, feature batch {args.feature_batch}, conv batch {args.conv_batch}, "
+          f"{args.size} px, {args.steps} steps")
     header = ("case", "precision", "images/s", "ms/step", "first step s")
     cells = [header] + [(r["case"], r["precision"], f"{r['images_per_s']:.1f}", f"{r['ms_per_step']:.1f}",
                          f"{r['first_step_s']:.2f}") for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-    for c in cells:
+    for c in cells if rows else []:
         print("  ".join(s.ljust(w) if i < 2 else s.rjust(w) for i, (s, w) in enumerate(zip(c, widths))))
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "rows": rows}, f, indent=2)
+            json.dump({"device": name, "torch": torch.__version__, "rows": rows, "convs": conv_rows}, f, indent=2)
         print(f"wrote {args.json}")
 
 

@@ -225,6 +225,33 @@ fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
         assert!((printed[i] - total(pass)).abs() <= 0.05 + 1e-3 * total(pass), "{pass}: printed {} vs {}", printed[i], total(pass));
     }
 
+    // bench/compare_convs.py joins these rows with PyTorch's on the shape key: here a
+    // PyTorch file at exactly twice our time per call, so every total reads 0.50.
+    let ours_json = tmp.path().join("ours.json");
+    std::fs::copy(&json, &ours_json).unwrap();
+    let torch_rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!({"precision": "bf16", "shape": r["shape"], "pass": r["pass"], "layers": r["layers"], "ms": 2.0 * r["ms"].as_f64().unwrap()}))
+        .collect();
+    let torch_json = tmp.path().join("torch.json");
+    std::fs::write(&torch_json, serde_json::to_vec(&serde_json::json!({"rows": [], "convs": torch_rows})).unwrap()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/compare_convs.py");
+    match Command::new("python3").arg(script).arg(&ours_json).arg(&torch_json).output() {
+        Err(e) => eprintln!("skipping the compare_convs.py check: python3 not runnable ({e})"),
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{text}");
+            let totals: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("one network pass")).skip(2).collect();
+            assert_eq!(totals.len(), 3, "{text}");
+            for (line, pass) in totals.iter().zip(["forward", "data", "weight"]) {
+                let cells: Vec<&str> = line.split_whitespace().collect();
+                assert_eq!((cells[0], cells[4]), (pass, "0.50"), "{text}");
+                // Built-in and fastest are the one CPU kernel; PyTorch's total is twice it.
+                let (ours, torch): (f64, f64) = (cells[2].parse().unwrap(), cells[3].parse().unwrap());
+                assert!((torch - 2.0 * ours).abs() <= 0.1 + 1e-3 * torch, "{line}");
+            }
+        }
+    }
     let mut c = sca();
     c.args(["bench", "convs", "--device", "cpu", "--kernels", "simple_sync_cyclic_cmma"]);
     assert!(run_err(c).contains("no kernel 'simple_sync_cyclic_cmma' on this backend (it has: flex, batched_matmul)"));
