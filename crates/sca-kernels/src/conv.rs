@@ -30,7 +30,7 @@ use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems, MatmulSetupError
 use cubek::std::InputBinding;
 
 use crate::plan::{planned_kernel, ConvKernel, ConvShape, Pass};
-use crate::matmul::MatmulKernels;
+use crate::pointwise;
 use crate::{dispatch, report_fallback, BinaryOp, ExplicitOps};
 
 /// The three passes of a bias-free convolution on kernels the backend chooses explicitly.
@@ -117,6 +117,15 @@ fn elems(lhs: DType, rhs: DType, out: DType) -> MatmulElems {
     MatmulElems::from_globals(&MatmulGlobalElems { lhs: lhs.into(), rhs: rhs.into(), out: out.into() })
 }
 
+/// The backend whose explicit matmul the `matmul` kernel runs on (the element types only
+/// set defaults; the tensors keep their own).
+type Matmuls<R> = CubeBackend<R, f32, i32, u8>;
+
+/// The device's streaming multiprocessors (64 where the runtime does not say).
+fn sms<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
+    t.client.properties().hardware.num_streaming_multiprocessors.unwrap_or(64) as usize
+}
+
 /// A refusal in cubek's terms, for the kernels this crate adds.
 fn refusal(why: impl std::fmt::Display + 'static) -> ConvSetupError {
     ConvSetupError::Matmul(MatmulSetupError::InvalidConfig(Box::new(why)))
@@ -127,7 +136,7 @@ fn launch<R: CubeRuntime>(kernel: ConvKernel, client: &burn_cubecl::cubecl::clie
         return Err(ConvSetupError::Groups(options.groups));
     }
     let ConvKernel::Gemm { algorithm, tile } = kernel else {
-        return Err(refusal(format!("{kernel} runs only weight gradients")));
+        return Err(refusal(format!("{kernel} is not one of cubek's kernels")));
     };
     let strategy = Strategy::Inferred { algorithm, tile_kind: tile };
     let args = ConvolutionArgs { stride: options.stride, padding: options.padding, dilation: options.dilation };
@@ -136,6 +145,9 @@ fn launch<R: CubeRuntime>(kernel: ConvKernel, client: &burn_cubecl::cubecl::clie
 
 /// The forward pass on `kernel`: `[N, C, H, W]` × `[O, C, kh, kw]` → `[N, O, H', W']`.
 pub fn forward_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, weight: CubeTensor<R>, options: &ConvOptions<2>) -> Result<CubeTensor<R>, ConvSetupError> {
+    if kernel == ConvKernel::Matmul {
+        return pointwise::forward::<Matmuls<R>>(x, weight, options).map_err(refusal);
+    }
     let (xs, ws) = (x.shape(), weight.shape());
     let [oh, ow] = conv_shape(&xs, &ws, options, x.dtype).output_size();
     let (client, dtype) = (x.client.clone(), x.dtype);
@@ -154,7 +166,10 @@ pub fn forward_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, weight: 
 /// weight → `dx` of shape `x_shape` (NCHW).
 pub fn data_on<R: CubeRuntime>(kernel: ConvKernel, grad: CubeTensor<R>, weight: CubeTensor<R>, x_shape: Shape, options: &ConvOptions<2>) -> Result<CubeTensor<R>, ConvSetupError> {
     if options.stride != [1, 1] {
-        return Err(ConvSetupError::Matmul(MatmulSetupError::InvalidConfig(Box::new("strided data gradient (burn-cubecl refuses it; see strided_data_grad)"))));
+        return Err(refusal("strided data gradient (burn-cubecl refuses it; see strided_data_grad)"));
+    }
+    if kernel == ConvKernel::Matmul {
+        return pointwise::data_grad::<Matmuls<R>>(grad, weight, options).map_err(refusal);
     }
     let (client, dtype) = (grad.client.clone(), grad.dtype);
     let out = empty_device_dtype(client.clone(), grad.device.clone(), permute_nchw_to_nhwc_shape(x_shape), dtype);
@@ -170,11 +185,10 @@ pub fn data_on<R: CubeRuntime>(kernel: ConvKernel, grad: CubeTensor<R>, weight: 
 
 /// The weight gradient on `kernel`: `x` and `dy` → `dw` of shape `weight_shape` (OIHW).
 pub fn weight_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: CubeTensor<R>, weight_shape: Shape, options: &ConvOptions<2>) -> Result<CubeTensor<R>, ConvSetupError> {
-    if kernel == ConvKernel::BatchedMatmul {
-        let sms = x.client.properties().hardware.num_streaming_multiprocessors.unwrap_or(64) as usize;
+    if kernel == ConvKernel::Matmul {
         let (n, c, o) = (x.shape()[0], weight_shape[1], weight_shape[0]);
-        let groups = weight_grad_groups(n, o, c, sms);
-        return batched_weight_grad::<CubeBackend<R, f32, i32, u8>>(x, grad, &weight_shape, options, groups).map_err(refusal);
+        let groups = pointwise::weight_grad_groups(n, o, c, sms(&x));
+        return pointwise::weight_grad::<Matmuls<R>>(x, grad, &weight_shape, options, groups).map_err(refusal);
     }
     let (client, dtype) = (grad.client.clone(), grad.dtype);
     let out = empty_device_dtype(client.clone(), grad.device.clone(), permute_nchw_to_nhwc_shape(weight_shape), dtype);
@@ -186,45 +200,6 @@ pub fn weight_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: Cub
     };
     launch(kernel, &client, inputs, options, elems(xdtype, dtype, dtype))?;
     Ok(permute_nhwc_to_nchw(out))
-}
-
-/// [`ConvKernel::BatchedMatmul`]: the weight gradient of a 1×1, stride-1, unpadded
-/// convolution as `dW = Σ_g dY_g · X_gᵀ` over `groups` groups of images, one batched matmul
-/// on `B`'s explicit kernel (each group's images side by side along the reduction), the
-/// partial products summed in f32.
-pub fn batched_weight_grad<B: MatmulKernels>(x: FloatTensor<B>, grad: FloatTensor<B>, weight_shape: &Shape, options: &ConvOptions<2>, groups: usize) -> Result<FloatTensor<B>, String> {
-    let pointwise = weight_shape[2] == 1 && weight_shape[3] == 1 && options.stride == [1, 1] && options.padding == [0, 0] && options.groups == 1;
-    if !pointwise {
-        return Err(format!("{} takes only weight gradients of 1×1, stride-1, unpadded convolutions", ConvKernel::BatchedMatmul));
-    }
-    let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-    let dy = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(grad));
-    let ([n, c, h, w], o) = (x.dims(), dy.dims()[1]);
-    if groups == 0 || n % groups != 0 {
-        return Err(format!("{groups} groups do not divide a batch of {n}"));
-    }
-    let (per, hw) = (n / groups, h * w);
-    // [N, ch, H, W] → [G, ch, per·HW] (a copy unless one image per group).
-    let rows = |t: Tensor<B, 4>, ch: usize| match per {
-        1 => t.reshape([groups, ch, hw]),
-        _ => t.reshape([groups, per, ch, hw]).swap_dims(1, 2).reshape([groups, ch, per * hw]),
-    };
-    let dtype = FloatDType::from(dy.dtype());
-    let (dy, xt) = (rows(dy, o), rows(x, c).swap_dims(1, 2));
-    let partial = B::mm(dy.into_primitive().tensor(), xt.into_primitive().tensor()); // [G, O, C]
-    let partial = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(partial));
-    let dw = partial.cast(FloatDType::F32).sum_dim(0).cast(dtype).reshape([o, c, 1, 1]);
-    Ok(dw.into_primitive().tensor())
-}
-
-/// How many image groups [`batched_weight_grad`] splits a batch of `n` into: the fewest
-/// that give the matmul at least two 64×64 output tiles per SM, keeping the partial
-/// products (`groups × o × c`) within 2²⁵ elements; all `n` divide evenly.
-pub fn weight_grad_groups(n: usize, o: usize, c: usize, sms: usize) -> usize {
-    let tiles = o.div_ceil(64) * c.div_ceil(64);
-    let cap = ((1usize << 25) / (o * c).max(1)).max(1);
-    let fits: Vec<usize> = (1..=n).filter(|&g| n.is_multiple_of(g) && g <= cap).collect();
-    fits.iter().copied().find(|g| g * tiles >= 2 * sms).unwrap_or_else(|| fits.last().copied().unwrap_or(1))
 }
 
 /// The data gradient of a strided convolution as that of a stride-1 one (`stride1`).
@@ -347,14 +322,14 @@ impl BinaryOp<4> for Conv {
 }
 
 /// The kernels [`conv_pass_on`] can run on backend `B`: [`ConvKernel::candidates`] (or
-/// [`ConvKernel::all`]) on the CUDA backend; on the CPU's, `flex` (its own kernels) and the
-/// batched matmul, which runs on any backend's matmul.
+/// [`ConvKernel::all`]) on the CUDA backend; on the CPU's, `flex` (its own kernels) and
+/// `matmul` ([`crate::pointwise`], which runs on any backend's matmul).
 pub fn conv_kernel_names<B: Backend>(all: bool) -> Vec<String> {
     if crate::is::<B, crate::CudaBackend>() {
         let kernels = if all { ConvKernel::all() } else { ConvKernel::candidates() };
         kernels.iter().map(|k| k.to_string()).collect()
     } else if crate::is::<B, Flex>() {
-        vec![FLEX.to_string(), ConvKernel::BatchedMatmul.to_string()]
+        vec![FLEX.to_string(), ConvKernel::Matmul.to_string()]
     } else {
         Vec::new()
     }
@@ -382,14 +357,14 @@ pub fn conv_pass_on<B: Backend>(kernel: &str, pass: Pass, x: Tensor<B, 4>, weigh
             Pass::Weight => weight_on(k, x, grad, ws, &options),
         };
         crate::same_type::<FloatTensor<crate::CudaBackend>, FloatTensor<B>>(y.map_err(|e| format!("{e:?}").trim().to_string())?)
-    } else if crate::is::<B, Flex>() && kernel == ConvKernel::BatchedMatmul.to_string() {
+    } else if crate::is::<B, Flex>() && kernel == ConvKernel::Matmul.to_string() {
         let flex = |t: FloatTensor<B>| crate::same_type::<_, FloatTensor<Flex>>(t);
-        if pass != Pass::Weight {
-            return Err(format!("{kernel} runs only weight gradients"));
-        }
-        let (n, ws) = (x.shape()[0], weight.shape());
-        let groups = weight_grad_groups(n, ws[0], ws[1], 64);
-        crate::same_type::<FloatTensor<Flex>, FloatTensor<B>>(batched_weight_grad::<Flex>(flex(x), flex(grad), &ws, &options, groups)?)
+        let dx = |x: FloatTensor<Flex>, w: FloatTensor<Flex>, g: FloatTensor<Flex>, o: ConvOptions<2>| pointwise::run::<Flex>(Pass::Data, x, w, g, &o, 64);
+        let y = match pass {
+            Pass::Data if options.stride != [1, 1] => strided_data_grad::<Flex, _>(flex(x), flex(weight), flex(grad), options, dx)?,
+            _ => pointwise::run::<Flex>(pass, flex(x), flex(weight), flex(grad), &options, 64)?,
+        };
+        crate::same_type::<FloatTensor<Flex>, FloatTensor<B>>(y)
     } else if crate::is::<B, Flex>() && kernel == FLEX {
         let flex = |t: FloatTensor<B>| crate::same_type::<_, FloatTensor<Flex>>(t);
         let (x, weight, grad) = (flex(x), flex(weight), flex(grad));

@@ -10,8 +10,8 @@
 //!   kernels (tensor cores; TF32 for f32 inputs), each pass on the kernel the current
 //!   [`plan`] names for its shape.
 //! - [`plan`]: [`plan::ConvPlan`], which of cubek's eighteen convolution kernels (or, for
-//!   the weight gradient of 1×1 convolutions, a batched matmul split over the batch) each
-//!   pass of each shape runs, as `sca bench convs` measures and writes it.
+//!   1×1 convolutions, [`pointwise`] matmuls) each pass of each shape runs, as
+//!   `sca bench convs` measures and writes it.
 //! - [`matmul`]: [`gemm_matmul`] and [`gemm_linear`], matmul and its two gradients on
 //!   cubek's tiled tensor-core matmul.
 //!
@@ -41,6 +41,7 @@ use matmul::MatmulKernels;
 pub mod conv;
 pub mod matmul;
 pub mod plan;
+pub mod pointwise;
 
 pub use conv::gemm_conv2d;
 pub use matmul::{gemm_linear, gemm_matmul};

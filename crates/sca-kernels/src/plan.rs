@@ -2,7 +2,7 @@
 //!
 //! cubek offers nine convolution algorithms (synchronous, asynchronous, TMA and
 //! warp-specialised loading; cyclic or strided tiles) on two tensor-core instruction kinds;
-//! for the weight gradient of 1×1 convolutions this crate adds a batched matmul.
+//! for 1×1 convolutions this crate adds plain matmuls on the NCHW tensors (`matmul`).
 //! burn-cubecl's autotune tries six of them per shape and pass, compiling and timing each on
 //! the first step; its `ImplicitGemm` strategy pins one. A plan names the kernel per pass for
 //! each convolution shape, measured once by `sca bench convs` and kept as a JSON file beside
@@ -68,16 +68,16 @@ const ALGORITHMS: [ConvAlgorithm; 9] = [
 
 /// A kernel for one convolution pass: one of cubek's implicit-GEMM kernels (a loading
 /// algorithm and the tensor-core instruction kind, named as cubek names its strategies,
-/// `<algorithm>_<cmma|mma>`, e.g. `simple_sync_cyclic_cmma`), or `batched_matmul`.
+/// `<algorithm>_<cmma|mma>`, e.g. `simple_sync_cyclic_cmma`), or `matmul`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum ConvKernel {
     Gemm { algorithm: ConvAlgorithm, tile: AcceleratedTileKind },
-    /// The weight gradient of a 1×1, stride-1, unpadded convolution as one batched matmul
-    /// over groups of images, summed after (`dW = Σ_g dY_g·X_gᵀ`): a split of the long
-    /// reduction over the batch's pixels, which cubek's weight-gradient kernels tile over
-    /// the small `O × C` output only. Refuses every other pass and shape.
-    BatchedMatmul,
+    /// 1×1, stride-1, unpadded convolutions as matmuls on the NCHW tensors
+    /// ([`crate::pointwise`]): no im2col, no layout copies; the weight gradient split over
+    /// image groups (cubek's weight-gradient kernels tile only the small `O × C` output).
+    /// Refuses every other shape.
+    Matmul,
 }
 
 impl ConvKernel {
@@ -85,18 +85,18 @@ impl ConvKernel {
     /// before plans existed, and the default of a plan that names none.
     pub const DEFAULT: ConvKernel = ConvKernel::Gemm { algorithm: ConvAlgorithm::SimpleSyncCyclic, tile: AcceleratedTileKind::Cmma };
 
-    /// cubek's eighteen and the batched matmul.
+    /// cubek's eighteen and the matmul.
     pub fn all() -> Vec<ConvKernel> {
         ALGORITHMS
             .into_iter()
             .flat_map(|algorithm| [AcceleratedTileKind::Cmma, AcceleratedTileKind::Mma].map(|tile| ConvKernel::Gemm { algorithm, tile }))
-            .chain([ConvKernel::BatchedMatmul])
+            .chain([ConvKernel::Matmul])
             .collect()
     }
 
     /// The six burn-cubecl's autotune compares (each loading style with the tile layout it
     /// pairs with each instruction kind), the two warp-specialised ones it leaves out, and
-    /// the batched matmul: what `sca bench convs` measures unless told otherwise.
+    /// the matmul: what `sca bench convs` measures unless told otherwise.
     pub fn candidates() -> Vec<ConvKernel> {
         use AcceleratedTileKind::{Cmma, Mma};
         use ConvAlgorithm::*;
@@ -112,7 +112,7 @@ impl ConvKernel {
         ]
         .into_iter()
         .map(|(algorithm, tile)| ConvKernel::Gemm { algorithm, tile })
-        .chain([ConvKernel::BatchedMatmul])
+        .chain([ConvKernel::Matmul])
         .collect()
     }
 }
@@ -121,7 +121,7 @@ impl fmt::Display for ConvKernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConvKernel::Gemm { algorithm, tile } => write!(f, "{algorithm}_{tile}"),
-            ConvKernel::BatchedMatmul => f.write_str("batched_matmul"),
+            ConvKernel::Matmul => f.write_str("matmul"),
         }
     }
 }
@@ -281,7 +281,7 @@ pub struct Timing {
 
 /// The default for `pass`: among the kernels that took the most shapes, the one with the
 /// least summed time over the shapes all of them took. A kernel that refuses some shapes
-/// (the batched matmul takes only 1×1 ones) neither wins by their absence nor becomes the
+/// (the matmul takes only 1×1 ones) neither wins by their absence nor becomes the
 /// default for shapes it would refuse.
 fn fastest_overall(timings: &[Timing], pass: Pass) -> Option<ConvKernel> {
     let of_pass: Vec<&Timing> = timings.iter().filter(|t| t.pass == pass).collect();

@@ -20,7 +20,8 @@ fn k(name: &str) -> ConvKernel {
 fn kernel_names_are_cubeks_and_parse_back() {
     let all = ConvKernel::all();
     assert_eq!(all.len(), 19);
-    assert!(all.contains(&ConvKernel::BatchedMatmul) && ConvKernel::candidates().contains(&ConvKernel::BatchedMatmul));
+    assert!(all.contains(&ConvKernel::Matmul) && ConvKernel::candidates().contains(&ConvKernel::Matmul));
+    assert_eq!(k("matmul"), ConvKernel::Matmul);
     for kernel in &all {
         assert_eq!(&kernel.to_string().parse::<ConvKernel>().unwrap(), kernel);
     }
@@ -128,33 +129,47 @@ fn the_fastest_plan_takes_each_shapes_best_and_a_default_fair_to_refusals() {
 }
 
 #[test]
-fn the_batched_weight_gradient_equals_the_convolutions_for_every_grouping() {
+fn the_matmul_kernel_computes_1x1_convolutions_and_their_gradients() {
     use burn::tensor::ops::{FloatTensor, ModuleOps};
-    use sca_kernels::conv::{batched_weight_grad, weight_grad_groups};
+    use sca_kernels::pointwise;
     let device = Default::default();
     let (n, c, o, h, w) = (6, 5, 7, 4, 3);
     let x = Tensor::<Flex, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let wt = Tensor::<Flex, 4>::random([o, c, 1, 1], Distribution::Normal(0.0, 1.0), &device);
     let dy = Tensor::<Flex, 4>::random([n, o, h, w], Distribution::Normal(0.0, 1.0), &device);
     let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
     let prim = |t: &Tensor<Flex, 4>| -> FloatTensor<Flex> { t.clone().into_primitive().tensor() };
-    let want = Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(<Flex as ModuleOps<Flex>>::conv2d_weight_backward(
-        prim(&x),
-        prim(&Tensor::zeros([o, c, 1, 1], &device)),
-        prim(&dy),
-        options.clone(),
-    )));
-    // By hand for one entry: dW[o][c] = Σ_n Σ_pixels dY[n][o]·X[n][c].
-    let hand: f32 = (x.clone().narrow(1, 2, 1) * dy.clone().narrow(1, 3, 1)).sum().into_scalar();
-    let got_entry: f32 = want.clone().narrow(0, 3, 1).narrow(1, 2, 1).sum().into_scalar();
-    assert!((hand - got_entry).abs() < 1e-4, "{hand} vs {got_entry}");
+    let back = |t: FloatTensor<Flex>| Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(t));
+    let close = |a: Tensor<Flex, 4>, b: &Tensor<Flex, 4>| a.into_data().assert_approx_eq::<f32>(&b.clone().into_data(), burn::tensor::Tolerance::absolute(1e-4));
+
+    // Burn's own convolution and gradients are the reference.
+    let y = back(<Flex as ModuleOps<Flex>>::conv2d(prim(&x), prim(&wt), None, options.clone()));
+    let dx = back(<Flex as ModuleOps<Flex>>::conv2d_x_backward(prim(&x), prim(&wt), prim(&dy), options.clone()));
+    let dw = back(<Flex as ModuleOps<Flex>>::conv2d_weight_backward(prim(&x), prim(&wt), prim(&dy), options.clone()));
+    // One entry by hand: y[1, 3, 2, 0] = Σ_c w[3, c]·x[1, c, 2, 0]; dW[3][2] = Σ_n Σ_pixels dY[n][3]·X[n][2].
+    let image = 1;
+    let xs: Vec<f32> = x.clone().into_data().to_vec().unwrap();
+    let ws: Vec<f32> = wt.clone().into_data().to_vec().unwrap();
+    let y_hand: f32 = (0..c).map(|ci| ws[3 * c + ci] * xs[((image * c + ci) * h + 2) * w]).sum();
+    let y_lib: Vec<f32> = y.clone().into_data().to_vec().unwrap();
+    assert!((y_hand - y_lib[((image * o + 3) * h + 2) * w]).abs() < 1e-4);
+    let dw_hand: f32 = (x.clone().narrow(1, 2, 1) * dy.clone().narrow(1, 3, 1)).sum().into_scalar();
+    let dw_lib: Vec<f32> = dw.clone().into_data().to_vec().unwrap();
+    assert!((dw_hand - dw_lib[3 * c + 2]).abs() < 1e-4);
+
+    close(back(pointwise::forward::<Flex>(prim(&x), prim(&wt), &options).unwrap()), &y);
+    close(back(pointwise::data_grad::<Flex>(prim(&dy), prim(&wt), &options).unwrap()), &dx);
     for groups in [1, 2, 3, 6] {
-        let got = batched_weight_grad::<Flex>(prim(&x), prim(&dy), &want.shape(), &options, groups).unwrap();
-        let got = Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(got));
-        got.into_data().assert_approx_eq::<f32>(&want.clone().into_data(), burn::tensor::Tolerance::absolute(1e-4));
+        close(back(pointwise::weight_grad::<Flex>(prim(&x), prim(&dy), &dw.shape(), &options, groups).unwrap()), &dw);
     }
-    let err = batched_weight_grad::<Flex>(prim(&x), prim(&dy), &want.shape(), &options, 4).unwrap_err();
+    let err = pointwise::weight_grad::<Flex>(prim(&x), prim(&dy), &dw.shape(), &options, 4).unwrap_err();
     assert!(err.contains("4 groups do not divide a batch of 6"), "{err}");
+    let strided = ConvOptions::new([2, 2], [0, 0], [1, 1], 1);
+    let err = pointwise::forward::<Flex>(prim(&x), prim(&wt), &strided).unwrap_err();
+    assert!(err.contains("only 1×1, stride-1, unpadded"), "{err}");
+
     // Groups: the fewest giving two 64×64 tiles per SM, within 2^25 partial products.
+    use pointwise::weight_grad_groups;
     assert_eq!(weight_grad_groups(128, 64, 64, 132), 128); // 1 tile: as many groups as images
     assert_eq!(weight_grad_groups(128, 256, 64, 132), 128); // 4 tiles: 66 needed, 128 the first divisor past it
     assert_eq!(weight_grad_groups(128, 512, 256, 132), 16); // 32 tiles: 9 needed → 16
@@ -165,7 +180,7 @@ fn the_batched_weight_gradient_equals_the_convolutions_for_every_grouping() {
 
 #[test]
 fn the_bench_entry_runs_the_cpu_backends_own_kernels_and_refuses_others() {
-    assert_eq!(conv_kernel_names::<Flex>(true), vec!["flex".to_string(), "batched_matmul".to_string()]);
+    assert_eq!(conv_kernel_names::<Flex>(true), vec!["flex".to_string(), "matmul".to_string()]);
     let device = Default::default();
     let x = Tensor::<Flex, 4>::random([2, 3, 9, 9], Distribution::Normal(0.0, 1.0), &device);
     let w = Tensor::<Flex, 4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device);
@@ -182,11 +197,19 @@ fn the_bench_entry_runs_the_cpu_backends_own_kernels_and_refuses_others() {
     let grads = loss.backward();
     close(run(Pass::Data), xa.grad(&grads).unwrap());
     close(run(Pass::Weight), wa.grad(&grads).unwrap());
-    // The batched matmul refuses a 3×3 stride-2 convolution, and passes other than the weight's.
-    let err = conv_pass_on("batched_matmul", Pass::Weight, x.clone(), w.clone(), dy.clone(), options.clone()).unwrap_err();
-    assert!(err.contains("only weight gradients of 1×1, stride-1, unpadded"), "{err}");
-    let err = conv_pass_on("batched_matmul", Pass::Forward, x.clone(), w.clone(), dy.clone(), options.clone()).unwrap_err();
-    assert!(err.contains("runs only weight gradients"), "{err}");
+    // The matmul kernel refuses a 3×3 convolution, in every pass.
+    for pass in Pass::ALL {
+        let err = conv_pass_on("matmul", pass, x.clone(), w.clone(), dy.clone(), options.clone()).unwrap_err();
+        assert!(err.contains("only 1×1, stride-1, unpadded"), "{err}");
+    }
+    // A strided 1×1 (a projection shortcut): it takes the data gradient, through the
+    // stride-1 form, and refuses the other two passes.
+    let w1 = Tensor::<Flex, 4>::random([4, 3, 1, 1], Distribution::Normal(0.0, 1.0), &device);
+    let shortcut = ConvOptions::new([2, 2], [0, 0], [1, 1], 1);
+    let dy1 = Tensor::<Flex, 4>::random(burn::tensor::module::conv2d(x.clone(), w1.clone(), None, shortcut.clone()).dims(), Distribution::Normal(0.0, 1.0), &device);
+    let run1 = |kernel, pass| conv_pass_on(kernel, pass, x.clone(), w1.clone(), dy1.clone(), shortcut.clone());
+    close(run1("matmul", Pass::Data).unwrap(), run1("flex", Pass::Data).unwrap());
+    assert!(run1("matmul", Pass::Forward).is_err() && run1("matmul", Pass::Weight).is_err());
     let err = conv_pass_on("simple_sync_cyclic_cmma", Pass::Forward, x, w, dy, options).unwrap_err();
     assert!(err.contains("'simple_sync_cyclic_cmma'") && err.contains("flex"), "{err}");
 }
