@@ -256,20 +256,15 @@ fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
     c.args(["bench", "convs", "--device", "cpu", "--kernels", "simple_sync_cyclic_cmma"]);
     assert!(run_err(c).contains("no kernel 'simple_sync_cyclic_cmma' on this backend (it has: flex, matmul)"));
 
-    // The default candidates on the CPU: the backend's kernel and the matmul kernel, which
-    // takes the weight gradients of ResNet-50's 12 stride-1 1×1 shapes and refuses the
-    // other 11 (3×3s, the stem, strided shortcuts).
+    // The default candidates on the CPU: the backend's kernel and the matmul kernel
+    // (im2col + matmul), which takes all 23 shapes of ResNet-50.
     let mut c = sca();
     c.args(["bench", "convs", "--device", "cpu", "--small-stem", "--size", "16", "--batch", "2", "--steps", "1", "--passes", "weight", "--json"]).arg(&json);
     let log = run_ok(c);
     let v: serde_json::Value = serde_json::from_slice(&read(json)).unwrap();
-    let batched: Vec<&serde_json::Value> = v["rows"].as_array().unwrap().iter().filter(|r| r["kernel"] == "matmul").collect();
-    assert_eq!(batched.len(), 23);
-    let took: Vec<&str> = batched.iter().filter(|r| r["ms"].is_number()).map(|r| r["shape"].as_str().unwrap()).collect();
-    assert_eq!(took.len(), 12, "{took:?}");
-    assert!(took.iter().all(|s| s.contains("x1x1 s1 p0")), "{took:?}");
-    assert!(batched.iter().filter(|r| r["refused"].is_string()).all(|r| r["refused"].as_str().unwrap().contains("only 1×1, stride-1, unpadded")));
-    // Its network total counts the layers it took and says how many it refused.
+    let matmul: Vec<&serde_json::Value> = v["rows"].as_array().unwrap().iter().filter(|r| r["kernel"] == "matmul").collect();
+    assert_eq!(matmul.len(), 23);
+    assert!(matmul.iter().all(|r| r["ms"].as_f64().is_some_and(|t| t > 0.0) && r["pass"] == "weight"), "{matmul:?}");
     let line = log.lines().find(|l| l.starts_with("matmul ")).unwrap_or_else(|| panic!("{log}"));
-    assert!(line.split_whitespace().nth(1).is_some_and(|cell| cell.ends_with(&format!("+{}", 53 - 36 + 3))) || line.contains(&format!(" +{} ", 53 - 36 + 3)), "{line}");
+    assert!(!line.contains('+'), "no shape refused: {line}");
 }

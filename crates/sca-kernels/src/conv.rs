@@ -30,7 +30,7 @@ use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems, MatmulSetupError
 use cubek::std::InputBinding;
 
 use crate::plan::{planned_kernel, ConvKernel, ConvShape, Pass};
-use crate::pointwise;
+use crate::as_matmul;
 use crate::{dispatch, report_fallback, BinaryOp, ExplicitOps};
 
 /// The three passes of a bias-free convolution on kernels the backend chooses explicitly.
@@ -146,7 +146,7 @@ fn launch<R: CubeRuntime>(kernel: ConvKernel, client: &burn_cubecl::cubecl::clie
 /// The forward pass on `kernel`: `[N, C, H, W]` × `[O, C, kh, kw]` → `[N, O, H', W']`.
 pub fn forward_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, weight: CubeTensor<R>, options: &ConvOptions<2>) -> Result<CubeTensor<R>, ConvSetupError> {
     if kernel == ConvKernel::Matmul {
-        return pointwise::forward::<Matmuls<R>>(x, weight, options).map_err(refusal);
+        return as_matmul::forward::<Matmuls<R>>(x, weight, options).map_err(refusal);
     }
     let (xs, ws) = (x.shape(), weight.shape());
     let [oh, ow] = conv_shape(&xs, &ws, options, x.dtype).output_size();
@@ -169,7 +169,7 @@ pub fn data_on<R: CubeRuntime>(kernel: ConvKernel, grad: CubeTensor<R>, weight: 
         return Err(refusal("strided data gradient (burn-cubecl refuses it; see strided_data_grad)"));
     }
     if kernel == ConvKernel::Matmul {
-        return pointwise::data_grad::<Matmuls<R>>(grad, weight, options).map_err(refusal);
+        return as_matmul::data_grad::<Matmuls<R>>(grad, weight, options).map_err(refusal);
     }
     let (client, dtype) = (grad.client.clone(), grad.dtype);
     let out = empty_device_dtype(client.clone(), grad.device.clone(), permute_nchw_to_nhwc_shape(x_shape), dtype);
@@ -187,8 +187,8 @@ pub fn data_on<R: CubeRuntime>(kernel: ConvKernel, grad: CubeTensor<R>, weight: 
 pub fn weight_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: CubeTensor<R>, weight_shape: Shape, options: &ConvOptions<2>) -> Result<CubeTensor<R>, ConvSetupError> {
     if kernel == ConvKernel::Matmul {
         let (n, c, o) = (x.shape()[0], weight_shape[1], weight_shape[0]);
-        let groups = pointwise::weight_grad_groups(n, o, c, sms(&x));
-        return pointwise::weight_grad::<Matmuls<R>>(x, grad, &weight_shape, options, groups).map_err(refusal);
+        let groups = as_matmul::weight_grad_groups(n, o, c * weight_shape[2] * weight_shape[3], sms(&x));
+        return as_matmul::weight_grad::<Matmuls<R>>(x, grad, &weight_shape, options, groups).map_err(refusal);
     }
     let (client, dtype) = (grad.client.clone(), grad.dtype);
     let out = empty_device_dtype(client.clone(), grad.device.clone(), permute_nchw_to_nhwc_shape(weight_shape), dtype);
@@ -323,7 +323,7 @@ impl BinaryOp<4> for Conv {
 
 /// The kernels [`conv_pass_on`] can run on backend `B`: [`ConvKernel::candidates`] (or
 /// [`ConvKernel::all`]) on the CUDA backend; on the CPU's, `flex` (its own kernels) and
-/// `matmul` ([`crate::pointwise`], which runs on any backend's matmul).
+/// `matmul` ([`crate::as_matmul`], which runs on any backend's matmul).
 pub fn conv_kernel_names<B: Backend>(all: bool) -> Vec<String> {
     if crate::is::<B, crate::CudaBackend>() {
         let kernels = if all { ConvKernel::all() } else { ConvKernel::candidates() };
@@ -359,10 +359,10 @@ pub fn conv_pass_on<B: Backend>(kernel: &str, pass: Pass, x: Tensor<B, 4>, weigh
         crate::same_type::<FloatTensor<crate::CudaBackend>, FloatTensor<B>>(y.map_err(|e| format!("{e:?}").trim().to_string())?)
     } else if crate::is::<B, Flex>() && kernel == ConvKernel::Matmul.to_string() {
         let flex = |t: FloatTensor<B>| crate::same_type::<_, FloatTensor<Flex>>(t);
-        let dx = |x: FloatTensor<Flex>, w: FloatTensor<Flex>, g: FloatTensor<Flex>, o: ConvOptions<2>| pointwise::run::<Flex>(Pass::Data, x, w, g, &o, 64);
+        let dx = |x: FloatTensor<Flex>, w: FloatTensor<Flex>, g: FloatTensor<Flex>, o: ConvOptions<2>| as_matmul::run::<Flex>(Pass::Data, x, w, g, &o, 64);
         let y = match pass {
             Pass::Data if options.stride != [1, 1] => strided_data_grad::<Flex, _>(flex(x), flex(weight), flex(grad), options, dx)?,
-            _ => pointwise::run::<Flex>(pass, flex(x), flex(weight), flex(grad), &options, 64)?,
+            _ => as_matmul::run::<Flex>(pass, flex(x), flex(weight), flex(grad), &options, 64)?,
         };
         crate::same_type::<FloatTensor<Flex>, FloatTensor<B>>(y)
     } else if crate::is::<B, Flex>() && kernel == FLEX {

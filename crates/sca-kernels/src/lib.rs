@@ -9,8 +9,8 @@
 //! - [`conv`]: [`gemm_conv2d`], forward, data and weight gradients on cubek's implicit-GEMM
 //!   kernels (tensor cores; TF32 for f32 inputs), each pass on the kernel the current
 //!   [`plan`] names for its shape.
-//! - [`plan`]: [`plan::ConvPlan`], which of cubek's eighteen convolution kernels (or, for
-//!   1×1 convolutions, [`pointwise`] matmuls) each pass of each shape runs, as
+//! - [`plan`]: [`plan::ConvPlan`], which of cubek's eighteen convolution kernels (or
+//!   [`as_matmul`]: im2col and cubek's tiled matmul) each pass of each shape runs, as
 //!   `sca bench convs` measures and writes it.
 //! - [`matmul`]: [`gemm_matmul`] and [`gemm_linear`], matmul and its two gradients on
 //!   cubek's tiled tensor-core matmul.
@@ -40,8 +40,8 @@ use matmul::MatmulKernels;
 
 pub mod conv;
 pub mod matmul;
+pub mod as_matmul;
 pub mod plan;
-pub mod pointwise;
 
 pub use conv::gemm_conv2d;
 pub use matmul::{gemm_linear, gemm_matmul};

@@ -2,7 +2,8 @@
 //!
 //! cubek offers nine convolution algorithms (synchronous, asynchronous, TMA and
 //! warp-specialised loading; cyclic or strided tiles) on two tensor-core instruction kinds;
-//! for 1×1 convolutions this crate adds plain matmuls on the NCHW tensors (`matmul`).
+//! this crate adds convolution as matmul (`matmul`: im2col, none for 1×1 convolutions, and
+//! cubek's tiled matmul).
 //! burn-cubecl's autotune tries six of them per shape and pass, compiling and timing each on
 //! the first step; its `ImplicitGemm` strategy pins one. A plan names the kernel per pass for
 //! each convolution shape, measured once by `sca bench convs` and kept as a JSON file beside
@@ -73,10 +74,10 @@ const ALGORITHMS: [ConvAlgorithm; 9] = [
 #[serde(try_from = "String", into = "String")]
 pub enum ConvKernel {
     Gemm { algorithm: ConvAlgorithm, tile: AcceleratedTileKind },
-    /// 1×1, stride-1, unpadded convolutions as matmuls on the NCHW tensors
-    /// ([`crate::pointwise`]): no im2col, no layout copies; the weight gradient split over
-    /// image groups (cubek's weight-gradient kernels tile only the small `O × C` output).
-    /// Refuses every other shape.
+    /// Convolution as matmul ([`crate::as_matmul`]): im2col from shifted slices (none for
+    /// 1×1 stride-1 convolutions, which run on the NCHW tensors as they are) and cubek's
+    /// tiled matmul; the weight gradient split over image groups (cubek's weight-gradient
+    /// kernels tile only the small `O × C·k²` output).
     Matmul,
 }
 
@@ -281,8 +282,8 @@ pub struct Timing {
 
 /// The default for `pass`: among the kernels that took the most shapes, the one with the
 /// least summed time over the shapes all of them took. A kernel that refuses some shapes
-/// (the matmul takes only 1×1 ones) neither wins by their absence nor becomes the
-/// default for shapes it would refuse.
+/// (a TMA kernel may refuse the stem's 3 channels) neither wins by their absence nor
+/// becomes the default for shapes it would refuse.
 fn fastest_overall(timings: &[Timing], pass: Pass) -> Option<ConvKernel> {
     let of_pass: Vec<&Timing> = timings.iter().filter(|t| t.pass == pass).collect();
     let mut coverage: Vec<(ConvKernel, usize)> = Vec::new();

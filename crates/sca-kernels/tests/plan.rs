@@ -128,48 +128,83 @@ fn the_fastest_plan_takes_each_shapes_best_and_a_default_fair_to_refusals() {
     assert_eq!(merged.shapes["big"], plan.shapes["big"]);
 }
 
+/// `conv_pass_on(kernel)` for all three passes of `conv(x, w)` with a random output gradient.
+fn passes(kernel: &str, x: &Tensor<Flex, 4>, w: &Tensor<Flex, 4>, dy: &Tensor<Flex, 4>, options: &ConvOptions<2>) -> Vec<Tensor<Flex, 4>> {
+    Pass::ALL.iter().map(|&p| conv_pass_on(kernel, p, x.clone(), w.clone(), dy.clone(), options.clone()).unwrap_or_else(|e| panic!("{kernel} {p}: {e}"))).collect()
+}
+
 #[test]
-fn the_matmul_kernel_computes_1x1_convolutions_and_their_gradients() {
-    use burn::tensor::ops::{FloatTensor, ModuleOps};
-    use sca_kernels::pointwise;
+fn the_matmul_kernel_computes_every_convolution_and_both_gradients() {
+    use burn::tensor::ops::FloatTensor;
+    use sca_kernels::as_matmul;
     let device = Default::default();
+    // (input [N, C, H, W], weight [O, C, kh, kw], stride, padding, dilation): 1×1 as it is,
+    // a strided 1×1 shortcut, 3×3 padded with stride 1 and 2, the 7×7 stem, dilation, odd sides.
+    let cases = [
+        ([6, 5, 4, 3], [7, 5, 1, 1], 1, 0, 1),
+        ([4, 5, 7, 6], [8, 5, 1, 1], 2, 0, 1),
+        ([4, 3, 9, 8], [6, 3, 3, 3], 1, 1, 1),
+        ([4, 3, 9, 8], [6, 3, 3, 3], 2, 1, 1),
+        ([2, 3, 15, 13], [8, 3, 7, 7], 2, 3, 1),
+        ([2, 4, 11, 10], [5, 4, 3, 3], 1, 2, 2),
+        ([2, 4, 11, 10], [5, 4, 3, 3], 3, 1, 1),
+    ];
+    for (xs, ws, s, p, d) in cases {
+        let options = ConvOptions::new([s, s], [p, p], [d, d], 1);
+        let x = Tensor::<Flex, 4>::random(xs, Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<Flex, 4>::random(ws, Distribution::Normal(0.0, 1.0), &device);
+        let y = burn::tensor::module::conv2d(x.clone(), w.clone(), None, options.clone());
+        let dy = Tensor::<Flex, 4>::random(y.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let want = passes("flex", &x, &w, &dy, &options);
+        for (pass, (got, want)) in Pass::ALL.iter().zip(passes("matmul", &x, &w, &dy, &options).into_iter().zip(&want)) {
+            assert_eq!(got.dims(), want.dims(), "{pass} {xs:?} {ws:?} s{s} p{p} d{d}");
+            got.into_data().assert_approx_eq::<f32>(&want.clone().into_data(), burn::tensor::Tolerance::absolute(1e-3));
+        }
+    }
+
+    // One entry by hand for a 1×1: y[1, 3, 2, 0] = Σ_c w[3, c]·x[1, c, 2, 0], and
+    // dW[3][2] = Σ_n Σ_pixels dY[n][3]·X[n][2].
     let (n, c, o, h, w) = (6, 5, 7, 4, 3);
+    let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
     let x = Tensor::<Flex, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
     let wt = Tensor::<Flex, 4>::random([o, c, 1, 1], Distribution::Normal(0.0, 1.0), &device);
     let dy = Tensor::<Flex, 4>::random([n, o, h, w], Distribution::Normal(0.0, 1.0), &device);
-    let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-    let prim = |t: &Tensor<Flex, 4>| -> FloatTensor<Flex> { t.clone().into_primitive().tensor() };
-    let back = |t: FloatTensor<Flex>| Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(t));
-    let close = |a: Tensor<Flex, 4>, b: &Tensor<Flex, 4>| a.into_data().assert_approx_eq::<f32>(&b.clone().into_data(), burn::tensor::Tolerance::absolute(1e-4));
-
-    // Burn's own convolution and gradients are the reference.
-    let y = back(<Flex as ModuleOps<Flex>>::conv2d(prim(&x), prim(&wt), None, options.clone()));
-    let dx = back(<Flex as ModuleOps<Flex>>::conv2d_x_backward(prim(&x), prim(&wt), prim(&dy), options.clone()));
-    let dw = back(<Flex as ModuleOps<Flex>>::conv2d_weight_backward(prim(&x), prim(&wt), prim(&dy), options.clone()));
-    // One entry by hand: y[1, 3, 2, 0] = Σ_c w[3, c]·x[1, c, 2, 0]; dW[3][2] = Σ_n Σ_pixels dY[n][3]·X[n][2].
+    let [y, _, dw] = <[Tensor<Flex, 4>; 3]>::try_from(passes("matmul", &x, &wt, &dy, &options)).unwrap();
+    let (xs, ws): (Vec<f32>, Vec<f32>) = (x.clone().into_data().to_vec().unwrap(), wt.clone().into_data().to_vec().unwrap());
     let image = 1;
-    let xs: Vec<f32> = x.clone().into_data().to_vec().unwrap();
-    let ws: Vec<f32> = wt.clone().into_data().to_vec().unwrap();
     let y_hand: f32 = (0..c).map(|ci| ws[3 * c + ci] * xs[((image * c + ci) * h + 2) * w]).sum();
-    let y_lib: Vec<f32> = y.clone().into_data().to_vec().unwrap();
-    assert!((y_hand - y_lib[((image * o + 3) * h + 2) * w]).abs() < 1e-4);
+    let y_got: Vec<f32> = y.into_data().to_vec().unwrap();
+    assert!((y_hand - y_got[((image * o + 3) * h + 2) * w]).abs() < 1e-4);
     let dw_hand: f32 = (x.clone().narrow(1, 2, 1) * dy.clone().narrow(1, 3, 1)).sum().into_scalar();
-    let dw_lib: Vec<f32> = dw.clone().into_data().to_vec().unwrap();
-    assert!((dw_hand - dw_lib[3 * c + 2]).abs() < 1e-4);
+    let dw_got: Vec<f32> = dw.clone().into_data().to_vec().unwrap();
+    assert!((dw_hand - dw_got[3 * c + 2]).abs() < 1e-4);
 
-    close(back(pointwise::forward::<Flex>(prim(&x), prim(&wt), &options).unwrap()), &y);
-    close(back(pointwise::data_grad::<Flex>(prim(&dy), prim(&wt), &options).unwrap()), &dx);
+    // Every grouping of the weight gradient gives the same sum; groups must divide the batch.
+    let prim = |t: &Tensor<Flex, 4>| -> FloatTensor<Flex> { t.clone().into_primitive().tensor() };
+    let w3 = Tensor::<Flex, 4>::random([7, c, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+    let pad1 = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let dy3 = Tensor::<Flex, 4>::random([n, 7, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let want = passes("flex", &x, &w3, &dy3, &pad1).remove(2);
     for groups in [1, 2, 3, 6] {
-        close(back(pointwise::weight_grad::<Flex>(prim(&x), prim(&dy), &dw.shape(), &options, groups).unwrap()), &dw);
+        let got = as_matmul::weight_grad::<Flex>(prim(&x), prim(&dy3), &w3.shape(), &pad1, groups).unwrap();
+        Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(got))
+            .into_data()
+            .assert_approx_eq::<f32>(&want.clone().into_data(), burn::tensor::Tolerance::absolute(1e-3));
     }
-    let err = pointwise::weight_grad::<Flex>(prim(&x), prim(&dy), &dw.shape(), &options, 4).unwrap_err();
+    let err = as_matmul::weight_grad::<Flex>(prim(&x), prim(&dy), &dw.shape(), &options, 4).unwrap_err();
     assert!(err.contains("4 groups do not divide a batch of 6"), "{err}");
-    let strided = ConvOptions::new([2, 2], [0, 0], [1, 1], 1);
-    let err = pointwise::forward::<Flex>(prim(&x), prim(&wt), &strided).unwrap_err();
-    assert!(err.contains("only 1×1, stride-1, unpadded"), "{err}");
+
+    // In bf16 (the padding's zeros take the input's type): within bf16's rounding of f32.
+    let (x, w) = (Tensor::<Flex, 4>::random([2, 3, 9, 8], Distribution::Normal(0.0, 1.0), &device), Tensor::<Flex, 4>::random([6, 3, 3, 3], Distribution::Normal(0.0, 0.3), &device));
+    let strided = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
+    let y32 = burn::tensor::module::conv2d(x.clone(), w.clone(), None, strided.clone());
+    let bf = |t: &Tensor<Flex, 4>| t.clone().cast(burn::tensor::FloatDType::BF16);
+    let y16 = conv_pass_on("matmul", Pass::Forward, bf(&x), bf(&w), bf(&y32), strided).unwrap();
+    assert_eq!(y16.dtype(), DType::BF16);
+    y16.cast(burn::tensor::FloatDType::F32).into_data().assert_approx_eq::<f32>(&y32.into_data(), burn::tensor::Tolerance::absolute(0.1));
 
     // Groups: the fewest giving two 64×64 tiles per SM, within 2^25 partial products.
-    use pointwise::weight_grad_groups;
+    use as_matmul::weight_grad_groups;
     assert_eq!(weight_grad_groups(128, 64, 64, 132), 128); // 1 tile: as many groups as images
     assert_eq!(weight_grad_groups(128, 256, 64, 132), 128); // 4 tiles: 66 needed, 128 the first divisor past it
     assert_eq!(weight_grad_groups(128, 512, 256, 132), 16); // 32 tiles: 9 needed → 16
@@ -197,19 +232,6 @@ fn the_bench_entry_runs_the_cpu_backends_own_kernels_and_refuses_others() {
     let grads = loss.backward();
     close(run(Pass::Data), xa.grad(&grads).unwrap());
     close(run(Pass::Weight), wa.grad(&grads).unwrap());
-    // The matmul kernel refuses a 3×3 convolution, in every pass.
-    for pass in Pass::ALL {
-        let err = conv_pass_on("matmul", pass, x.clone(), w.clone(), dy.clone(), options.clone()).unwrap_err();
-        assert!(err.contains("only 1×1, stride-1, unpadded"), "{err}");
-    }
-    // A strided 1×1 (a projection shortcut): it takes the data gradient, through the
-    // stride-1 form, and refuses the other two passes.
-    let w1 = Tensor::<Flex, 4>::random([4, 3, 1, 1], Distribution::Normal(0.0, 1.0), &device);
-    let shortcut = ConvOptions::new([2, 2], [0, 0], [1, 1], 1);
-    let dy1 = Tensor::<Flex, 4>::random(burn::tensor::module::conv2d(x.clone(), w1.clone(), None, shortcut.clone()).dims(), Distribution::Normal(0.0, 1.0), &device);
-    let run1 = |kernel, pass| conv_pass_on(kernel, pass, x.clone(), w1.clone(), dy1.clone(), shortcut.clone());
-    close(run1("matmul", Pass::Data).unwrap(), run1("flex", Pass::Data).unwrap());
-    assert!(run1("matmul", Pass::Forward).is_err() && run1("matmul", Pass::Weight).is_err());
     let err = conv_pass_on("simple_sync_cyclic_cmma", Pass::Forward, x, w, dy, options).unwrap_err();
     assert!(err.contains("'simple_sync_cyclic_cmma'") && err.contains("flex"), "{err}");
 }

@@ -34,8 +34,8 @@ pub struct ConvsArgs {
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// Kernels to compare: names (see `sca_kernels::plan::ConvKernel`), or `all`; default:
-    /// on CUDA burn-cubecl's six, two warp-specialised and `matmul` (1×1 convolutions as
-    /// matmuls); on the CPU the backend's own and `matmul`.
+    /// on CUDA burn-cubecl's six, two warp-specialised and `matmul` (im2col + matmul); on
+    /// the CPU the backend's own and `matmul`.
     #[arg(long, value_delimiter = ',')]
     pub kernels: Vec<String>,
     /// Passes to measure.
