@@ -41,9 +41,9 @@ pub enum ConvImpl {
     /// Reshape / im2col + matmul: faster for training on the CPU backend (see
     /// `examples/conv_bench.rs`).
     Matmul,
-    /// On CUDA, CubeCL's implicit-GEMM kernels for all three passes, chosen without autotune
-    /// (see the `sca-kernels` crate); elsewhere the backend's kernels through the same
-    /// autodiff operation.
+    /// On CUDA, for all three passes the kernels the convolution plan names (cubek's
+    /// implicit GEMM by default), chosen without autotune (see the `sca-kernels` crate);
+    /// elsewhere the backend's kernels through the same autodiff operation.
     Gemm,
     /// The default: `gemm` on CUDA, `matmul` elsewhere.
     #[default]
