@@ -22,6 +22,7 @@ use burn::tensor::{DType, FloatDType, Shape, Tensor, TensorMetadata, TensorPrimi
 use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::ops::{permute_nchw_to_nhwc, permute_nchw_to_nhwc_shape, permute_nhwc_to_nchw};
+use burn_cubecl::cubecl::prelude::TensorBinding;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubek::convolution::components::ConvSetupError;
@@ -150,16 +151,13 @@ pub fn forward_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, weight: 
     }
     let (xs, ws) = (x.shape(), weight.shape());
     let [oh, ow] = conv_shape(&xs, &ws, options, x.dtype).output_size();
-    let (client, dtype) = (x.client.clone(), x.dtype);
-    let out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([xs[0], oh, ow, ws[0]]), dtype);
-    let inputs = ConvolutionInputs::Forward {
+    let dtypes = elems(x.dtype, weight.dtype, x.dtype);
+    launch_nchw(kernel, &x.clone(), Shape::new([xs[0], ws[0], oh, ow]), options, dtypes, |out| ConvolutionInputs::Forward {
         input: binding(permute_nchw_to_nhwc(x)),
-        weight: binding(permute_nchw_to_nhwc(weight.clone())),
+        weight: binding(permute_nchw_to_nhwc(weight)),
         bias: None,
-        out: out.clone().binding(),
-    };
-    launch(kernel, &client, inputs, options, elems(dtype, weight.dtype, dtype))?;
-    Ok(permute_nhwc_to_nchw(out))
+        out,
+    })
 }
 
 /// The data gradient on `kernel` (stride 1 only: see [`strided_data_grad`]): `dy` and the
@@ -171,16 +169,12 @@ pub fn data_on<R: CubeRuntime>(kernel: ConvKernel, grad: CubeTensor<R>, weight: 
     if kernel == ConvKernel::Matmul {
         return as_matmul::data_grad::<Matmuls<R>>(grad, weight, options).map_err(refusal);
     }
-    let (client, dtype) = (grad.client.clone(), grad.dtype);
-    let out = empty_device_dtype(client.clone(), grad.device.clone(), permute_nchw_to_nhwc_shape(x_shape), dtype);
-    let wdtype = weight.dtype;
-    let inputs = ConvolutionInputs::BackwardData {
+    let dtypes = elems(grad.dtype, weight.dtype, grad.dtype);
+    launch_nchw(kernel, &grad.clone(), x_shape, options, dtypes, |in_grad| ConvolutionInputs::BackwardData {
         out_grad: binding(permute_nchw_to_nhwc(grad)),
         weights: binding(permute_nchw_to_nhwc(weight)),
-        in_grad: out.clone().binding(),
-    };
-    launch(kernel, &client, inputs, options, elems(dtype, wdtype, dtype))?;
-    Ok(permute_nhwc_to_nchw(out))
+        in_grad,
+    })
 }
 
 /// The weight gradient on `kernel`: `x` and `dy` → `dw` of shape `weight_shape` (OIHW).
@@ -190,15 +184,27 @@ pub fn weight_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: Cub
         let groups = as_matmul::weight_grad_groups(n, o, c * weight_shape[2] * weight_shape[3], sms(&x));
         return as_matmul::weight_grad::<Matmuls<R>>(x, grad, &weight_shape, options, groups).map_err(refusal);
     }
-    let (client, dtype) = (grad.client.clone(), grad.dtype);
-    let out = empty_device_dtype(client.clone(), grad.device.clone(), permute_nchw_to_nhwc_shape(weight_shape), dtype);
-    let xdtype = x.dtype;
-    let inputs = ConvolutionInputs::BackwardWeight {
+    let dtypes = elems(x.dtype, grad.dtype, grad.dtype);
+    launch_nchw(kernel, &grad.clone(), weight_shape, options, dtypes, |weight_grad| ConvolutionInputs::BackwardWeight {
         input: binding(permute_nchw_to_nhwc(x)),
         out_grad: binding(permute_nchw_to_nhwc(grad)),
-        weight_grad: out.clone().binding(),
-    };
-    launch(kernel, &client, inputs, options, elems(xdtype, dtype, dtype))?;
+        weight_grad,
+    })
+}
+
+/// Launches `kernel` on the inputs `inputs` builds around the output's binding: a new
+/// channels-last tensor for the NCHW shape `out_shape`, with `like`'s type and device,
+/// returned as an NCHW view.
+fn launch_nchw<R: CubeRuntime>(
+    kernel: ConvKernel,
+    like: &CubeTensor<R>,
+    out_shape: Shape,
+    options: &ConvOptions<2>,
+    dtypes: MatmulElems,
+    inputs: impl FnOnce(TensorBinding<R>) -> ConvolutionInputs<R>,
+) -> Result<CubeTensor<R>, ConvSetupError> {
+    let out = empty_device_dtype(like.client.clone(), like.device.clone(), permute_nchw_to_nhwc_shape(out_shape), like.dtype);
+    launch(kernel, &like.client, inputs(out.clone().binding()), options, dtypes)?;
     Ok(permute_nhwc_to_nchw(out))
 }
 
