@@ -8,7 +8,7 @@
 //! variables are still read first; the flags override them.
 //!
 //! The same directory holds the convolution plan (`conv-plan.json`, written by
-//! `sca bench convs`): which implicit-GEMM kernel each convolution pass runs. A CUDA run
+//! `sca bench convs`): which kernel each convolution pass runs. A CUDA run
 //! uses the plan it finds there, or the one `--conv-plan FILE` names.
 
 use std::path::{Path, PathBuf};

@@ -1,11 +1,11 @@
-//! Which implicit-GEMM kernel each convolution pass runs on CUDA: a [`ConvPlan`].
+//! Which kernel each convolution pass runs on CUDA: a [`ConvPlan`].
 //!
-//! cubek offers nine convolution algorithms (synchronous, asynchronous, TMA and
-//! warp-specialised loading; cyclic or strided tiles) on two tensor-core instruction kinds;
-//! this crate adds convolution as matmul (`matmul`: im2col, none for 1×1 convolutions, and
-//! cubek's tiled matmul).
-//! burn-cubecl's autotune tries six of them per shape and pass, compiling and timing each on
-//! the first step; its `ImplicitGemm` strategy pins one. A plan names the kernel per pass for
+//! cubek offers nine implicit-GEMM convolution algorithms (synchronous, asynchronous, TMA
+//! and warp-specialised loading; cyclic or strided tiles) on two tensor-core instruction
+//! kinds. burn-cubecl's autotune tries six of them per shape and pass, compiling and timing
+//! each on the first step; its `ImplicitGemm` strategy pins one. This crate adds a
+//! nineteenth, convolution as matmul (`matmul`: im2col, none for 1×1 convolutions, and
+//! cubek's tiled matmul). A plan names the kernel per pass for
 //! each convolution shape, measured once by `sca bench convs` and kept as a JSON file beside
 //! the compiled kernels: a run compiles exactly the kernels it uses, none are timed.
 //! Shapes the plan does not list run the plan's per-pass default.

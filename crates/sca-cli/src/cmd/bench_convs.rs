@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Distribution, FloatDType, Tensor};
+use burn::tensor::{DType, Distribution, Tensor};
 use sca_backbone::{Arch, ConvLayer, Precision, ResNetConfig};
 use sca_kernels::conv::{conv_kernel_names, conv_pass_on, conv_shape};
 use sca_kernels::plan::{ConvPlan, ConvShape, Pass, Timing};
@@ -55,14 +55,9 @@ struct Problem {
 }
 
 /// The network's convolutions grouped by shape, in the order a forward pass meets them.
-fn problems(args: &ConvsArgs, dtype: &str) -> Vec<Problem> {
+fn problems(args: &ConvsArgs, dtype: DType) -> Vec<Problem> {
     type Cpu = burn::backend::Flex;
     let model = ResNetConfig::new(args.arch).with_small_stem(args.small_stem).init::<Cpu>(&Default::default());
-    let dtype = match dtype {
-        "bf16" => burn::tensor::DType::BF16,
-        "f16" => burn::tensor::DType::F16,
-        _ => burn::tensor::DType::F32,
-    };
     let mut out: Vec<Problem> = Vec::new();
     for layer in model.conv_layers([args.size, args.size]) {
         let [c, h, w] = layer.input;
@@ -75,17 +70,12 @@ fn problems(args: &ConvsArgs, dtype: &str) -> Vec<Problem> {
     out
 }
 
-/// Runs the benchmark; returns the rows for the JSON and prints the tables.
+/// Runs the benchmark: prints the tables, writes the rows (`--json`) and, on CUDA, the plan.
 pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, device_name: &str, json_path: Option<&PathBuf>, device: B::Device) -> anyhow::Result<()> {
     type I<B> = <B as AutodiffBackend>::InnerBackend;
     let compute = args.precision.compute_dtype();
-    let dtype_name = match compute {
-        Some(FloatDType::BF16) => "bf16",
-        Some(FloatDType::F16) => "f16",
-        _ => "f32",
-    };
     let kernels = choose_kernels::<I<B>>(&args.kernels)?;
-    let problems = problems(args, dtype_name);
+    let problems = problems(args, compute.map(DType::from).unwrap_or(DType::F32));
     let plan_path = plan_destination::<I<B>>(args)?;
     // Entries of an existing plan that this run does not re-measure (another precision,
     // another network) are kept.
@@ -113,6 +103,7 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
             None => t,
         };
         let x = cast(Tensor::random([batch, c, h, w], Distribution::Normal(0.0, 1.0), &device));
+        // Weights at about their Kaiming scale; the values do not change the timings.
         let weight = cast(Tensor::random(p.layer.weight, Distribution::Normal(0.0, 0.05), &device));
         let grad = cast(Tensor::random([batch, o, oh, ow], Distribution::Normal(0.0, 1.0), &device));
         for &pass in &args.passes {
@@ -305,7 +296,7 @@ mod tests {
     #[test]
     fn resnet50_has_23_shapes_and_layer_counts_sum_to_53() {
         let args = ConvsArgs { arch: Arch::ResNet50, size: 224, small_stem: false, precision: Precision::F32, kernels: vec![], passes: Pass::ALL.to_vec(), plan: None };
-        let ps = problems(&args, "f32");
+        let ps = problems(&args, DType::F32);
         assert_eq!(ps.len(), 23);
         assert_eq!(ps.iter().map(|p| p.names.len()).sum::<usize>(), 53);
         // layer1's 3×3 appears in all three blocks; its 1×1 64→256 is also the shortcut.
