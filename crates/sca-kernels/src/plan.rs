@@ -5,10 +5,10 @@
 //! kinds. burn-cubecl's autotune tries six of them per shape and pass, compiling and timing
 //! each on the first step; its `ImplicitGemm` strategy pins one. This crate adds a
 //! nineteenth, convolution as matmul (`matmul`: im2col, none for 1×1 convolutions, and
-//! cubek's tiled matmul). A plan names the kernel per pass for
-//! each convolution shape, measured once by `sca bench convs` and kept as a JSON file beside
-//! the compiled kernels: a run compiles exactly the kernels it uses, none are timed.
-//! Shapes the plan does not list run the plan's per-pass default.
+//! cubek's tiled matmul). A plan names the kernel per pass for each convolution shape,
+//! measured once by `sca bench convs` and kept as a JSON file beside the compiled kernels:
+//! a run compiles exactly the kernels it uses, none are timed. Shapes the plan does not list
+//! run the plan's per-pass default.
 
 use std::collections::BTreeMap;
 use std::fmt;
