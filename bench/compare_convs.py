@@ -66,7 +66,8 @@ def main():
         print(f"{shape:<44} {n:>3} {pas:<7} {fmt(built_in)} {ms:9.3f} ({kernel[:24]:>24}) {fmt(ref)} {ratio}")
     print("\none network pass, ms (layers x ms)")
     print(f"{'pass':<8} {'built-in':>10} {'fastest':>10} {'pytorch':>10} {'x slower':>9}")
-    for pas, (b, f, r, complete) in totals.items():
+    order = ["forward", "data", "weight"]
+    for pas, (b, f, r, complete) in sorted(totals.items(), key=lambda kv: (order + [kv[0]]).index(kv[0])):
         note = "" if complete else "  (some shapes lack a built-in or PyTorch time)"
         ratio = f"{f / r:9.2f}" if r else f"{'-':>9}"
         print(f"{pas:<8} {b:10.1f} {f:10.1f} {r:10.1f} {ratio}{note}")

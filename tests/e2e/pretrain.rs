@@ -203,14 +203,16 @@ fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
     c.args(["bench", "convs", "--device", "cpu", "--arch", "resnet18", "--small-stem", "--size", "32", "--batch", "2", "--steps", "1", "--precision", "bf16", "--kernels", "flex"]);
     c.args(["--plan"]).arg(tmp.path().join("plan.json")).arg("--json").arg(&json);
     let log = run_ok(c);
-    // ResNet-18 with the small stem: 20 convolutions in 11 shapes, three passes each.
+    // ResNet-18 with the small stem: 20 convolutions in 11 shapes, three passes each but
+    // the stem's data gradient (the images need none).
     assert!(log.contains("20 convolutions of resnet18 at 32 px in 11 shapes"), "{log}");
     assert!(log.contains("[11/11] 512x4x4 * 512x512x3x3 s1 p1 d1 bf16 (3 layers) measured"), "{log}");
     assert!(log.contains("no plan written: the CPU backend has one kernel per pass"), "{log}");
     assert!(!tmp.path().join("plan.json").exists());
     let v: serde_json::Value = serde_json::from_slice(&read(json.clone())).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 33);
+    assert_eq!(rows.len(), 32);
+    assert!(!rows.iter().any(|r| r["layers"][0] == "conv1" && r["pass"] == "data"));
     assert!(rows.iter().all(|r| r["kernel"] == "flex" && r["ms"].as_f64().is_some_and(|t| t > 0.0)), "{rows:?}");
     // The per-kernel network totals are each shape's time times its layer count.
     let total = |pass: &str| -> f64 {

@@ -107,6 +107,10 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
         let weight = cast(Tensor::random(p.layer.weight, Distribution::Normal(0.0, 0.05), &device));
         let grad = cast(Tensor::random([batch, o, oh, ow], Distribution::Normal(0.0, 1.0), &device));
         for &pass in &args.passes {
+            // The stem's input is the images, which need no gradient: training never runs it.
+            if pass == Pass::Data && p.names.iter().any(|n| n == "conv1") {
+                continue;
+            }
             for kernel in &kernels {
                 let run = || conv_pass_on(kernel, pass, x.clone(), weight.clone(), grad.clone(), p.layer.options.clone());
                 let (result, first_s, ms) = time_kernel::<I<B>>(run, steps, &device)?;
@@ -212,11 +216,9 @@ fn save(rows: &[serde_json::Value], device: &str, json_path: Option<&PathBuf>, p
 /// Per shape and pass, each kernel's milliseconds (the fastest marked `*`); then per
 /// kernel, the time of one network pass (each shape's time × its layer count).
 fn print_tables(problems: &[Problem], rows: &[serde_json::Value], kernels: &[String], passes: &[Pass]) {
-    let ms_of = |shape: &str, pass: Pass, kernel: &str| -> Option<f64> {
-        rows.iter()
-            .find(|r| r["shape"] == shape && r["pass"] == json!(pass) && r["kernel"] == kernel)
-            .and_then(|r| r["ms"].as_f64())
-    };
+    // A kernel's row for a shape and pass: none where the pass was not run; no "ms" where
+    // the kernel refused it.
+    let row_of = |shape: &str, pass: Pass, kernel: &str| rows.iter().find(|r| r["shape"] == shape && r["pass"] == json!(pass) && r["kernel"] == kernel);
     let short: Vec<String> = kernels.iter().map(|k| abbreviate(k)).collect();
     println!("\nmilliseconds per call (* fastest; - refused)");
     println!("{:<44} {:>3} {:<7} {}", "shape", "n", "pass", short.iter().map(|k| format!("{k:>9}")).collect::<String>());
@@ -226,7 +228,11 @@ fn print_tables(problems: &[Problem], rows: &[serde_json::Value], kernels: &[Str
         let key = p.shape.to_string();
         let n = p.names.len();
         for &pass in passes {
-            let times: Vec<Option<f64>> = kernels.iter().map(|k| ms_of(&key, pass, k)).collect();
+            let ran: Vec<Option<&serde_json::Value>> = kernels.iter().map(|k| row_of(&key, pass, k)).collect();
+            if ran.iter().all(Option::is_none) {
+                continue;
+            }
+            let times: Vec<Option<f64>> = ran.iter().map(|r| r.and_then(|r| r["ms"].as_f64())).collect();
             let best = times.iter().flatten().copied().fold(f64::INFINITY, f64::min);
             if best.is_finite() {
                 *best_total.entry(pass).or_default() += best * n as f64;
