@@ -208,7 +208,8 @@ def print_convs(rows):
         for r in rows:
             if r["precision"] == p:
                 totals[r["pass"]] = totals.get(r["pass"], 0.0) + r["ms"] * len(r["layers"])
-        print(f"convs {p:<5} one network pass: " + ", ".join(f"{k} {v:.1f} ms" for k, v in totals.items()))
+        order = ["forward", "data", "weight"]
+        print(f"convs {p:<5} one network pass: " + ", ".join(f"{k} {totals[k]:.1f} ms" for k in order if k in totals))
 
 
 def main():
