@@ -262,9 +262,8 @@ impl ConvLayer {
 
     /// The output `[O, H', W']`.
     pub fn output(&self) -> [usize; 3] {
-        let o = &self.options;
-        let size = |i: usize| (self.input[1 + i] + 2 * o.padding[i] - o.dilation[i] * (self.weight[2 + i] - 1) - 1) / o.stride[i] + 1;
-        [self.weight[0], size(0), size(1)]
+        let [oh, ow] = sca_kernels::conv::output_size([self.input[1], self.input[2]], [self.weight[2], self.weight[3]], &self.options);
+        [self.weight[0], oh, ow]
     }
 }
 

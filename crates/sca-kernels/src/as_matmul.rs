@@ -22,6 +22,7 @@
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{FloatDType, Shape, Slice, Tensor, TensorMetadata, TensorPrimitive};
 
+use crate::conv::output_size;
 use crate::matmul::MatmulKernels;
 use crate::plan::{ConvKernel, Pass};
 
@@ -42,12 +43,6 @@ fn check_groups(options: &ConvOptions<2>) -> Result<(), String> {
 
 fn pointwise(k: [usize; 2], options: &ConvOptions<2>) -> bool {
     k == [1, 1] && options.stride == [1, 1] && options.padding == [0, 0]
-}
-
-/// The output's `[H', W']`.
-fn output_size([h, w]: [usize; 2], k: [usize; 2], o: &ConvOptions<2>) -> [usize; 2] {
-    let size = |i: usize, n: usize| (n + 2 * o.padding[i] - o.dilation[i] * (k[i] - 1) - 1) / o.stride[i] + 1;
-    [size(0, h), size(1, w)]
 }
 
 /// `t` with `[ph, pw]` zero rows and columns on each side, in `t`'s own float type.
@@ -110,10 +105,11 @@ pub fn data_grad<B: MatmulKernels>(grad: FloatTensor<B>, weight: FloatTensor<B>,
         let dx = mm(w.reshape([1, o, c]).swap_dims(1, 2), dy.reshape([n, o, h * wd]));
         return Ok(dx.reshape([n, c, h, wd]).into_primitive().tensor());
     }
-    let padding: [usize; 2] = std::array::from_fn(|i| (options.dilation[i] * ([kh, kw][i] - 1)).saturating_sub(options.padding[i]));
-    if (0..2).any(|i| options.padding[i] > options.dilation[i] * ([kh, kw][i] - 1)) {
+    let reach = |i: usize| options.dilation[i] * ([kh, kw][i] - 1);
+    if (0..2).any(|i| options.padding[i] > reach(i)) {
         return Err(format!("{} cannot take a data gradient with padding wider than the kernel", ConvKernel::Matmul));
     }
+    let padding: [usize; 2] = std::array::from_fn(|i| reach(i) - options.padding[i]);
     let flipped = w.flip([2, 3]).swap_dims(0, 1); // [C, O, kh, kw]
     let transposed = ConvOptions::new([1, 1], padding, options.dilation, 1);
     forward::<B>(dy.into_primitive().tensor(), flipped.into_primitive().tensor(), &transposed)
@@ -152,16 +148,18 @@ pub fn weight_grad_groups(n: usize, o: usize, ck: usize, sms: usize) -> usize {
     fits.iter().copied().find(|g| g * tiles >= 2 * sms).unwrap_or_else(|| fits.last().copied().unwrap_or(1))
 }
 
+/// [`weight_grad`] with the groups [`weight_grad_groups`] picks for `sms` multiprocessors.
+pub fn weight_grad_for<B: MatmulKernels>(x: FloatTensor<B>, grad: FloatTensor<B>, weight_shape: &Shape, options: &ConvOptions<2>, sms: usize) -> Result<FloatTensor<B>, String> {
+    let groups = weight_grad_groups(x.shape()[0], weight_shape[0], weight_shape[1] * weight_shape[2] * weight_shape[3], sms);
+    weight_grad::<B>(x, grad, weight_shape, options, groups)
+}
+
 /// One pass (`x`, `weight`, output gradient `grad` as in `ModuleOps::conv2d*`; the data
 /// pass stride 1), with the weight gradient's groups chosen for `sms` multiprocessors.
 pub fn run<B: MatmulKernels>(pass: Pass, x: FloatTensor<B>, weight: FloatTensor<B>, grad: FloatTensor<B>, options: &ConvOptions<2>, sms: usize) -> Result<FloatTensor<B>, String> {
     match pass {
         Pass::Forward => forward::<B>(x, weight, options),
         Pass::Data => data_grad::<B>(grad, weight, options),
-        Pass::Weight => {
-            let (n, ws) = (x.shape()[0], weight.shape());
-            let groups = weight_grad_groups(n, ws[0], ws[1] * ws[2] * ws[3], sms);
-            weight_grad::<B>(x, grad, &ws, options, groups)
-        }
+        Pass::Weight => weight_grad_for::<B>(x, grad, &weight.shape(), options, sms),
     }
 }

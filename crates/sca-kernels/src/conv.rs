@@ -42,6 +42,12 @@ pub trait ConvKernels: Backend {
     fn conv_wgrad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
 }
 
+/// The output's `[H', W']` for an `[H, W]` input and a `[kh, kw]` kernel.
+pub fn output_size([h, w]: [usize; 2], kernel: [usize; 2], o: &ConvOptions<2>) -> [usize; 2] {
+    let size = |i: usize, n: usize| (n + 2 * o.padding[i] - o.dilation[i] * (kernel[i] - 1) - 1) / o.stride[i] + 1;
+    [size(0, h), size(1, w)]
+}
+
 /// The plan's key for a convolution of `x` by `weight` (NCHW / OIHW shapes).
 pub fn conv_shape(x: &Shape, weight: &Shape, options: &ConvOptions<2>, dtype: DType) -> ConvShape {
     ConvShape {
@@ -150,7 +156,7 @@ pub fn forward_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, weight: 
         return as_matmul::forward::<Matmuls<R>>(x, weight, options).map_err(refusal);
     }
     let (xs, ws) = (x.shape(), weight.shape());
-    let [oh, ow] = conv_shape(&xs, &ws, options, x.dtype).output_size();
+    let [oh, ow] = output_size([xs[2], xs[3]], [ws[2], ws[3]], options);
     let dtypes = elems(x.dtype, weight.dtype, x.dtype);
     launch_nchw(kernel, &x.clone(), Shape::new([xs[0], ws[0], oh, ow]), options, dtypes, |out| ConvolutionInputs::Forward {
         input: binding(permute_nchw_to_nhwc(x)),
@@ -180,9 +186,8 @@ pub fn data_on<R: CubeRuntime>(kernel: ConvKernel, grad: CubeTensor<R>, weight: 
 /// The weight gradient on `kernel`: `x` and `dy` → `dw` of shape `weight_shape` (OIHW).
 pub fn weight_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: CubeTensor<R>, weight_shape: Shape, options: &ConvOptions<2>) -> Result<CubeTensor<R>, ConvSetupError> {
     if kernel == ConvKernel::Matmul {
-        let (n, c, o) = (x.shape()[0], weight_shape[1], weight_shape[0]);
-        let groups = as_matmul::weight_grad_groups(n, o, c * weight_shape[2] * weight_shape[3], sms(&x));
-        return as_matmul::weight_grad::<Matmuls<R>>(x, grad, &weight_shape, options, groups).map_err(refusal);
+        let sms = sms(&x);
+        return as_matmul::weight_grad_for::<Matmuls<R>>(x, grad, &weight_shape, options, sms).map_err(refusal);
     }
     let dtypes = elems(x.dtype, grad.dtype, grad.dtype);
     launch_nchw(kernel, &grad.clone(), weight_shape, options, dtypes, |weight_grad| ConvolutionInputs::BackwardWeight {
@@ -363,21 +368,16 @@ pub fn conv_pass_on<B: Backend>(kernel: &str, pass: Pass, x: Tensor<B, 4>, weigh
             Pass::Weight => weight_on(k, x, grad, ws, &options),
         };
         crate::same_type::<FloatTensor<crate::CudaBackend>, FloatTensor<B>>(y.map_err(|e| format!("{e:?}").trim().to_string())?)
-    } else if crate::is::<B, Flex>() && kernel == ConvKernel::Matmul.to_string() {
-        let flex = |t: FloatTensor<B>| crate::same_type::<_, FloatTensor<Flex>>(t);
-        let dx = |x: FloatTensor<Flex>, w: FloatTensor<Flex>, g: FloatTensor<Flex>, o: ConvOptions<2>| as_matmul::run::<Flex>(Pass::Data, x, w, g, &o, 64);
-        let y = match pass {
-            Pass::Data if options.stride != [1, 1] => strided_data_grad::<Flex, _>(flex(x), flex(weight), flex(grad), options, dx)?,
-            _ => as_matmul::run::<Flex>(pass, flex(x), flex(weight), flex(grad), &options, 64)?,
-        };
-        crate::same_type::<FloatTensor<Flex>, FloatTensor<B>>(y)
-    } else if crate::is::<B, Flex>() && kernel == FLEX {
+    } else if crate::is::<B, Flex>() && (kernel == FLEX || kernel == ConvKernel::Matmul.to_string()) {
         let flex = |t: FloatTensor<B>| crate::same_type::<_, FloatTensor<Flex>>(t);
         let (x, weight, grad) = (flex(x), flex(weight), flex(grad));
-        let y = match pass {
-            Pass::Forward => Flex::conv_fwd(x, weight, options),
-            Pass::Data => Flex::conv_dgrad(x, weight, grad, options),
-            Pass::Weight => Flex::conv_wgrad(x, weight, grad, options),
+        let matmul = |pass, x, w, g, o: ConvOptions<2>| as_matmul::run::<Flex>(pass, x, w, g, &o, 64);
+        let y = match (kernel == FLEX, pass) {
+            (true, Pass::Forward) => Flex::conv_fwd(x, weight, options),
+            (true, Pass::Data) => Flex::conv_dgrad(x, weight, grad, options),
+            (true, Pass::Weight) => Flex::conv_wgrad(x, weight, grad, options),
+            (false, Pass::Data) if options.stride != [1, 1] => strided_data_grad::<Flex, _>(x, weight, grad, options, |x, w, g, o| matmul(Pass::Data, x, w, g, o))?,
+            (false, pass) => matmul(pass, x, weight, grad, options)?,
         };
         crate::same_type::<FloatTensor<Flex>, FloatTensor<B>>(y)
     } else {

@@ -15,6 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::RwLock;
 
+use burn::tensor::ops::ConvOptions;
 use cubek::convolution::{AcceleratedTileKind, ConvAlgorithm};
 use serde::{Deserialize, Serialize};
 
@@ -168,7 +169,8 @@ pub struct ConvShape {
 impl ConvShape {
     /// The output's `[H', W']`.
     pub fn output_size(&self) -> [usize; 2] {
-        std::array::from_fn(|i| (self.input[1 + i] + 2 * self.padding[i] - self.dilation[i] * (self.weight[2 + i] - 1) - 1) / self.stride[i] + 1)
+        let options = ConvOptions::new(self.stride, self.padding, self.dilation, 1);
+        crate::conv::output_size([self.input[1], self.input[2]], [self.weight[2], self.weight[3]], &options)
     }
 
     /// Multiply-adds of one pass at `batch` images (all three passes do the same number).
