@@ -25,31 +25,37 @@ CACHE="$OUT/cubecl"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
+# limited LABEL LIMIT_S LOG CMD...: CMD under a time limit, its output in LOG, its exit
+# status and seconds in OUT/runs.txt.
+limited() {
+    local label=$1 limit=$2 log=$3
+    shift 3
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$log" 2>&1
+    echo "$label: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+}
+
 # ours NAME LIMIT_S ARGS...: one `sca bench gpu` run, its log and JSON under OUT.
 ours() {
     local name=$1 limit=$2
     shift 2
-    local t0=$SECONDS
-    timeout "$limit" "$SCA" bench gpu --device cuda --autotune minimal --gpu-cache "$CACHE" \
-        --json "$OUT/sca-$name.json" "$@" > "$OUT/sca-$name.log" 2>&1
-    echo "sca $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+    limited "sca $name" "$limit" "$OUT/sca-$name.log" "$SCA" bench gpu --device cuda --autotune minimal \
+        --gpu-cache "$CACHE" --json "$OUT/sca-$name.json" "$@"
 }
 
+# torch NAME LIMIT_S ARGS...: one bench/torch_reference.py run.
 torch() {
     local name=$1 limit=$2
     shift 2
-    local t0=$SECONDS
-    timeout "$limit" python3 bench/torch_reference.py --json "$OUT/torch-$name.json" "$@" > "$OUT/torch-$name.log" 2>&1
-    echo "torch $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+    limited "torch $name" "$limit" "$OUT/torch-$name.log" python3 bench/torch_reference.py --json "$OUT/torch-$name.json" "$@"
 }
 
 # convs NAME LIMIT_S ARGS...: `sca bench convs`, its plan into the cache (later runs use it).
 convs() {
     local name=$1 limit=$2
     shift 2
-    local t0=$SECONDS
-    timeout "$limit" "$SCA" bench convs --device cuda --gpu-cache "$CACHE" --json "$OUT/convs-$name.json" "$@" > "$OUT/convs-$name.log" 2>&1
-    echo "convs $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+    limited "convs $name" "$limit" "$OUT/convs-$name.log" "$SCA" bench convs --device cuda --gpu-cache "$CACHE" \
+        --json "$OUT/convs-$name.json" "$@"
     cp "$CACHE/conv-plan.json" "$OUT/conv-plan-$name.json" 2>/dev/null
 }
 
