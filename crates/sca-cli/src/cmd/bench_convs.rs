@@ -135,8 +135,14 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
         let eta = done / (i + 1) as f64 * (problems.len() - i - 1) as f64;
         eprintln!("[{}/{}] {} ({} layers) measured; {:.0} s so far, about {:.0} s left", i + 1, problems.len(), p.shape, p.names.len(), done, eta);
         // Written as the run goes: a session that runs out of time keeps what it measured.
-        let plan = ConvPlan::fastest(&timings, device_name, batch).over(older.clone());
-        save(&rows, device_name, json_path, plan_path.as_ref().map(|p| (p, &plan)))?;
+        if let Some(path) = json_path {
+            let doc = json!({ "device": device_name, "rows": rows });
+            files::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        }
+        if let Some(path) = &plan_path {
+            let plan = ConvPlan::fastest(&timings, device_name, batch).over(older.clone());
+            files::write_atomic(path, serde_json::to_string_pretty(&plan)?.as_bytes())?;
+        }
     }
     print_tables(&problems, &rows, &kernels, &args.passes);
     if let Some(path) = &plan_path {
@@ -150,8 +156,7 @@ fn choose_kernels<B: Backend>(asked: &[String]) -> anyhow::Result<Vec<String>> {
     let available = conv_kernel_names::<B>(true);
     anyhow::ensure!(!available.is_empty(), "this backend has no convolution kernels to compare");
     if asked.is_empty() {
-        let candidates = conv_kernel_names::<B>(false);
-        return Ok(candidates);
+        return Ok(conv_kernel_names::<B>(false));
     }
     if asked.len() == 1 && asked[0] == "all" {
         return Ok(available);
@@ -162,11 +167,11 @@ fn choose_kernels<B: Backend>(asked: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(asked.to_vec())
 }
 
-/// Where the plan is written: CUDA only (the CPU backend has one kernel per pass).
+/// Where the plan is written: CUDA only (plans steer the CUDA backend's kernels alone).
 fn plan_destination<B: Backend>(args: &ConvsArgs) -> anyhow::Result<Option<PathBuf>> {
     if !sca_kernels::on_cuda::<B>() {
         if args.plan.is_some() {
-            eprintln!("note: no plan written: the CPU backend has one kernel per pass (--plan ignored)");
+            eprintln!("note: no plan written: plans steer only the CUDA backend's kernels (--plan ignored)");
         }
         return Ok(None);
     }
@@ -197,20 +202,6 @@ fn time_kernel<B: Backend>(run: impl Fn() -> Result<Tensor<B, 4>, String>, steps
     }
     B::sync(device)?;
     Ok((Ok(()), first, t0.elapsed().as_secs_f64() * 1e3 / steps.max(1) as f64))
-}
-
-fn save(rows: &[serde_json::Value], device: &str, json_path: Option<&PathBuf>, plan: Option<(&PathBuf, &ConvPlan)>) -> anyhow::Result<()> {
-    if let Some(path) = json_path {
-        let doc = json!({ "device": device, "rows": rows });
-        files::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
-    }
-    if let Some((path, plan)) = plan {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        files::write_atomic(path, serde_json::to_string_pretty(plan)?.as_bytes())?;
-    }
-    Ok(())
 }
 
 /// Per shape and pass, each kernel's milliseconds (the fastest marked `*`); then per
