@@ -137,6 +137,6 @@ fn is<B: 'static, T: 'static>() -> bool {
 fn report_fallback(what: String, instead: &str, error: &impl std::fmt::Debug) {
     static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     if SEEN.lock().unwrap_or_else(|p| p.into_inner()).insert(what.clone()) {
-        eprintln!("note: {what}: refused ({error:?}); runs on {instead}");
+        eprintln!("note: {what}: refused ({}); runs on {instead}", format!("{error:?}").trim());
     }
 }

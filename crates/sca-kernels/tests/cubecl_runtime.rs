@@ -1,0 +1,247 @@
+//! The CubeCL side of the explicit kernels on a real CubeCL runtime without a GPU: wgpu on
+//! Mesa's software Vulkan (lavapipe, Debian package `mesa-vulkan-drivers`). The CUDA backend
+//! runs this same code (`CubeBackend<R, ..>` for any runtime `R`): the plan lookup, the
+//! launches through cubek, their refusals and the fallbacks after them, the `matmul`
+//! kernel's im2col and grouped weight gradient on CubeCL tensors, and the autodiff operation
+//! over all of it. lavapipe has no cooperative-matrix unit, so cubek's convolution kernels
+//! refuse every shape there (on a device that has one they must give Flex's answer); the
+//! `matmul` kernel and the fallbacks run.
+//!
+//! Without a Vulkan device the tests say so and pass, unless `SCA_REQUIRE_VULKAN` is set (CI
+//! sets it after installing lavapipe, so there they cannot be skipped).
+
+use std::panic::catch_unwind;
+use std::sync::OnceLock;
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+use burn::tensor::{DType, Distribution, Tensor, TensorPrimitive};
+use burn_cubecl::CubeBackend;
+use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+use sca_kernels::conv::{conv_shape, data_on, forward_on, weight_on, ConvKernels};
+use sca_kernels::matmul::MatmulKernels;
+use sca_kernels::plan::{use_plan, ConvKernel, ConvPlan, Pass};
+use sca_kernels::ExplicitOps;
+
+type W = CubeBackend<WgpuRuntime, f32, i32, u32>;
+
+/// A convolution case: input `[2, c, h, w]`, weight `[o, c, k, k]`, stride, padding, dilation.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    c: usize,
+    o: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+    hw: [usize; 2],
+}
+
+impl Case {
+    fn options(&self) -> ConvOptions<2> {
+        ConvOptions::new([self.s; 2], [self.p; 2], [self.d; 2], 1)
+    }
+    fn x_shape(&self) -> [usize; 4] {
+        [2, self.c, self.hw[0], self.hw[1]]
+    }
+    fn w_shape(&self) -> [usize; 4] {
+        [self.o, self.c, self.k, self.k]
+    }
+    fn key(&self) -> String {
+        conv_shape(&self.x_shape().into(), &self.w_shape().into(), &self.options(), DType::F32).to_string()
+    }
+}
+
+/// ResNet's kinds of convolution: 1×1, strided 1×1 (downsample), 3×3 at stride 1 and 2, the
+/// 7×7 stride-2 stem on 3 channels, a dilated 3×3, odd sides.
+const PLANNED: [Case; 6] = [
+    Case { c: 8, o: 16, k: 1, s: 1, p: 0, d: 1, hw: [6, 6] },
+    Case { c: 8, o: 16, k: 1, s: 2, p: 0, d: 1, hw: [7, 7] },
+    Case { c: 8, o: 12, k: 3, s: 1, p: 1, d: 1, hw: [6, 5] },
+    Case { c: 8, o: 12, k: 3, s: 2, p: 1, d: 1, hw: [7, 7] },
+    Case { c: 3, o: 8, k: 7, s: 2, p: 3, d: 1, hw: [15, 13] },
+    Case { c: 4, o: 8, k: 3, s: 1, p: 2, d: 2, hw: [9, 9] },
+];
+
+/// Shapes the plan does not list: they run its default, a cubek kernel.
+const UNPLANNED: [Case; 2] = [
+    Case { c: 5, o: 7, k: 3, s: 1, p: 1, d: 1, hw: [6, 6] },
+    Case { c: 5, o: 7, k: 3, s: 2, p: 1, d: 1, hw: [7, 6] },
+];
+
+/// The wgpu device with the tests' plan in place, or `None` (said once) without Vulkan.
+fn device() -> Option<WgpuDevice> {
+    static DEVICE: OnceLock<Option<WgpuDevice>> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            // Every listed shape on `matmul` in all passes; the rest on a cubek kernel.
+            let mut plan = format!(r#"{{"device": "lavapipe", "batch": 2, "default": {}, "shapes": {{"#, all_passes("specialized_tma_mma"));
+            let shapes: Vec<String> = PLANNED.iter().map(|c| format!(r#""{}": {}"#, c.key(), all_passes("matmul"))).collect();
+            plan += &shapes.join(", ");
+            plan += "}}";
+            use_plan(ConvPlan::parse(&plan).unwrap());
+            let device = WgpuDevice::default();
+            let works = catch_unwind(|| Tensor::<W, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar()).map_or(false, |v| v == 3.0);
+            match (works, std::env::var_os("SCA_REQUIRE_VULKAN")) {
+                (true, _) => Some(device),
+                (false, Some(_)) => panic!("no working Vulkan device (SCA_REQUIRE_VULKAN is set): install mesa-vulkan-drivers"),
+                (false, None) => {
+                    eprintln!("skipped: no Vulkan device for wgpu (install mesa-vulkan-drivers for lavapipe)");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn all_passes(kernel: &str) -> String {
+    format!(r#"{{"forward": "{kernel}", "data": "{kernel}", "weight": "{kernel}"}}"#)
+}
+
+fn random(shape: [usize; 4], seed: u64) -> Tensor<Flex, 4> {
+    <Flex as Backend>::seed(&Default::default(), seed);
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+}
+
+fn on_wgpu(t: &Tensor<Flex, 4>, device: &WgpuDevice) -> FloatTensor<W> {
+    Tensor::<W, 4>::from_data(t.to_data(), device).into_primitive().tensor()
+}
+
+fn back(t: FloatTensor<W>) -> Tensor<Flex, 4> {
+    Tensor::from_data(Tensor::<W, 4>::from_primitive(TensorPrimitive::Float(t)).into_data(), &Default::default())
+}
+
+/// Largest difference relative to the reference's largest magnitude.
+fn rel_err(got: &Tensor<Flex, 4>, want: &Tensor<Flex, 4>) -> f32 {
+    assert_eq!(got.dims(), want.dims());
+    let scale = want.clone().abs().max().into_scalar();
+    assert!(scale > 1e-3, "degenerate reference");
+    (got.clone() - want.clone()).abs().max().into_scalar() / scale
+}
+
+/// Flex's output, data gradient and weight gradient for `case` with output gradient `dy`.
+fn reference(case: &Case, x: &Tensor<Flex, 4>, w: &Tensor<Flex, 4>, dy: &Tensor<Flex, 4>) -> [Tensor<Flex, 4>; 3] {
+    let (x, w, dy, o) = (x.clone().into_primitive().tensor(), w.clone().into_primitive().tensor(), dy.clone().into_primitive().tensor(), case.options());
+    let t = |p: FloatTensor<Flex>| Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(p));
+    [
+        t(Flex::conv2d(x.clone(), w.clone(), None, o.clone())),
+        t(Flex::conv2d_x_backward(x.clone(), w.clone(), dy.clone(), o.clone())),
+        t(Flex::conv2d_weight_backward(x, w, dy, o)),
+    ]
+}
+
+/// Random operands for `case`: x, weight and an output gradient of the output's shape.
+fn operands(case: &Case, seed: u64) -> [Tensor<Flex, 4>; 3] {
+    let (x, w) = (random(case.x_shape(), seed), random(case.w_shape(), seed + 1));
+    let y = Flex::conv2d(x.clone().into_primitive().tensor(), w.clone().into_primitive().tensor(), None, case.options());
+    let dy = random(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y)).dims(), seed + 2);
+    [x, w, dy]
+}
+
+#[test]
+fn the_matmul_kernel_runs_every_pass_on_cubecl_tensors() {
+    let Some(device) = device() else { return };
+    for (i, case) in PLANNED.iter().enumerate() {
+        let [x, w, dy] = operands(case, 10 * i as u64);
+        let want = reference(case, &x, &w, &dy);
+        let (xw, ww, dyw, o) = (on_wgpu(&x, &device), on_wgpu(&w, &device), on_wgpu(&dy, &device), case.options());
+        // Called directly, with no fallback: an error here is the kernel's own.
+        let forward = forward_on(ConvKernel::Matmul, xw.clone(), ww.clone(), &o).unwrap_or_else(|e| panic!("{case:?}: {e:?}"));
+        let weight = weight_on(ConvKernel::Matmul, xw.clone(), dyw.clone(), w.shape(), &o).unwrap_or_else(|e| panic!("{case:?}: {e:?}"));
+        let mut got = vec![("forward", back(forward), &want[0]), ("weight", back(weight), &want[2])];
+        if case.s == 1 {
+            let data = data_on(ConvKernel::Matmul, dyw.clone(), ww.clone(), x.shape(), &o).unwrap_or_else(|e| panic!("{case:?}: {e:?}"));
+            got.push(("data", back(data), &want[1]));
+        }
+        // Through the plan, which names `matmul` for this shape (strided data gradients by
+        // way of the zero-spread output gradient).
+        got.push(("planned forward", back(W::conv_fwd(xw.clone(), ww.clone(), o.clone())), &want[0]));
+        got.push(("planned data", back(W::conv_dgrad(xw.clone(), ww.clone(), dyw.clone(), o.clone())), &want[1]));
+        got.push(("planned weight", back(W::conv_wgrad(xw, ww, dyw, o)), &want[2]));
+        for (what, g, w) in got {
+            let e = rel_err(&g, w);
+            assert!(e < 1e-5, "{case:?} {what}: off by {e}");
+        }
+    }
+}
+
+#[test]
+fn kernels_that_refuse_a_shape_give_way_and_the_answer_stays_right() {
+    let Some(device) = device() else { return };
+    for (i, case) in UNPLANNED.iter().enumerate() {
+        let [x, w, dy] = operands(case, 100 + 10 * i as u64);
+        let want = reference(case, &x, &w, &dy);
+        let (xw, ww, dyw, o) = (on_wgpu(&x, &device), on_wgpu(&w, &device), on_wgpu(&dy, &device), case.options());
+        // Each of cubek's kernels either refuses (an error, not a panic) or is right.
+        for kernel in ConvKernel::all().into_iter().filter(|&k| k != ConvKernel::Matmul) {
+            let runs = [
+                (Pass::Forward, forward_on(kernel, xw.clone(), ww.clone(), &o), &want[0]),
+                (Pass::Data, data_on(kernel, dyw.clone(), ww.clone(), x.shape(), &o), &want[1]),
+                (Pass::Weight, weight_on(kernel, xw.clone(), dyw.clone(), w.shape(), &o), &want[2]),
+            ];
+            for (pass, result, want) in runs {
+                if let Ok(got) = result {
+                    let e = rel_err(&back(got), want);
+                    // TF32 on tensor cores: 10 mantissa bits.
+                    assert!(e < 5e-3, "{case:?} {pass} on {kernel}: off by {e}");
+                }
+            }
+        }
+        // Through the plan: its default kernel, then the built-in one, then Burn's own.
+        let got = [
+            back(W::conv_fwd(xw.clone(), ww.clone(), o.clone())),
+            back(W::conv_dgrad(xw.clone(), ww.clone(), dyw.clone(), o.clone())),
+            back(W::conv_wgrad(xw, ww, dyw, o)),
+        ];
+        for (pass, g, w) in [(Pass::Forward, &got[0], &want[0]), (Pass::Data, &got[1], &want[1]), (Pass::Weight, &got[2], &want[2])] {
+            let e = rel_err(g, w);
+            assert!(e < 5e-3, "{case:?} planned {pass}: off by {e}");
+        }
+    }
+}
+
+#[test]
+fn the_autodiff_convolution_gives_conv2d_gradients_on_cubecl() {
+    let Some(device) = device() else { return };
+    type A = Autodiff<W>;
+    for (i, case) in [PLANNED[3], PLANNED[4]].iter().enumerate() {
+        let [x, w, dy] = operands(case, 200 + 10 * i as u64);
+        let want = reference(case, &x, &w, &dy);
+        let xa = Tensor::<A, 4>::from_data(x.to_data(), &device).require_grad();
+        let wa = Tensor::<A, 4>::from_data(w.to_data(), &device).require_grad();
+        let y = Tensor::<A, 4>::from_primitive(TensorPrimitive::Float(A::gemm_conv(
+            xa.clone().into_primitive().tensor(),
+            wa.clone().into_primitive().tensor(),
+            case.options(),
+        )));
+        // d(sum(y·dy))/dy = dy: the backward pass gets exactly the reference's output gradient.
+        let grads = (y.clone() * Tensor::<A, 4>::from_data(dy.to_data(), &device)).sum().backward();
+        let as_flex = |t: Tensor<W, 4>| Tensor::<Flex, 4>::from_data(t.into_data(), &Default::default());
+        let got = [as_flex(y.inner()), as_flex(xa.grad(&grads).unwrap()), as_flex(wa.grad(&grads).unwrap())];
+        for (what, g, w) in [("output", &got[0], &want[0]), ("x grad", &got[1], &want[1]), ("weight grad", &got[2], &want[2])] {
+            let e = rel_err(g, w);
+            assert!(e < 1e-5, "{case:?} {what}: off by {e}");
+        }
+    }
+}
+
+#[test]
+fn the_explicit_matmul_runs_on_cubecl() {
+    let Some(device) = device() else { return };
+    <Flex as Backend>::seed(&Default::default(), 7);
+    let a = Tensor::<Flex, 3>::random([3, 5, 70], Distribution::Normal(0.0, 1.0), &Default::default());
+    let b = Tensor::<Flex, 3>::random([3, 70, 9], Distribution::Normal(0.0, 1.0), &Default::default());
+    let want = a.clone().matmul(b.clone());
+    let on = |t: &Tensor<Flex, 3>| Tensor::<W, 3>::from_data(t.to_data(), &device).into_primitive().tensor();
+    let got = Tensor::<W, 3>::from_primitive(TensorPrimitive::Float(W::mm(on(&a), on(&b))));
+    let got = Tensor::<Flex, 3>::from_data(got.into_data(), &Default::default());
+    let scale = want.clone().abs().max().into_scalar();
+    let e = (got.clone() - want).abs().max().into_scalar() / scale;
+    assert!(e < 1e-5, "off by {e}");
+    // One entry by hand: batch 1, row 2, column 4.
+    let (ad, bd) = (a.to_data().to_vec::<f32>().unwrap(), b.to_data().to_vec::<f32>().unwrap());
+    let by_hand: f32 = (0..70).map(|k| ad[350 + 2 * 70 + k] * bd[630 + k * 9 + 4]).sum();
+    let entry = got.to_data().to_vec::<f32>().unwrap()[45 + 2 * 9 + 4];
+    assert!((by_hand - entry).abs() < 1e-4, "{entry} against {by_hand} by hand");
+}
