@@ -26,13 +26,15 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 # limited LABEL LIMIT_S LOG CMD...: CMD under a time limit, its output in LOG, its exit
-# status and seconds in OUT/runs.txt.
+# status and seconds in OUT/runs.txt; returns CMD's status (124: out of time).
 limited() {
     local label=$1 limit=$2 log=$3
     shift 3
-    local t0=$SECONDS
+    local t0=$SECONDS status
     timeout "$limit" "$@" > "$log" 2>&1
-    echo "$label: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+    status=$?
+    echo "$label: exit $status after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+    return $status
 }
 
 # ours NAME LIMIT_S ARGS...: one `sca bench gpu` run, its log and JSON under OUT.
@@ -51,11 +53,25 @@ torch() {
 }
 
 # convs NAME LIMIT_S ARGS...: `sca bench convs`, its plan into the cache (later runs use it).
+# A kernel that takes the device down ends the process; the run then goes on with --resume
+# (that kernel counted as refusing its shape) while its time lasts, up to four tries.
 convs() {
     local name=$1 limit=$2
     shift 2
-    limited "convs $name" "$limit" "$OUT/convs-$name.log" "$SCA" bench convs --device cuda --gpu-cache "$CACHE" \
-        --json "$OUT/convs-$name.json" "$@"
+    local t0=$SECONDS try=1 left log resume=()
+    while :; do
+        left=$((limit - (SECONDS - t0)))
+        log="$OUT/convs-$name.log"
+        [ $try -gt 1 ] && log="$OUT/convs-$name.try$try.log"
+        limited "convs $name (try $try)" "$left" "$log" "$SCA" bench convs --device cuda --gpu-cache "$CACHE" \
+            --json "$OUT/convs-$name.json" ${resume[@]+"${resume[@]}"} "$@"
+        case $? in
+            0 | 124) break ;; # done, or out of time
+        esac
+        [ $try -lt 4 ] && [ $((limit - (SECONDS - t0))) -ge 20 ] || break
+        resume=(--resume)
+        try=$((try + 1))
+    done
     cp "$CACHE/conv-plan.json" "$OUT/conv-plan-$name.json" 2>/dev/null
 }
 

@@ -270,3 +270,61 @@ fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
     let line = log.lines().find(|l| l.starts_with("matmul ")).unwrap_or_else(|| panic!("{log}"));
     assert!(!line.contains('+'), "no shape refused: {line}");
 }
+
+#[test]
+fn convolution_benchmark_resumes_where_a_run_ended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, cut) = (tmp.path().join("full.json"), tmp.path().join("cut.json"));
+    let bench = |json: &Path, batch: &str| {
+        let mut c = sca();
+        c.args(["bench", "convs", "--device", "cpu", "--arch", "resnet18", "--small-stem", "--size", "16", "--steps", "1", "--passes", "forward", "--kernels", "flex,matmul"]);
+        c.args(["--batch", batch, "--json"]).arg(json);
+        c
+    };
+    run_ok(bench(&full, "2"));
+    let doc: serde_json::Value = serde_json::from_slice(&read(full.clone())).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 22, "11 shapes × 2 kernels");
+    // A run that ended while `matmul` ran the third shape: five rows done, the sixth on
+    // record as running (what the benchmark writes before each kernel runs).
+    let mut ended = rows[5].clone();
+    assert_eq!((ended["kernel"].as_str(), ended["shape"] == rows[4]["shape"]), (Some("matmul"), true));
+    for k in ["ms", "tflops", "first_s"] {
+        ended.as_object_mut().unwrap().remove(k);
+    }
+    ended["refused"] = "the run ended while this kernel ran (a crash, or the time limit)".into();
+    let kept: Vec<serde_json::Value> = rows[..5].iter().cloned().chain([ended.clone()]).collect();
+    std::fs::write(&cut, serde_json::to_vec(&serde_json::json!({"device": doc["device"], "rows": kept})).unwrap()).unwrap();
+
+    let mut c = bench(&cut, "2");
+    c.arg("--resume");
+    let log = run_ok(c);
+    assert!(log.contains("6 rows kept (1 of them the kernel running when that run ended"), "{log}");
+    let resumed: serde_json::Value = serde_json::from_slice(&read(cut.clone())).unwrap();
+    let resumed = resumed["rows"].as_array().unwrap();
+    assert_eq!(resumed.len(), 22, "{resumed:?}");
+    // The five measured rows are kept as they were (a second measurement would not repeat
+    // the same times), the running one stays refused, the other sixteen are measured now.
+    assert_eq!(&resumed[..5], &rows[..5]);
+    assert_eq!(resumed[5], ended);
+    for (r, o) in resumed[6..].iter().zip(&rows[6..]) {
+        assert_eq!((&r["shape"], &r["kernel"]), (&o["shape"], &o["kernel"]));
+        assert!(r["ms"].as_f64().is_some_and(|t| t > 0.0) && r.get("refused").is_none(), "{r}");
+    }
+    // The refused shape shows in the network totals as layers not counted.
+    let layers = ended["layers"].as_array().unwrap().len();
+    let line = log.lines().find(|l| l.starts_with("matmul ")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains(&format!("+{layers}")), "{line}");
+
+    let mut c = bench(&cut, "3");
+    c.arg("--resume");
+    assert!(run_err(c).contains("were measured at batch 2, this run's batch is 3"));
+    let mut c = sca();
+    c.args(["bench", "convs", "--device", "cpu", "--resume"]);
+    assert!(run_err(c).contains("name their file with --json"));
+    std::fs::write(&cut, "{\"device\": ").unwrap();
+    let mut c = bench(&cut, "2");
+    c.arg("--resume");
+    let err = run_err(c);
+    assert!(err.contains("cut.json is not JSON (truncated?)"), "{err}");
+}

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Distribution, Tensor};
+use anyhow::Context;
+use burn::tensor::{DType, Distribution, ElementConversion, Tensor};
 use sca_backbone::{Arch, ConvLayer, Precision, ResNetConfig};
 use sca_kernels::conv::{conv_kernel_names, conv_pass_on, conv_shape};
 use sca_kernels::plan::{ConvPlan, ConvShape, Pass, Timing};
@@ -45,7 +46,15 @@ pub struct ConvsArgs {
     /// where later runs find it).
     #[arg(long)]
     pub plan: Option<PathBuf>,
+    /// Go on from the rows already in the `--json` file, after a run that crashed or ran out
+    /// of time: what they measured or saw refused is kept and not run again, and the kernel
+    /// that was running when that run ended counts as refusing its shape.
+    #[arg(long)]
+    pub resume: bool,
 }
+
+/// What a candidate's row says while it runs; a run that ends there leaves it on record.
+const ENDED_WHILE_RUNNING: &str = "the run ended while this kernel ran (a crash, or the time limit)";
 
 /// One distinct convolution and the layers that have its shape.
 struct Problem {
@@ -92,8 +101,8 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
         args.passes.len(),
         kernels.len()
     );
-    let mut timings: Vec<Timing> = Vec::new();
-    let mut rows = Vec::new();
+    let mut rows = if args.resume { earlier_rows(json_path, device_name, batch)? } else { Vec::new() };
+    let mut timings: Vec<Timing> = rows.iter().filter_map(timing).collect();
     let t_start = Instant::now();
     for (i, p) in problems.iter().enumerate() {
         let [c, h, w] = p.layer.input;
@@ -112,33 +121,46 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
                 continue;
             }
             for kernel in &kernels {
+                let key = p.shape.to_string();
+                if rows.iter().any(|r| r["shape"] == key && r["pass"] == json!(pass) && r["kernel"] == kernel.as_str()) {
+                    continue; // measured (or refused) by the run this one resumes
+                }
+                // On record before it runs: if it takes the process down, a resumed run skips it.
+                rows.push(json!({ "shape": key, "layers": p.names, "pass": pass, "kernel": kernel, "batch": batch, "refused": ENDED_WHILE_RUNNING }));
+                save_rows(json_path, device_name, &rows)?;
                 let run = || conv_pass_on(kernel, pass, x.clone(), weight.clone(), grad.clone(), p.layer.options.clone());
                 let (result, first_s, ms) = time_kernel::<I<B>>(run, steps, &device)?;
-                let mut row = json!({
-                    "shape": p.shape.to_string(), "layers": p.names, "pass": pass, "kernel": kernel,
-                    "batch": batch, "first_s": first_s,
-                });
+                let row = rows.last_mut().expect("pushed above");
+                row["first_s"] = json!(first_s);
                 match result {
                     Ok(()) => {
+                        row.as_object_mut().expect("an object").remove("refused");
                         row["ms"] = json!(ms);
                         row["tflops"] = json!(2.0 * p.shape.macs(batch) / (ms * 1e-3) / 1e12);
-                        if let Ok(k) = kernel.parse() {
-                            timings.push(Timing { shape: p.shape.to_string(), pass, kernel: k, ms });
-                        }
+                        timings.extend(timing(row));
+                    }
+                    // A panic inside a GPU runtime's server can leave the device unusable for
+                    // the rest of the process: every later kernel would then look refused.
+                    Err(why) if why.starts_with("panicked") && !device_works::<I<B>>(&device) => {
+                        row["refused"] = json!(format!("{why} (and the device stopped working after it)"));
+                        save_rows(json_path, device_name, &rows)?;
+                        anyhow::bail!(
+                            "the device stopped working after {kernel} ran the {pass} pass of {key} ({why}); {}",
+                            match json_path {
+                                Some(path) => format!("rerun with --resume to go on from the rows in {} without it", path.display()),
+                                None => "with --json FILE, --resume goes on from where a run stopped".to_string(),
+                            }
+                        );
                     }
                     Err(why) => row["refused"] = json!(why),
                 }
-                rows.push(row);
             }
         }
         let done = t_start.elapsed().as_secs_f64();
         let eta = done / (i + 1) as f64 * (problems.len() - i - 1) as f64;
         eprintln!("[{}/{}] {} ({} layers) measured; {:.0} s so far, about {:.0} s left", i + 1, problems.len(), p.shape, p.names.len(), done, eta);
         // Written as the run goes: a session that runs out of time keeps what it measured.
-        if let Some(path) = json_path {
-            let doc = json!({ "device": device_name, "rows": rows });
-            files::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
-        }
+        save_rows(json_path, device_name, &rows)?;
         if let Some(path) = &plan_path {
             let plan = ConvPlan::fastest(&timings, device_name, batch).over(older.clone());
             files::write_atomic(path, serde_json::to_string_pretty(&plan)?.as_bytes())?;
@@ -149,6 +171,51 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
         eprintln!("plan written to {} (later CUDA runs with this GPU cache use it)", path.display());
     }
     Ok(())
+}
+
+/// The rows file (`--json`), rewritten whole each time (a few hundred rows at most).
+fn save_rows(json_path: Option<&PathBuf>, device_name: &str, rows: &[serde_json::Value]) -> anyhow::Result<()> {
+    if let Some(path) = json_path {
+        let doc = json!({ "device": device_name, "rows": rows });
+        files::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The rows of the run `--resume` goes on from (none if its file is not there yet), which
+/// must have measured the same device at the same batch.
+fn earlier_rows(json_path: Option<&PathBuf>, device_name: &str, batch: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    let path = json_path.context("--resume goes on from the rows of an earlier run: name their file with --json")?;
+    if !path.exists() {
+        eprintln!("note: --resume: {} does not exist yet; starting from the beginning", path.display());
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("--resume: reading {}", path.display()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("--resume: {} is not JSON (truncated?)", path.display()))?;
+    let rows = doc["rows"].as_array().with_context(|| format!("--resume: {} has no \"rows\" list: not written by `sca bench convs`", path.display()))?;
+    anyhow::ensure!(doc["device"] == device_name, "--resume: the rows in {} were measured on {}, this run is on {device_name}", path.display(), doc["device"]);
+    if let Some(other) = rows.iter().find(|r| r["batch"] != batch) {
+        anyhow::bail!("--resume: the rows in {} were measured at batch {}, this run's batch is {batch}", path.display(), other["batch"]);
+    }
+    let ended = rows.iter().filter(|r| r["refused"] == ENDED_WHILE_RUNNING).count();
+    eprintln!("resuming from {}: {} rows kept ({ended} of them the kernel running when that run ended, now counted as refusing)", path.display(), rows.len());
+    Ok(rows.clone())
+}
+
+/// A row's measurement as the plan takes it (none for refusals and for the CPU's `flex`).
+fn timing(row: &serde_json::Value) -> Option<Timing> {
+    Some(Timing {
+        shape: row["shape"].as_str()?.to_string(),
+        pass: row["pass"].as_str()?.parse().ok()?,
+        kernel: row["kernel"].as_str()?.parse().ok()?,
+        ms: row["ms"].as_f64()?,
+    })
+}
+
+/// Whether the device still computes (after a kernel panicked).
+fn device_works<B: Backend>(device: &B::Device) -> bool {
+    let sum = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Tensor::<B, 1>::from_floats([1.0, 2.0], device).sum().into_scalar().elem::<f32>()));
+    sum.is_ok_and(|s| s == 3.0)
 }
 
 /// The kernels to compare: the named ones, all, or the default candidates.
@@ -292,7 +359,7 @@ mod tests {
 
     #[test]
     fn resnet50_has_23_shapes_and_layer_counts_sum_to_53() {
-        let args = ConvsArgs { arch: Arch::ResNet50, size: 224, small_stem: false, precision: Precision::F32, kernels: vec![], passes: Pass::ALL.to_vec(), plan: None };
+        let args = ConvsArgs { arch: Arch::ResNet50, size: 224, small_stem: false, precision: Precision::F32, kernels: vec![], passes: Pass::ALL.to_vec(), plan: None, resume: false };
         let ps = problems(&args, DType::F32);
         assert_eq!(ps.len(), 23);
         assert_eq!(ps.iter().map(|p| p.names.len()).sum::<usize>(), 53);
