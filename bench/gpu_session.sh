@@ -53,8 +53,9 @@ torch() {
 }
 
 # convs NAME LIMIT_S ARGS...: `sca bench convs`, its plan into the cache (later runs use it).
-# A kernel that takes the device down ends the process; the run then goes on with --resume
-# (that kernel counted as refusing its shape) while its time lasts, up to four tries.
+# A kernel that takes the device down, or runs past 60 s, ends the process; the run then goes
+# on with --resume (that kernel counted as refusing its shape) while its time lasts, up to
+# four tries.
 convs() {
     local name=$1 limit=$2
     shift 2
@@ -64,7 +65,7 @@ convs() {
         log="$OUT/convs-$name.log"
         [ $try -gt 1 ] && log="$OUT/convs-$name.try$try.log"
         limited "convs $name (try $try)" "$left" "$log" "$SCA" bench convs --device cuda --gpu-cache "$CACHE" \
-            --json "$OUT/convs-$name.json" ${resume[@]+"${resume[@]}"} "$@"
+            --kernel-timeout 60 --json "$OUT/convs-$name.json" ${resume[@]+"${resume[@]}"} "$@"
         case $? in
             0 | 124) break ;; # done, or out of time
         esac

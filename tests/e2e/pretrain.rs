@@ -322,6 +322,28 @@ fn convolution_benchmark_resumes_where_a_run_ended() {
     let mut c = sca();
     c.args(["bench", "convs", "--device", "cpu", "--resume"]);
     assert!(run_err(c).contains("name their file with --json"));
+
+    // A kernel past --kernel-timeout ends the run (exit 3) with its row on record as the one
+    // running, and a resumed run goes on without it.
+    let timed = tmp.path().join("timed.json");
+    let mut c = bench(&timed, "2");
+    c.args(["--kernel-timeout", "0.000001"]);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("ran past --kernel-timeout") && err.contains("rerun with --resume"), "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&read(timed.clone())).unwrap();
+    let (last, before) = doc["rows"].as_array().unwrap().split_last().unwrap();
+    assert_eq!(last["refused"], ended["refused"]);
+    assert!(before.iter().all(|r| r["ms"].is_number()), "{before:?}");
+    let mut c = bench(&timed, "2");
+    c.arg("--resume");
+    run_ok(c);
+    let doc: serde_json::Value = serde_json::from_slice(&read(timed)).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 22);
+    assert_eq!(rows.iter().filter(|r| r.get("ms").is_none()).count(), 1, "{rows:?}");
+
     std::fs::write(&cut, "{\"device\": ").unwrap();
     let mut c = bench(&cut, "2");
     c.arg("--resume");

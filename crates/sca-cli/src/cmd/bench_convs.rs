@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use anyhow::Context;
@@ -51,6 +52,12 @@ pub struct ConvsArgs {
     /// that was running when that run ended counts as refusing its shape.
     #[arg(long)]
     pub resume: bool,
+    /// Seconds one kernel may spend on one shape and pass (its compiling first call and the
+    /// timed ones) before the run ends with it on record as refusing the shape, so that a
+    /// kernel that hangs or compiles for minutes does not eat the session (`--resume` goes
+    /// on without it).
+    #[arg(long, default_value_t = 120.0)]
+    pub kernel_timeout: f64,
 }
 
 /// What a candidate's row says while it runs; a run that ends there leaves it on record.
@@ -103,6 +110,8 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
     );
     let mut rows = if args.resume { earlier_rows(json_path, device_name, batch)? } else { Vec::new() };
     let mut timings: Vec<Timing> = rows.iter().filter_map(timing).collect();
+    anyhow::ensure!(args.kernel_timeout > 0.0, "--kernel-timeout must be positive seconds, not {}", args.kernel_timeout);
+    let watchdog = Watchdog::start(Duration::from_secs_f64(args.kernel_timeout), resume_hint(json_path));
     let t_start = Instant::now();
     for (i, p) in problems.iter().enumerate() {
         let [c, h, w] = p.layer.input;
@@ -129,7 +138,9 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
                 rows.push(json!({ "shape": key, "layers": p.names, "pass": pass, "kernel": kernel, "batch": batch, "refused": ENDED_WHILE_RUNNING }));
                 save_rows(json_path, device_name, &rows)?;
                 let run = || conv_pass_on(kernel, pass, x.clone(), weight.clone(), grad.clone(), p.layer.options.clone());
+                watchdog.arm(format!("{kernel} on the {pass} pass of {key}"));
                 let (result, first_s, ms) = time_kernel::<I<B>>(run, steps, &device)?;
+                watchdog.disarm();
                 let row = rows.last_mut().expect("pushed above");
                 row["first_s"] = json!(first_s);
                 match result {
@@ -144,13 +155,7 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
                     Err(why) if why.starts_with("panicked") && !device_works::<I<B>>(&device) => {
                         row["refused"] = json!(format!("{why} (and the device stopped working after it)"));
                         save_rows(json_path, device_name, &rows)?;
-                        anyhow::bail!(
-                            "the device stopped working after {kernel} ran the {pass} pass of {key} ({why}); {}",
-                            match json_path {
-                                Some(path) => format!("rerun with --resume to go on from the rows in {} without it", path.display()),
-                                None => "with --json FILE, --resume goes on from where a run stopped".to_string(),
-                            }
-                        );
+                        anyhow::bail!("the device stopped working after {kernel} ran the {pass} pass of {key} ({why}); {}", resume_hint(json_path));
                     }
                     Err(why) => row["refused"] = json!(why),
                 }
@@ -171,6 +176,46 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
         eprintln!("plan written to {} (later CUDA runs with this GPU cache use it)", path.display());
     }
     Ok(())
+}
+
+/// How to go on after the run ends early.
+fn resume_hint(json_path: Option<&PathBuf>) -> String {
+    match json_path {
+        Some(path) => format!("rerun with --resume to go on from the rows in {} without it", path.display()),
+        None => "with --json FILE, --resume goes on from where a run stopped".to_string(),
+    }
+}
+
+/// Ends the process when the kernel being measured runs past its time. A stuck GPU call
+/// cannot be interrupted from inside the process; its row is already on record as the one
+/// running, which a resumed run counts as refusing.
+struct Watchdog {
+    running: Arc<Mutex<Option<(Instant, String)>>>,
+}
+
+impl Watchdog {
+    fn start(limit: Duration, hint: String) -> Watchdog {
+        let running: Arc<Mutex<Option<(Instant, String)>>> = Arc::default();
+        let watched = running.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep((limit / 4).min(Duration::from_secs(1)));
+            if let Some((start, what)) = &*watched.lock().unwrap_or_else(|p| p.into_inner()) {
+                if start.elapsed() > limit {
+                    eprintln!("error: {what} ran past --kernel-timeout ({:.1} s): ending the run with it on record as refusing that shape; {hint}", limit.as_secs_f64());
+                    std::process::exit(3);
+                }
+            }
+        });
+        Watchdog { running }
+    }
+
+    fn arm(&self, what: String) {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), what));
+    }
+
+    fn disarm(&self) {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 /// The rows file (`--json`), rewritten whole each time (a few hundred rows at most).
@@ -359,7 +404,7 @@ mod tests {
 
     #[test]
     fn resnet50_has_23_shapes_and_layer_counts_sum_to_53() {
-        let args = ConvsArgs { arch: Arch::ResNet50, size: 224, small_stem: false, precision: Precision::F32, kernels: vec![], passes: Pass::ALL.to_vec(), plan: None, resume: false };
+        let args = ConvsArgs { arch: Arch::ResNet50, size: 224, small_stem: false, precision: Precision::F32, kernels: vec![], passes: Pass::ALL.to_vec(), plan: None, resume: false, kernel_timeout: 120.0 };
         let ps = problems(&args, DType::F32);
         assert_eq!(ps.len(), 23);
         assert_eq!(ps.iter().map(|p| p.names.len()).sum::<usize>(), 53);
