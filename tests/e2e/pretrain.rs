@@ -206,7 +206,10 @@ fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
     // ResNet-18 with the small stem: 20 convolutions in 11 shapes, three passes each but
     // the stem's data gradient (the images need none).
     assert!(log.contains("20 convolutions of resnet18 at 32 px in 11 shapes"), "{log}");
-    assert!(log.contains("[11/11] 512x4x4 * 512x512x3x3 s1 p1 d1 bf16 (3 layers) measured"), "{log}");
+    // Measured heaviest first (multiply-adds × layers): layer1's four 3×3 convolutions
+    // (32·32·64·576 each), and the stem (32·32·64·27) last.
+    assert!(log.contains("[1/11] 64x32x32 * 64x64x3x3 s1 p1 d1 bf16 (4 layers) measured"), "{log}");
+    assert!(log.contains("[11/11] 3x32x32 * 64x3x3x3 s1 p1 d1 bf16 (1 layers) measured"), "{log}");
     assert!(log.contains("no plan written: plans steer only the CUDA backend's kernels"), "{log}");
     assert!(!tmp.path().join("plan.json").exists());
     let v: serde_json::Value = serde_json::from_slice(&read(json.clone())).unwrap();

@@ -113,7 +113,12 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
     anyhow::ensure!(args.kernel_timeout > 0.0, "--kernel-timeout must be positive seconds, not {}", args.kernel_timeout);
     let watchdog = Watchdog::start(Duration::from_secs_f64(args.kernel_timeout), resume_hint(json_path));
     let t_start = Instant::now();
-    for (i, p) in problems.iter().enumerate() {
+    // Heaviest first (multiply-adds × layers): a run its time limit cuts short has measured
+    // the layers that weigh most in a step. The tables keep the network's order.
+    let weight = |p: &Problem| p.shape.macs(1) * p.names.len() as f64;
+    let mut order: Vec<&Problem> = problems.iter().collect();
+    order.sort_by(|a, b| weight(b).total_cmp(&weight(a)));
+    for (i, p) in order.into_iter().enumerate() {
         let [c, h, w] = p.layer.input;
         let [o, oh, ow] = p.layer.output();
         let cast = |t: Tensor<I<B>, 4>| match compute {
