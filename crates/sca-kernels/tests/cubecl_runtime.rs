@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
-use burn::tensor::{DType, Distribution, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Distribution, FloatDType, Tensor, TensorPrimitive};
 use burn_cubecl::CubeBackend;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 use sca_kernels::conv::{conv_shape, data_on, forward_on, weight_on, ConvKernels};
@@ -48,8 +48,8 @@ impl Case {
     fn w_shape(&self) -> [usize; 4] {
         [self.o, self.c, self.k, self.k]
     }
-    fn key(&self) -> String {
-        conv_shape(&self.x_shape().into(), &self.w_shape().into(), &self.options(), DType::F32).to_string()
+    fn key(&self, dtype: DType) -> String {
+        conv_shape(&self.x_shape().into(), &self.w_shape().into(), &self.options(), dtype).to_string()
     }
 }
 
@@ -75,9 +75,11 @@ fn device() -> Option<WgpuDevice> {
     static DEVICE: OnceLock<Option<WgpuDevice>> = OnceLock::new();
     DEVICE
         .get_or_init(|| {
-            // Every listed shape on `matmul` in all passes; the rest on a cubek kernel.
+            // Every listed shape on `matmul` in all passes (the strided 3×3 in f16 too); the
+            // rest on a cubek kernel.
             let mut plan = format!(r#"{{"device": "lavapipe", "batch": 2, "default": {}, "shapes": {{"#, all_passes("specialized_tma_mma"));
-            let shapes: Vec<String> = PLANNED.iter().map(|c| format!(r#""{}": {}"#, c.key(), all_passes("matmul"))).collect();
+            let keys = PLANNED.iter().map(|c| c.key(DType::F32)).chain([PLANNED[3].key(DType::F16)]);
+            let shapes: Vec<String> = keys.map(|key| format!(r#""{key}": {}"#, all_passes("matmul"))).collect();
             plan += &shapes.join(", ");
             plan += "}}";
             use_plan(ConvPlan::parse(&plan).unwrap());
@@ -244,4 +246,30 @@ fn the_explicit_matmul_runs_on_cubecl() {
     let by_hand: f32 = (0..70).map(|k| ad[350 + 2 * 70 + k] * bd[630 + k * 9 + 4]).sum();
     let entry = got.to_data().to_vec::<f32>().unwrap()[45 + 2 * 9 + 4];
     assert!((by_hand - entry).abs() < 1e-4, "{entry} against {by_hand} by hand");
+}
+
+/// The `matmul` kernel runs on a backend typed f32 whatever the tensors hold (as bf16 runs on
+/// CUDA do): half-precision operands must give half-precision results, right to f16's
+/// rounding.
+#[test]
+fn the_matmul_kernel_keeps_half_precision_tensors_half() {
+    let Some(device) = device() else { return };
+    let case = PLANNED[3];
+    let [x, w, dy] = operands(&case, 300);
+    let want = reference(&case, &x, &w, &dy);
+    let half = |t: &Tensor<Flex, 4>| Tensor::<W, 4>::from_data(t.to_data(), &device).cast(FloatDType::F16).into_primitive().tensor();
+    let (xw, ww, dyw, o) = (half(&x), half(&w), half(&dy), case.options());
+    // Forward and weight gradient on `matmul` directly (an error is the kernel's own); the
+    // strided data gradient through the plan, which names `matmul` for this shape in f16.
+    let outs = [
+        forward_on(ConvKernel::Matmul, xw.clone(), ww.clone(), &o).unwrap_or_else(|e| panic!("{e:?}")),
+        W::conv_dgrad(xw.clone(), ww.clone(), dyw.clone(), o.clone()),
+        weight_on(ConvKernel::Matmul, xw, dyw, w.shape(), &o).unwrap_or_else(|e| panic!("{e:?}")),
+    ];
+    for (what, got, want) in [("forward", &outs[0], &want[0]), ("data", &outs[1], &want[1]), ("weight", &outs[2], &want[2])] {
+        assert_eq!(got.dtype, DType::F16, "{what}");
+        let got = Tensor::<W, 4>::from_primitive(TensorPrimitive::Float(got.clone())).cast(FloatDType::F32);
+        let e = rel_err(&back(got.into_primitive().tensor()), want);
+        assert!(e < 5e-3, "{what}: off by {e}");
+    }
 }
