@@ -5,8 +5,10 @@
 //! Code that needs a backend is written once as a generic function and called through
 //! [`with_backend!`], which picks the concrete type from the choice.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceArg {
@@ -42,17 +44,55 @@ impl fmt::Display for Choice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Choice::Cpu => write!(f, "cpu (Flex backend)"),
-            Choice::Cuda(i) => write!(f, "cuda:{i} (CUDA backend)"),
+            Choice::Cuda(i) => match gpu_name(*i) {
+                Some(name) => write!(f, "cuda:{i} ({name}, CUDA backend)"),
+                None => write!(f, "cuda:{i} (CUDA backend)"),
+            },
         }
     }
 }
 
+const DRIVER_LIBRARIES: [&str; 3] = ["libcuda.so.1", "libcuda.so", "nvcuda.dll"];
+
 /// Whether the NVIDIA driver library can be loaded on this machine.
 pub fn cuda_driver_present() -> bool {
-    ["libcuda.so.1", "libcuda.so", "nvcuda.dll"]
+    DRIVER_LIBRARIES
         .iter()
         // SAFETY: loading the driver runs only its own initialisers, as the CUDA backend would.
         .any(|name| unsafe { libloading::Library::new(name) }.is_ok())
+}
+
+/// The model of GPU `ordinal` as the driver names it (e.g. "NVIDIA H200"), asked once per
+/// process: benchmark rows, convolution plans and logs say which card they come from.
+fn gpu_name(ordinal: usize) -> Option<String> {
+    static NAMES: Mutex<BTreeMap<usize, Option<String>>> = Mutex::new(BTreeMap::new());
+    NAMES.lock().unwrap_or_else(|p| p.into_inner()).entry(ordinal).or_insert_with(|| driver_gpu_name(ordinal)).clone()
+}
+
+/// `cuDeviceGetName` through the driver library (`None` where there is none or it fails).
+fn driver_gpu_name(ordinal: usize) -> Option<String> {
+    use std::ffi::{c_char, c_int, c_uint, CStr};
+    type CuInit = unsafe extern "C" fn(c_uint) -> c_int;
+    type CuDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
+    type CuDeviceGetName = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+    let ordinal = c_int::try_from(ordinal).ok()?;
+    // SAFETY: the driver API's documented entry points (CUresult cuInit(unsigned),
+    // cuDeviceGet(CUdevice*, int), cuDeviceGetName(char*, int, CUdevice); CUdevice is an int),
+    // called with valid pointers and the buffer's true length. The library stays loaded
+    // (forgotten, not closed): the CUDA backend uses the same initialised driver.
+    unsafe {
+        let lib = DRIVER_LIBRARIES.iter().find_map(|name| libloading::Library::new(name).ok())?;
+        let init = *lib.get::<CuInit>(b"cuInit\0").ok()?;
+        let device_get = *lib.get::<CuDeviceGet>(b"cuDeviceGet\0").ok()?;
+        let device_name = *lib.get::<CuDeviceGetName>(b"cuDeviceGetName\0").ok()?;
+        std::mem::forget(lib);
+        let mut device: c_int = 0;
+        let mut name = [0 as c_char; 256];
+        if init(0) != 0 || device_get(&mut device, ordinal) != 0 || device_name(name.as_mut_ptr(), name.len() as c_int, device) != 0 {
+            return None;
+        }
+        Some(CStr::from_ptr(name.as_ptr()).to_string_lossy().trim().to_string()).filter(|n| !n.is_empty())
+    }
 }
 
 impl DeviceArg {
