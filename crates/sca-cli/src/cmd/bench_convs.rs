@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use anyhow::Context;
-use burn::tensor::{DType, Distribution, ElementConversion, Tensor};
+use burn::tensor::{DType, Distribution, ElementConversion, FloatDType, Tensor};
 use sca_backbone::{Arch, ConvLayer, Precision, ResNetConfig};
 use sca_kernels::conv::{conv_kernel_names, conv_pass_on, conv_shape};
-use sca_kernels::plan::{ConvPlan, ConvShape, Pass, Timing};
+use sca_kernels::plan::{ConvKernel, ConvPlan, ConvShape, Pass, Timing};
 use serde_json::json;
 
 use crate::files;
@@ -108,74 +108,43 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
         args.passes.len(),
         kernels.len()
     );
-    let mut rows = if args.resume { earlier_rows(json_path, device_name, batch)? } else { Vec::new() };
-    let mut timings: Vec<Timing> = rows.iter().filter_map(timing).collect();
     anyhow::ensure!(args.kernel_timeout > 0.0, "--kernel-timeout must be positive seconds, not {}", args.kernel_timeout);
-    let watchdog = Watchdog::start(Duration::from_secs_f64(args.kernel_timeout), resume_hint(json_path));
-    let t_start = Instant::now();
+    let rows = if args.resume { earlier_rows(json_path, device_name, batch)? } else { Vec::new() };
+    let mut run = Measurement::<I<B>> {
+        timings: rows.iter().filter_map(timing).collect(),
+        rows,
+        device_name,
+        json_path,
+        batch,
+        steps,
+        watchdog: Watchdog::start(Duration::from_secs_f64(args.kernel_timeout), resume_hint(json_path)),
+        device,
+    };
     // Heaviest first (multiply-adds × layers): a run its time limit cuts short has measured
     // the layers that weigh most in a step. The tables keep the network's order.
     let weight = |p: &Problem| p.shape.macs(1) * p.names.len() as f64;
     let mut order: Vec<&Problem> = problems.iter().collect();
     order.sort_by(|a, b| weight(b).total_cmp(&weight(a)));
-    for (i, p) in order.into_iter().enumerate() {
-        let [c, h, w] = p.layer.input;
-        let [o, oh, ow] = p.layer.output();
-        let cast = |t: Tensor<I<B>, 4>| match compute {
-            Some(d) => t.cast(d),
-            None => t,
-        };
-        let x = cast(Tensor::random([batch, c, h, w], Distribution::Normal(0.0, 1.0), &device));
-        // Weights at about their Kaiming scale; the values do not change the timings.
-        let weight = cast(Tensor::random(p.layer.weight, Distribution::Normal(0.0, 0.05), &device));
-        let grad = cast(Tensor::random([batch, o, oh, ow], Distribution::Normal(0.0, 1.0), &device));
-        for &pass in &args.passes {
-            // The stem's input is the images, which need no gradient: training never runs it.
-            if pass == Pass::Data && p.names.iter().any(|n| n == "conv1") {
-                continue;
+    let rounds = rounds(&kernels);
+    let t_start = Instant::now();
+    let mut units_done = 0;
+    for (r, round) in rounds.iter().enumerate() {
+        for (i, p) in order.iter().enumerate() {
+            run.shape(p, round, &args.passes, compute)?;
+            units_done += round.len();
+            let done = t_start.elapsed().as_secs_f64();
+            let eta = done / units_done as f64 * (kernels.len() * problems.len() - units_done) as f64;
+            let round = if rounds.len() > 1 { format!("round {}/{} ({}): ", r + 1, rounds.len(), round.join(", ")) } else { String::new() };
+            eprintln!("{round}[{}/{}] {} ({} layers) measured; {:.0} s so far, about {:.0} s left", i + 1, problems.len(), p.shape, p.names.len(), done, eta);
+            // Written as the run goes: a session that runs out of time keeps what it measured.
+            save_rows(json_path, device_name, &run.rows)?;
+            if let Some(path) = &plan_path {
+                let plan = ConvPlan::fastest(&run.timings, device_name, batch).over(older.clone());
+                files::write_atomic(path, serde_json::to_string_pretty(&plan)?.as_bytes())?;
             }
-            for kernel in &kernels {
-                let key = p.shape.to_string();
-                if rows.iter().any(|r| r["shape"] == key && r["pass"] == json!(pass) && r["kernel"] == kernel.as_str()) {
-                    continue; // measured (or refused) by the run this one resumes
-                }
-                // On record before it runs: if it takes the process down, a resumed run skips it.
-                rows.push(json!({ "shape": key, "layers": p.names, "pass": pass, "kernel": kernel, "batch": batch, "refused": ENDED_WHILE_RUNNING }));
-                save_rows(json_path, device_name, &rows)?;
-                let run = || conv_pass_on(kernel, pass, x.clone(), weight.clone(), grad.clone(), p.layer.options.clone());
-                watchdog.arm(format!("{kernel} on the {pass} pass of {key}"));
-                let (result, first_s, ms) = time_kernel::<I<B>>(run, steps, &device)?;
-                watchdog.disarm();
-                let row = rows.last_mut().expect("pushed above");
-                row["first_s"] = json!(first_s);
-                match result {
-                    Ok(()) => {
-                        row.as_object_mut().expect("an object").remove("refused");
-                        row["ms"] = json!(ms);
-                        row["tflops"] = json!(2.0 * p.shape.macs(batch) / (ms * 1e-3) / 1e12);
-                        timings.extend(timing(row));
-                    }
-                    // A panic inside a GPU runtime's server can leave the device unusable for
-                    // the rest of the process: every later kernel would then look refused.
-                    Err(why) if why.starts_with("panicked") && !device_works::<I<B>>(&device) => {
-                        row["refused"] = json!(format!("{why} (and the device stopped working after it)"));
-                        save_rows(json_path, device_name, &rows)?;
-                        anyhow::bail!("the device stopped working after {kernel} ran the {pass} pass of {key} ({why}); {}", resume_hint(json_path));
-                    }
-                    Err(why) => row["refused"] = json!(why),
-                }
-            }
-        }
-        let done = t_start.elapsed().as_secs_f64();
-        let eta = done / (i + 1) as f64 * (problems.len() - i - 1) as f64;
-        eprintln!("[{}/{}] {} ({} layers) measured; {:.0} s so far, about {:.0} s left", i + 1, problems.len(), p.shape, p.names.len(), done, eta);
-        // Written as the run goes: a session that runs out of time keeps what it measured.
-        save_rows(json_path, device_name, &rows)?;
-        if let Some(path) = &plan_path {
-            let plan = ConvPlan::fastest(&timings, device_name, batch).over(older.clone());
-            files::write_atomic(path, serde_json::to_string_pretty(&plan)?.as_bytes())?;
         }
     }
+    let rows = run.rows;
     print_tables(&problems, &rows, &kernels, &args.passes);
     if let Some(path) = &plan_path {
         eprintln!("plan written to {} (later CUDA runs with this GPU cache use it)", path.display());
@@ -266,6 +235,83 @@ fn timing(row: &serde_json::Value) -> Option<Timing> {
 fn device_works<B: Backend>(device: &B::Device) -> bool {
     let sum = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Tensor::<B, 1>::from_floats([1.0, 2.0], device).sum().into_scalar().elem::<f32>()));
     sum.is_ok_and(|s| s == 3.0)
+}
+
+/// The kernels in the order they are measured: first, on every shape, the CUDA backend's
+/// built-in kernel and `matmul` (the whole network's per-layer profile on what runs without a
+/// plan, and on this project's own kernel), then the others; each round heaviest shape first.
+fn rounds(kernels: &[String]) -> Vec<Vec<String>> {
+    let first = [ConvKernel::DEFAULT.to_string(), ConvKernel::Matmul.to_string()];
+    let (first, rest): (Vec<String>, Vec<String>) = kernels.iter().cloned().partition(|k| first.contains(k));
+    [first, rest].into_iter().filter(|round| !round.is_empty()).collect()
+}
+
+/// One benchmark run's state: the rows so far (on record in `--json` as they change) and the
+/// measurements the plan is made of.
+struct Measurement<'a, B: Backend> {
+    rows: Vec<serde_json::Value>,
+    timings: Vec<Timing>,
+    device_name: &'a str,
+    json_path: Option<&'a PathBuf>,
+    batch: usize,
+    steps: usize,
+    watchdog: Watchdog,
+    device: B::Device,
+}
+
+impl<B: Backend> Measurement<'_, B> {
+    /// Every pass of one shape on each of `kernels`, skipping what the rows already hold.
+    fn shape(&mut self, p: &Problem, kernels: &[String], passes: &[Pass], compute: Option<FloatDType>) -> anyhow::Result<()> {
+        let (batch, device) = (self.batch, self.device.clone());
+        let [c, h, w] = p.layer.input;
+        let [o, oh, ow] = p.layer.output();
+        let cast = |t: Tensor<B, 4>| match compute {
+            Some(d) => t.cast(d),
+            None => t,
+        };
+        let x = cast(Tensor::random([batch, c, h, w], Distribution::Normal(0.0, 1.0), &device));
+        // Weights at about their Kaiming scale; the values do not change the timings.
+        let weight = cast(Tensor::random(p.layer.weight, Distribution::Normal(0.0, 0.05), &device));
+        let grad = cast(Tensor::random([batch, o, oh, ow], Distribution::Normal(0.0, 1.0), &device));
+        let key = p.shape.to_string();
+        for &pass in passes {
+            // The stem's input is the images, which need no gradient: training never runs it.
+            if pass == Pass::Data && p.names.iter().any(|n| n == "conv1") {
+                continue;
+            }
+            for kernel in kernels {
+                if self.rows.iter().any(|r| r["shape"] == key && r["pass"] == json!(pass) && r["kernel"] == kernel.as_str()) {
+                    continue; // measured (or refused) by the run this one resumes
+                }
+                // On record before it runs: if it takes the process down, a resumed run skips it.
+                self.rows.push(json!({ "shape": key, "layers": p.names, "pass": pass, "kernel": kernel, "batch": batch, "refused": ENDED_WHILE_RUNNING }));
+                save_rows(self.json_path, self.device_name, &self.rows)?;
+                let run = || conv_pass_on(kernel, pass, x.clone(), weight.clone(), grad.clone(), p.layer.options.clone());
+                self.watchdog.arm(format!("{kernel} on the {pass} pass of {key}"));
+                let (result, first_s, ms) = time_kernel::<B>(run, self.steps, &device)?;
+                self.watchdog.disarm();
+                let row = self.rows.last_mut().expect("pushed above");
+                row["first_s"] = json!(first_s);
+                match result {
+                    Ok(()) => {
+                        row.as_object_mut().expect("an object").remove("refused");
+                        row["ms"] = json!(ms);
+                        row["tflops"] = json!(2.0 * p.shape.macs(batch) / (ms * 1e-3) / 1e12);
+                        self.timings.extend(timing(row));
+                    }
+                    // A panic inside a GPU runtime's server can leave the device unusable for
+                    // the rest of the process: every later kernel would then look refused.
+                    Err(why) if why.starts_with("panicked") && !device_works::<B>(&device) => {
+                        row["refused"] = json!(format!("{why} (and the device stopped working after it)"));
+                        save_rows(self.json_path, self.device_name, &self.rows)?;
+                        anyhow::bail!("the device stopped working after {kernel} ran the {pass} pass of {key} ({why}); {}", resume_hint(self.json_path));
+                    }
+                    Err(why) => row["refused"] = json!(why),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The kernels to compare: the named ones, all, or the default candidates.
@@ -405,6 +451,19 @@ mod tests {
         assert_eq!(abbreviate("simple_async_cyclic_cmma"), "sac.cmma");
         assert_eq!(abbreviate("specialized_tma_mma"), "st.mma");
         assert_eq!(abbreviate("flex"), "flex");
+    }
+
+    #[test]
+    fn the_built_in_kernel_and_matmul_go_first_on_every_shape() {
+        let names = |ks: Vec<ConvKernel>| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let rounds = rounds(&names(ConvKernel::candidates()));
+        assert_eq!(rounds.len(), 2);
+        assert_eq!(rounds[0], ["simple_sync_cyclic_cmma", "matmul"]);
+        assert_eq!(rounds[1].len(), 7);
+        assert!(rounds[1].iter().all(|k| !rounds[0].contains(k)));
+        // The CPU's two kernels: `matmul` first; only one kind: one round.
+        assert_eq!(super::rounds(&["flex".into(), "matmul".into()]), [["matmul"], ["flex"]]);
+        assert_eq!(super::rounds(&["specialized_tma_cmma".into()]), [["specialized_tma_cmma"]]);
     }
 
     #[test]
