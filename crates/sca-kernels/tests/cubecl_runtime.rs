@@ -84,7 +84,7 @@ fn device() -> Option<WgpuDevice> {
             plan += "}}";
             use_plan(ConvPlan::parse(&plan).unwrap());
             let device = WgpuDevice::default();
-            let works = catch_unwind(|| Tensor::<W, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar()).map_or(false, |v| v == 3.0);
+            let works = catch_unwind(|| Tensor::<W, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar()).is_ok_and(|v| v == 3.0);
             match (works, std::env::var_os("SCA_REQUIRE_VULKAN")) {
                 (true, _) => Some(device),
                 (false, Some(_)) => panic!("no working Vulkan device (SCA_REQUIRE_VULKAN is set): install mesa-vulkan-drivers"),
