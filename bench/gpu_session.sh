@@ -17,12 +17,19 @@
 #   more  bf16: convolutions (ours and PyTorch's), then (a) and (c) with the plan; the add-on
 #         step (b), k-means (d) and KNN (e); PyTorch's features (c).
 #   profile  bench/profile_step.sh under OUT/profile: per-kernel time of the timed steps.
+#
+# PLAN=FILE starts the cache with that convolution plan (e.g. one an earlier session measured
+# on the same card, configs/conv-plans/): a `more` run in a fresh session then has its plan,
+# and core's cold run runs on it instead of the built-in kernel.
 set -u
 OUT=${1:-gpu-bench}
 PART=${2:-all}
 SCA=${SCA:-target/release/sca}
 CACHE="$OUT/cubecl"
 mkdir -p "$OUT"
+if [ -n "${PLAN:-}" ]; then
+    mkdir -p "$CACHE" && cp "$PLAN" "$CACHE/conv-plan.json" || { echo "PLAN=$PLAN: cannot copy it into $CACHE" >&2; exit 2; }
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 # limited LABEL LIMIT_S LOG CMD...: CMD under a time limit, its output in LOG, its exit
