@@ -273,3 +273,32 @@ fn the_matmul_kernel_keeps_half_precision_tensors_half() {
         assert!(e < 5e-3, "{what}: off by {e}");
     }
 }
+
+/// The matmul's gradients multiply by transposed views (`dC·Bᵀ`, `Aᵀ·dC`): cubek's matmul must
+/// read those strides right.
+#[test]
+fn the_autodiff_matmul_gives_matmul_gradients_on_cubecl() {
+    let Some(device) = device() else { return };
+    type A = Autodiff<W>;
+    type F = Autodiff<Flex>;
+    <Flex as Backend>::seed(&Default::default(), 11);
+    let (a, b, g) = (
+        Tensor::<Flex, 3>::random([3, 5, 70], Distribution::Normal(0.0, 1.0), &Default::default()),
+        Tensor::<Flex, 3>::random([3, 70, 9], Distribution::Normal(0.0, 1.0), &Default::default()),
+        Tensor::<Flex, 3>::random([3, 5, 9], Distribution::Normal(0.0, 1.0), &Default::default()),
+    );
+    // Flex's own matmul and autodiff: the reference.
+    let (af, bf) = (Tensor::<F, 3>::from_data(a.to_data(), &Default::default()).require_grad(), Tensor::<F, 3>::from_data(b.to_data(), &Default::default()).require_grad());
+    let grads = (af.clone().matmul(bf.clone()) * Tensor::<F, 3>::from_data(g.to_data(), &Default::default())).sum().backward();
+    let want = [af.clone().matmul(bf.clone()).inner(), af.grad(&grads).unwrap(), bf.grad(&grads).unwrap()];
+    let (aw, bw) = (Tensor::<A, 3>::from_data(a.to_data(), &device).require_grad(), Tensor::<A, 3>::from_data(b.to_data(), &device).require_grad());
+    let y = Tensor::<A, 3>::from_primitive(TensorPrimitive::Float(A::gemm_mm(aw.clone().into_primitive().tensor(), bw.clone().into_primitive().tensor())));
+    let grads = (y.clone() * Tensor::<A, 3>::from_data(g.to_data(), &device)).sum().backward();
+    let as_flex = |t: Tensor<W, 3>| Tensor::<Flex, 3>::from_data(t.into_data(), &Default::default());
+    let got = [as_flex(y.inner()), as_flex(aw.grad(&grads).unwrap()), as_flex(bw.grad(&grads).unwrap())];
+    for (what, g, w) in [("output", &got[0], &want[0]), ("a grad", &got[1], &want[1]), ("b grad", &got[2], &want[2])] {
+        let scale = w.clone().abs().max().into_scalar();
+        let e = (g.clone() - w.clone()).abs().max().into_scalar() / scale;
+        assert!(e < 1e-5, "{what}: off by {e}");
+    }
+}
