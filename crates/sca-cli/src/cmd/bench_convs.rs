@@ -264,6 +264,19 @@ struct Measurement<'a, B: Backend> {
 impl<B: Backend> Measurement<'_, B> {
     /// Every pass of one shape on each of `kernels`, skipping what the rows already hold.
     fn shape(&mut self, p: &Problem, kernels: &[String], passes: &[Pass], compute: Option<FloatDType>) -> anyhow::Result<()> {
+        let key = p.shape.to_string();
+        let held = |pass: Pass, kernel: &String| self.rows.iter().any(|r| r["shape"] == key && r["pass"] == json!(pass) && r["kernel"] == kernel.as_str());
+        let todo: Vec<(Pass, &String)> = passes
+            .iter()
+            // The stem's input is the images, which need no gradient: training never runs it.
+            .filter(|&&pass| !(pass == Pass::Data && p.names.iter().any(|n| n == "conv1")))
+            .flat_map(|&pass| kernels.iter().map(move |kernel| (pass, kernel)))
+            // Measured (or refused) by the run this one resumes.
+            .filter(|&(pass, kernel)| !held(pass, kernel))
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
         let (batch, device) = (self.batch, self.device.clone());
         let [c, h, w] = p.layer.input;
         let [o, oh, ow] = p.layer.output();
@@ -275,41 +288,31 @@ impl<B: Backend> Measurement<'_, B> {
         // Weights at about their Kaiming scale; the values do not change the timings.
         let weight = cast(Tensor::random(p.layer.weight, Distribution::Normal(0.0, 0.05), &device));
         let grad = cast(Tensor::random([batch, o, oh, ow], Distribution::Normal(0.0, 1.0), &device));
-        let key = p.shape.to_string();
-        for &pass in passes {
-            // The stem's input is the images, which need no gradient: training never runs it.
-            if pass == Pass::Data && p.names.iter().any(|n| n == "conv1") {
-                continue;
-            }
-            for kernel in kernels {
-                if self.rows.iter().any(|r| r["shape"] == key && r["pass"] == json!(pass) && r["kernel"] == kernel.as_str()) {
-                    continue; // measured (or refused) by the run this one resumes
+        for (pass, kernel) in todo {
+            // On record before it runs: if it takes the process down, a resumed run skips it.
+            self.rows.push(json!({ "shape": key, "layers": p.names, "pass": pass, "kernel": kernel, "batch": batch, "refused": ENDED_WHILE_RUNNING }));
+            save_rows(self.json_path, self.device_name, &self.rows)?;
+            let run = || conv_pass_on(kernel, pass, x.clone(), weight.clone(), grad.clone(), p.layer.options.clone());
+            self.watchdog.arm(format!("{kernel} on the {pass} pass of {key}"));
+            let (result, first_s, ms) = time_kernel::<B>(run, self.steps, &device)?;
+            self.watchdog.disarm();
+            let row = self.rows.last_mut().expect("pushed above");
+            row["first_s"] = json!(first_s);
+            match result {
+                Ok(()) => {
+                    row.as_object_mut().expect("an object").remove("refused");
+                    row["ms"] = json!(ms);
+                    row["tflops"] = json!(2.0 * p.shape.macs(batch) / (ms * 1e-3) / 1e12);
+                    self.timings.extend(timing(row));
                 }
-                // On record before it runs: if it takes the process down, a resumed run skips it.
-                self.rows.push(json!({ "shape": key, "layers": p.names, "pass": pass, "kernel": kernel, "batch": batch, "refused": ENDED_WHILE_RUNNING }));
-                save_rows(self.json_path, self.device_name, &self.rows)?;
-                let run = || conv_pass_on(kernel, pass, x.clone(), weight.clone(), grad.clone(), p.layer.options.clone());
-                self.watchdog.arm(format!("{kernel} on the {pass} pass of {key}"));
-                let (result, first_s, ms) = time_kernel::<B>(run, self.steps, &device)?;
-                self.watchdog.disarm();
-                let row = self.rows.last_mut().expect("pushed above");
-                row["first_s"] = json!(first_s);
-                match result {
-                    Ok(()) => {
-                        row.as_object_mut().expect("an object").remove("refused");
-                        row["ms"] = json!(ms);
-                        row["tflops"] = json!(2.0 * p.shape.macs(batch) / (ms * 1e-3) / 1e12);
-                        self.timings.extend(timing(row));
-                    }
-                    // A panic inside a GPU runtime's server can leave the device unusable for
-                    // the rest of the process: every later kernel would then look refused.
-                    Err(why) if why.starts_with("panicked") && !device_works::<B>(&device) => {
-                        row["refused"] = json!(format!("{why} (and the device stopped working after it)"));
-                        save_rows(self.json_path, self.device_name, &self.rows)?;
-                        anyhow::bail!("the device stopped working after {kernel} ran the {pass} pass of {key} ({why}); {}", resume_hint(self.json_path));
-                    }
-                    Err(why) => row["refused"] = json!(why),
+                // A panic inside a GPU runtime's server can leave the device unusable for
+                // the rest of the process: every later kernel would then look refused.
+                Err(why) if why.starts_with("panicked") && !device_works::<B>(&device) => {
+                    row["refused"] = json!(format!("{why} (and the device stopped working after it)"));
+                    save_rows(self.json_path, self.device_name, &self.rows)?;
+                    anyhow::bail!("the device stopped working after {kernel} ran the {pass} pass of {key} ({why}); {}", resume_hint(self.json_path));
                 }
+                Err(why) => row["refused"] = json!(why),
             }
         }
         Ok(())
