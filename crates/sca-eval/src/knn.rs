@@ -4,15 +4,16 @@
 //!
 //! The similarity matrix is never materialised whole: queries and bank are both taken in
 //! blocks of at most `chunk` rows, so memory stays at `chunk × (chunk + k)` similarities
-//! whatever the bank size (ImageNet: 1.28M × 2048). On a GPU each bank block's top-k is merged
-//! into a running top-k on the device and only `queries × k` values and indices come back to
-//! the host, where the votes are counted; on the CPU backends each block comes back and a
+//! whatever the bank size (ImageNet: 1.28M × 2048). On a GPU each bank block's top-k is
+//! selected by a kernel (`sca_kernels::top_k`: Burn's CubeCL backends would sort every block
+//! on the host) and merged into a running top-k on the device, and only `queries × k` values
+//! and indices come back to the host, where the votes are counted; on the CPU backends each block comes back and a
 //! partial selection per row (rayon) keeps the running top-k, which is 3× faster there.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 // Similarity blocks on an explicit matmul kernel (no per-shape autotuning on CUDA).
-use sca_kernels::gemm_matmul;
+use sca_kernels::{gemm_matmul, top_k};
 use serde::{Deserialize, Serialize};
 
 /// Accuracy of a KNN evaluation, in percent.
@@ -109,7 +110,9 @@ pub fn nearest<B: Backend>(bank: &Tensor<B, 2>, queries: &Tensor<B, 2>, k: usize
     nearest_device(bank, queries, k, chunk)
 }
 
-/// [`nearest`] with the selection on the device (`topk` per block, merged on the device).
+/// [`nearest`] with the selection on the device: each block's top-k ([`top_k`], a GPU kernel
+/// on CUDA), merged into the running top-k on the device; only `queries × k` values and
+/// indices come back, sorted on the host.
 fn nearest_device<B: Backend>(bank: &Tensor<B, 2>, queries: &Tensor<B, 2>, k: usize, chunk: usize) -> (Vec<Vec<f32>>, Vec<Vec<usize>>) {
     let ([n_bank, d], [n_query, _]) = (bank.dims(), queries.dims());
     let (mut sims, mut idx) = (Vec::with_capacity(n_query), Vec::with_capacity(n_query));
@@ -121,16 +124,18 @@ fn nearest_device<B: Backend>(bank: &Tensor<B, 2>, queries: &Tensor<B, 2>, k: us
             let b1 = (b0 + chunk).min(n_bank);
             let block = bank.clone().slice([b0..b1, 0..d]);
             let sim = gemm_matmul(q.clone(), block.transpose());
-            let (v, i) = sim.topk_with_indices(k.min(b1 - b0), 1);
+            let (v, i) = top_k(sim, k.min(b1 - b0));
             let i = i.add_scalar(b0 as i64);
             running = Some(match running {
                 None => (v, i),
                 Some((rv, ri)) => {
-                    // Running entries first: they come from lower bank indices.
+                    // Running entries first: they come from lower bank indices, so on the GPU
+                    // (which keeps the leftmost of equal values, in column order) the lower
+                    // index wins a tie, as on the host path.
                     let v = Tensor::cat(vec![rv, v], 1);
                     let i = Tensor::cat(vec![ri, i], 1);
                     let keep = k.min(v.dims()[1]);
-                    let (v, pos) = v.topk_with_indices(keep, 1);
+                    let (v, pos) = top_k(v, keep);
                     (v, i.gather(1, pos))
                 }
             });
@@ -140,8 +145,11 @@ fn nearest_device<B: Backend>(bank: &Tensor<B, 2>, queries: &Tensor<B, 2>, k: us
         let v: Vec<f32> = v.into_data().convert::<f32>().to_vec().expect("f32 similarities");
         let i: Vec<i64> = i.into_data().convert::<i64>().to_vec().expect("int indices");
         for r in 0..(q1 - q0) {
-            sims.push(v[r * kk..(r + 1) * kk].to_vec());
-            idx.push(i[r * kk..(r + 1) * kk].iter().map(|&j| j as usize).collect());
+            let mut row: Vec<(f32, usize)> = (r * kk..(r + 1) * kk).map(|e| (v[e], i[e] as usize)).collect();
+            row.sort_unstable_by(better);
+            let (s, j): (Vec<f32>, Vec<usize>) = row.into_iter().unzip();
+            sims.push(s);
+            idx.push(j);
         }
     }
     (sims, idx)

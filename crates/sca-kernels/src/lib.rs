@@ -14,6 +14,8 @@
 //!   `sca bench convs` measures and writes it.
 //! - [`matmul`]: [`gemm_matmul`] and [`gemm_linear`], matmul and its two gradients on
 //!   cubek's tiled tensor-core matmul.
+//! - [`topk`]: [`top_k`], each row's k largest entries selected on the GPU (Burn's CubeCL
+//!   backends sort on the host).
 //!
 //! Each runs on the CUDA backend with one kernel per shape and pass, compiled once and kept
 //! in CubeCL's compilation cache. On the CPU's Flex backend the same autodiff operations run
@@ -42,13 +44,20 @@ pub mod conv;
 pub mod matmul;
 pub mod as_matmul;
 pub mod plan;
+pub mod topk;
 
 pub use conv::gemm_conv2d;
 pub use matmul::{gemm_linear, gemm_matmul};
+pub use topk::top_k;
 
 /// The CUDA backend the binaries run on: CubeCL without Burn's operation fusion, so that
 /// convolutions and matmuls reach this crate's kernels by type.
 pub type CudaBackend = CubeBackend<CudaRuntime, f32, i32, u8>;
+
+/// CubeCL on wgpu (feature `wgpu`): the tests run the GPU selection of [`top_k`] through
+/// generic code on it, over Mesa's software Vulkan.
+#[cfg(feature = "wgpu")]
+pub type WgpuBackend = CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 
 /// This crate's operations on one concrete backend: the kernels themselves on CubeCL and
 /// Flex, one autodiff operation over them on `Autodiff`.

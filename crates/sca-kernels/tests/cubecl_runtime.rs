@@ -300,3 +300,50 @@ fn the_autodiff_matmul_gives_matmul_gradients_on_cubecl() {
         assert!(e < 1e-5, "{what}: off by {e}");
     }
 }
+
+/// Each row's k largest by `f32::total_cmp`, leftmost first among equals, listed in column
+/// order: what `row_topk_on` must return, computed by a plain sort.
+fn top_k_by_sort(data: &[f32], n: usize, k: usize) -> (Vec<f32>, Vec<i64>) {
+    let (mut values, mut columns) = (Vec::new(), Vec::new());
+    for row in data.chunks(n) {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let mut kept = order[..k].to_vec();
+        kept.sort_unstable();
+        values.extend(kept.iter().map(|&j| row[j]));
+        columns.extend(kept.iter().map(|&j| j as i64));
+    }
+    (values, columns)
+}
+
+/// The GPU selection of the KNN search: exact against a sort, ties (leftmost kept) and
+/// signed zeros, infinities and NaNs (in `total_cmp`'s order) included, on rows shorter and
+/// longer than the cube's 256 units, with the row's keys in shared memory (lavapipe's 32 KB
+/// hold 4,096) and, for the 4,100-wide rows, read from global memory.
+#[test]
+fn row_topk_selects_what_a_sort_selects() {
+    let Some(device) = device() else { return };
+    let special = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN, 1e-40, -1e-40];
+    for (rows, n, k, ties) in [(1, 1, 1, false), (3, 5, 2, false), (4, 300, 7, false), (2, 4100, 200, false), (3, 300, 300, false), (5, 1000, 1, false), (4, 600, 50, true), (2, 9, 4, true)] {
+        <Flex as Backend>::seed(&Default::default(), (rows * n + k) as u64);
+        let x = Tensor::<Flex, 2>::random([rows, n], Distribution::Normal(0.0, 1.0), &Default::default());
+        let mut data: Vec<f32> = x.into_data().to_vec().unwrap();
+        if ties {
+            // Values on a coarse grid: long runs of equal values across the k-th place.
+            data.iter_mut().for_each(|v| *v = (*v * 2.0).round() / 2.0);
+        }
+        if n >= 9 {
+            for (r, row) in data.chunks_mut(n).enumerate() {
+                row[r % 2..r % 2 + special.len()].copy_from_slice(&special);
+            }
+        }
+        let on = Tensor::<W, 2>::from_data(burn::tensor::TensorData::new(data.clone(), [rows, n]), &device);
+        let (values, columns) = sca_kernels::topk::row_topk_on(on.into_primitive().tensor(), k, DType::I32);
+        let values: Vec<f32> = Tensor::<W, 2>::from_primitive(TensorPrimitive::Float(values)).into_data().to_vec().unwrap();
+        let columns: Vec<i64> = Tensor::<W, 2, burn::tensor::Int>::from_primitive(columns).into_data().convert::<i64>().to_vec().unwrap();
+        let (want_values, want_columns) = top_k_by_sort(&data, n, k);
+        assert_eq!(columns, want_columns, "columns, {rows}×{n} k={k} ties={ties}");
+        let same = |a: &f32, b: &f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan() && a.is_sign_negative() == b.is_sign_negative());
+        assert!(values.iter().zip(&want_values).all(|(a, b)| same(a, b)), "values, {rows}×{n} k={k}: {values:?} against {want_values:?}");
+    }
+}

@@ -1,0 +1,82 @@
+//! The KNN search on a CubeCL backend, whose top-k selection runs on the device
+//! (`sca_kernels::top_k`'s kernel; Burn's own would sort every block on the host): wgpu over
+//! Mesa's software Vulkan (lavapipe), the runtime the CUDA backend shares its CubeCL code
+//! with. It must give what the CPU path gives, ties included. Skipped without Vulkan unless
+//! `SCA_REQUIRE_VULKAN` is set (CI sets it).
+
+use std::panic::catch_unwind;
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Tensor, TensorData};
+use sca_eval::knn::{nearest, weighted_knn};
+use sca_kernels::{top_k, WgpuBackend as W};
+
+fn device() -> Option<burn::tensor::Device<W>> {
+    let device = Default::default();
+    let works = catch_unwind(|| Tensor::<W, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar()).is_ok_and(|v| v == 3.0);
+    match (works, std::env::var_os("SCA_REQUIRE_VULKAN")) {
+        (true, _) => Some(device),
+        (false, Some(_)) => panic!("no working Vulkan device (SCA_REQUIRE_VULKAN is set): install mesa-vulkan-drivers"),
+        (false, None) => {
+            eprintln!("skipped: no Vulkan device for wgpu (install mesa-vulkan-drivers for lavapipe)");
+            None
+        }
+    }
+}
+
+/// `rows × d` small integers in -2..=2 (a fixed pseudo-random sequence): their dot products
+/// are exact on any kernel, and many tie, across block borders too.
+fn integers(rows: usize, d: usize, seed: u64) -> TensorData {
+    let mut state = seed;
+    let values: Vec<f32> = (0..rows * d)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) % 5) as f32 - 2.0
+        })
+        .collect();
+    TensorData::new(values, [rows, d])
+}
+
+#[test]
+fn the_gpu_selection_finds_the_cpu_paths_neighbours() {
+    let Some(device) = device() else { return };
+    let queries = integers(150, 8, 2);
+    let on_cpu = |t: &TensorData| Tensor::<Flex, 2>::from_data(t.clone(), &Default::default());
+    let on_gpu = |t: &TensorData| Tensor::<W, 2>::from_data(t.clone(), &device);
+    // Blocks larger and smaller than k, a last block narrower than the others, one block.
+    for (n_bank, k, chunk) in [(2000, 30, 1000), (2000, 30, 300), (300, 30, 20), (2000, 200, 512), (2000, 5, 4096)] {
+        let bank = integers(n_bank, 8, 1);
+        let want = nearest(&on_cpu(&bank), &on_cpu(&queries), k, chunk);
+        let got = nearest(&on_gpu(&bank), &on_gpu(&queries), k, chunk);
+        assert_eq!(got.1, want.1, "bank indices, bank {n_bank} k={k} chunk={chunk}");
+        assert_eq!(got.0, want.0, "similarities, bank {n_bank} k={k} chunk={chunk}");
+    }
+    // The accuracy on top, labels voting.
+    let (bank, k, chunk) = (integers(2000, 8, 1), 30, 300);
+    let labels: Vec<usize> = (0..2000).map(|i| i % 10).collect();
+    let truth: Vec<usize> = (0..150).map(|i| (i * 3) % 10).collect();
+    let cpu = weighted_knn(&on_cpu(&bank), &labels, &on_cpu(&queries), &truth, 10, k, 0.1, chunk);
+    let gpu = weighted_knn(&on_gpu(&bank), &labels, &on_gpu(&queries), &truth, 10, k, 0.1, chunk);
+    assert_eq!(gpu, cpu);
+    // Ties at the k-th place: the lower bank index stays, whatever the blocks.
+    let bank = TensorData::new(vec![1.0f32, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0], [4, 2]);
+    let q = TensorData::new(vec![1.0f32, 0.0], [1, 2]);
+    for chunk in [1, 2, 4] {
+        assert_eq!(nearest(&on_gpu(&bank), &on_gpu(&q), 2, chunk).1, vec![vec![0, 1]], "chunk {chunk}");
+    }
+}
+
+/// `top_k` on the autodiff backend selects from the inner tensors, as on the plain one.
+#[test]
+fn top_k_selects_on_the_device_under_autodiff_too() {
+    let Some(device) = device() else { return };
+    let x = integers(6, 40, 3);
+    let (v, i) = top_k(Tensor::<W, 2>::from_data(x.clone(), &device), 4);
+    let (va, ia) = top_k(Tensor::<Autodiff<W>, 2>::from_data(x.clone(), &device), 4);
+    assert_eq!(va.into_data(), v.clone().into_data());
+    assert_eq!(ia.into_data(), i.clone().into_data());
+    // The device kernel returns each row's selection in column order (Burn's sort would
+    // return it largest first): the kernel ran.
+    let cols: Vec<i64> = i.into_data().convert::<i64>().to_vec().unwrap();
+    assert!(cols.chunks(4).all(|c| c.windows(2).all(|w| w[0] < w[1])), "{cols:?}");
+}
