@@ -398,8 +398,8 @@ fn apply_moves<B: Backend>(
     Tensor::from_data(TensorData::new(s, [k, d]), &device)
 }
 
-/// k-means++ seeding on the device: one matrix-vector product and one small
-/// read-back per centre.
+/// k-means++ seeding on the device: one matrix-vector product and two small read-backs
+/// per centre.
 fn plus_plus<B: Backend>(
     z: &Tensor<B, 2>,
     k: usize,
@@ -408,8 +408,7 @@ fn plus_plus<B: Backend>(
 ) -> Tensor<B, 2> {
     let [n, _] = z.dims();
     let device = z.device();
-    // Counts are summed in f32 below: keep them exact.
-    let m = n.min(max_candidates.max(k)).min(1 << 24);
+    let m = n.min(max_candidates.max(k));
     let (x, map): (Tensor<B, 2>, Vec<usize>) = if m == n {
         (z.clone(), (0..n).collect())
     } else {
@@ -430,24 +429,15 @@ fn plus_plus<B: Backend>(
     taken[first] = true;
     let mut d2 = dist_to(first);
     while chosen.len() < k {
-        let cs = d2.clone().reshape([m]).cumsum(0);
-        let total = cs.clone().slice(m - 1..m);
         // u in (0, 1): the pick lands on a point whose D² is strictly positive.
         let u = ((rng.gen::<u64>() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let below = cs
-            .lower(total.clone().mul_scalar(u).expand([m]))
-            .float()
-            .sum();
-        let read: Vec<f32> = Tensor::cat(vec![total, below], 0)
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        let next = if read[0] > 0.0 {
-            (read[1] as usize).min(m - 1)
-        } else {
-            // Every candidate coincides with a centre: fall back to a uniform fresh one.
-            let free: Vec<usize> = (0..m).filter(|&i| !taken[i]).collect();
-            free[rng.gen_range(0..free.len())]
+        let next = match draw_weighted(&d2.clone().reshape([m]), u) {
+            Some(i) => i,
+            None => {
+                // Every candidate coincides with a centre: fall back to a uniform fresh one.
+                let free: Vec<usize> = (0..m).filter(|&i| !taken[i]).collect();
+                free[rng.gen_range(0..free.len())]
+            }
         };
         let next = if taken[next] {
             // Float round-off only; keep the centres distinct as indices.
@@ -463,6 +453,51 @@ fn plus_plus<B: Backend>(
     }
     let rows: Vec<usize> = chosen.iter().map(|&i| map[i]).collect();
     z.clone().select(0, int_tensor::<B>(&rows, &device))
+}
+
+/// Entries per block of [`draw_weighted`]'s first read-back.
+const DRAW_BLOCK: usize = 1024;
+
+/// The index `i` of `weights` (non-negative) with `W[i-1] ≤ u·W[m-1] < W[i]`, `W` the
+/// running sum: a draw with probability proportional to the weight when `u` is uniform in
+/// (0, 1); `None` when every weight is zero. Block sums are read back first, then the one
+/// block the draw lands in, and the running sums are taken on the host in f64: no device
+/// prefix sum, which burn-cubecl computes in O(m²) (each output sums all entries before it;
+/// 100,000 candidates × 3,000 centres).
+fn draw_weighted<B: Backend>(weights: &Tensor<B, 1>, u: f64) -> Option<usize> {
+    let [m] = weights.dims();
+    let blocks = m.div_ceil(DRAW_BLOCK);
+    let padded = match blocks * DRAW_BLOCK - m {
+        0 => weights.clone(),
+        pad => Tensor::cat(vec![weights.clone(), Tensor::zeros([pad], &weights.device())], 0),
+    };
+    let sums: Vec<f64> = padded.reshape([blocks, DRAW_BLOCK]).sum_dim(1).into_data().iter::<f32>().map(f64::from).collect();
+    let total: f64 = sums.iter().sum();
+    if !(total > 0.0) {
+        return None;
+    }
+    let target = u * total;
+    // The block the running sum passes the target in; none (round-off with u near 1): the
+    // last block with weight.
+    let block = passing(&sums, 0.0, target).or_else(|| last_positive(&sums))?;
+    let start = block * DRAW_BLOCK;
+    let within: Vec<f64> = weights.clone().slice(start..(start + DRAW_BLOCK).min(m)).into_data().iter::<f32>().map(f64::from).collect();
+    // The device's block sum and the host's running sum round differently: past the block's
+    // end, its last entry with weight.
+    let j = passing(&within, sums[..block].iter().sum(), target).or_else(|| last_positive(&within));
+    j.map(|j| start + j)
+}
+
+/// The first index where `acc` plus the running sum of `values` exceeds `target`.
+fn passing(values: &[f64], mut acc: f64, target: f64) -> Option<usize> {
+    values.iter().position(|&w| {
+        acc += w;
+        acc > target
+    })
+}
+
+fn last_positive(values: &[f64]) -> Option<usize> {
+    values.iter().rposition(|&w| w > 0.0)
 }
 
 #[cfg(test)]

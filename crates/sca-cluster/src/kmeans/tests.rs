@@ -290,3 +290,25 @@ fn bad_inputs_are_errors() {
         }
     );
 }
+
+#[test]
+fn weighted_draw_lands_where_the_running_sum_passes_u_times_the_total() {
+    // 2,500 weights over three blocks of 1,024: 1 at 3, 2 at 1,500 (second block), 1 at
+    // 2,499 (the last, partial block), zeros elsewhere; total 4.
+    let mut w = vec![0.0f32; 2500];
+    (w[3], w[1500], w[2499]) = (1.0, 2.0, 1.0);
+    let w = Tensor::<B, 1>::from_data(TensorData::new(w, [2500]), &Default::default());
+    // u·4 below 1 → 3; in [1, 3) → 1,500; in [3, 4) → 2,499.
+    for (u, want) in [(1e-9, 3), (0.2, 3), (0.25, 1500), (0.5, 1500), (0.7499, 1500), (0.75, 2499), (0.999_999, 2499)] {
+        assert_eq!(draw_weighted(&w, u), Some(want), "u = {u}");
+    }
+    // A length that fills its blocks exactly, a single block, and no weight at all.
+    let ramp = Tensor::<B, 1>::from_data(TensorData::new((0..2048).map(|i| (i % 2) as f32).collect::<Vec<_>>(), [2048]), &Default::default());
+    // 1,024 ones at the odd indices: u·1024 = 511.5 → the 512th one, index 1,023.
+    assert_eq!(draw_weighted(&ramp, 511.5 / 1024.0), Some(1023));
+    assert_eq!(draw_weighted(&ramp, 512.5 / 1024.0), Some(1025));
+    let one_block = Tensor::<B, 1>::from_data(TensorData::new(vec![0.0f32, 5.0, 0.0, 5.0], [4]), &Default::default());
+    assert_eq!(draw_weighted(&one_block, 0.49), Some(1));
+    assert_eq!(draw_weighted(&one_block, 0.51), Some(3));
+    assert_eq!(draw_weighted(&Tensor::<B, 1>::zeros([3000], &Default::default()), 0.5), None);
+}
