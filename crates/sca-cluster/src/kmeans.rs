@@ -473,7 +473,7 @@ fn draw_weighted<B: Backend>(weights: &Tensor<B, 1>, u: f64) -> Option<usize> {
     };
     let sums: Vec<f64> = padded.reshape([blocks, DRAW_BLOCK]).sum_dim(1).into_data().iter::<f32>().map(f64::from).collect();
     let total: f64 = sums.iter().sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return None;
     }
     let target = u * total;
