@@ -29,8 +29,8 @@
 //!   its old cluster's sums to the new one, as scikit-learn does.
 //! - **Init**: k-means++ (plain, one candidate per step) or a uniform sample of distinct
 //!   points, both driven by a ChaCha8 RNG seeded from the config, never by the
-//!   backend's global RNG. k-means++ runs on the device with one small read-back per
-//!   centre; for N above [`KMeansConfig::plus_plus_candidates`] it seeds from a seeded
+//!   backend's global RNG. k-means++ runs on the device with two small read-backs per
+//!   centre (block sums of D², then the block the draw lands in); for N above [`KMeansConfig::plus_plus_candidates`] it seeds from a seeded
 //!   uniform subset of that many points, which bounds its cost (C passes over the
 //!   subset) at ImageNet scale.
 //! - **Stopping**: a fixed iteration budget (SPEC), cut short when no assignment changes
