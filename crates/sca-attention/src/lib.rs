@@ -13,9 +13,9 @@
 //!   (D = 512 + 1024 + 2048 for ResNet-50).
 //! - **Bilinear resizing** matches PyTorch's
 //!   `F.interpolate(x, size, mode="bilinear", align_corners=False)` (half-pixel centres,
-//!   source coordinates clamped at 0). Burn's `InterpolateOptions::new` defaults to
-//!   `align_corners = true`, so [`resize_bilinear`] sets `false` explicitly; a test pins
-//!   the PyTorch values.
+//!   source coordinates clamped at 0), as two matmuls with the interpolation matrices
+//!   ([`resize_bilinear`]: Burn's bilinear `interpolate` has no backward on CubeCL); a test
+//!   pins the PyTorch values.
 //! - **μ** ([`correlation_mask`], eq. 3-4): ρ_ij = max_{i'j'} ⟨f_s\[ij\], f'\[i'j'\]⟩ / D as one
 //!   batched matmul `[B·P, HW, D]·[B·P, D, H'W']` (the source repeated over its P positives)
 //!   and a max over the last axis; μ = mean over the P positives; then, by default, min-max

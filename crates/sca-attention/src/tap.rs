@@ -1,9 +1,9 @@
 //! Which backbone features f the add-on sees.
 
 use burn::config::Config;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+// On an explicit kernel: on CUDA, Burn's autotuned matmul would time ~30 candidates per shape.
+use sca_kernels::gemm_matmul;
 
 /// The feature map f of the add-on, from the stage maps `[c2, c3, c4, c5]`
 /// (outputs of layer1..layer4).
@@ -53,24 +53,47 @@ pub fn tap_features<B: Backend>(stages: [Tensor<B, 4>; 4], tap: Tap) -> Tensor<B
 
 /// Bilinear resize as PyTorch's `F.interpolate(x, size, mode="bilinear",
 /// align_corners=False)`; a no-op when the size already matches.
+///
+/// Computed as two matmuls with the interpolation matrices, rows then columns: Burn's
+/// `interpolate` has no bilinear backward on its CubeCL backends (it panics), and this
+/// resize sits inside the training step for [`Tap::Multi`].
 pub fn resize_bilinear<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
-    let [_, _, h, w] = x.dims();
-    if [h, w] == size {
+    let [n, c, h, w] = x.dims();
+    let [h2, w2] = size;
+    if [h, w] == [h2, w2] {
         return x;
     }
-    // Burn defaults to align_corners = true; PyTorch's default is false.
-    interpolate(
-        x,
-        size,
-        InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false),
-    )
+    let device = x.device();
+    let matrix = |out: usize, inp: usize| {
+        Tensor::<B, 2>::from_data(TensorData::new(interpolation_weights(out, inp), [inp, out]), &device)
+    };
+    // Rows: [n·c·w, h] × [h, h2]; then columns: [n·c·h2, w] × [w, w2].
+    let rows = x.swap_dims(2, 3).reshape([n * c * w, h]);
+    let rows = gemm_matmul(rows, matrix(h2, h)).reshape([n, c, w, h2]).swap_dims(2, 3);
+    let cols = gemm_matmul(rows.reshape([n * c * h2, w]), matrix(w2, w));
+    cols.reshape([n, c, h2, w2])
+}
+
+/// `[inp, out]`, row-major: column `o` holds the weights output `o` gives the inputs,
+/// PyTorch's half-pixel rule without antialiasing: source `(o + 0.5)·inp/out − 0.5`,
+/// clamped at 0, between its two neighbours (the last input repeated at the edge).
+fn interpolation_weights(out: usize, inp: usize) -> Vec<f32> {
+    let mut m = vec![0.0f32; inp * out];
+    for o in 0..out {
+        let src = ((o as f64 + 0.5) * inp as f64 / out as f64 - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(inp - 1);
+        let i1 = (i0 + 1).min(inp - 1);
+        let t = (src - i0 as f64) as f32;
+        m[i0 * out + o] += 1.0 - t;
+        m[i1 * out + o] += t;
+    }
+    m
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::backend::Flex;
-    use burn::tensor::TensorData;
 
     type B = Flex;
 
@@ -135,5 +158,17 @@ mod tests {
         check(1, 4, &[0., 4., 8., 12.], [1, 8], &[0.0, 1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 12.0]);
         // Downsampling 1×4 → 1×2: src = 0.5, 2.5.
         check(1, 4, &[0., 4., 8., 12.], [1, 2], &[2.0, 10.0]);
+    }
+
+    /// The resize's gradient is the transposed interpolation: each input collects the weights
+    /// it gave the outputs (here 1×2 → 1×4: weights 1, .75, .25, 0 and 0, .25, .75, 1).
+    #[test]
+    fn bilinear_gradient_is_the_transposed_weights() {
+        type A = burn::backend::Autodiff<Flex>;
+        let x = Tensor::<A, 4>::from_data(TensorData::new(vec![1.0f32, 2.0], [1, 1, 1, 2]), &Default::default()).require_grad();
+        let upstream = Tensor::<A, 4>::from_data(TensorData::new(vec![1.0f32, 10.0, 100.0, 1000.0], [1, 1, 1, 4]), &Default::default());
+        let grads = (resize_bilinear(x.clone(), [1, 4]) * upstream).sum().backward();
+        let g: Vec<f32> = x.grad(&grads).unwrap().into_data().iter::<f32>().collect();
+        assert_eq!(g, vec![1.0 + 7.5 + 25.0, 2.5 + 75.0 + 1000.0]);
     }
 }
