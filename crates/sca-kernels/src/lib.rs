@@ -54,8 +54,9 @@ pub use topk::top_k;
 /// convolutions and matmuls reach this crate's kernels by type.
 pub type CudaBackend = CubeBackend<CudaRuntime, f32, i32, u8>;
 
-/// CubeCL on wgpu (feature `wgpu`): the tests run the GPU selection of [`top_k`] through
-/// generic code on it, over Mesa's software Vulkan.
+/// CubeCL on wgpu (feature `wgpu`, for tests over Mesa's software Vulkan): generic code
+/// reaches this crate's CubeCL paths on it as on [`CudaBackend`] (the convolutions and
+/// matmuls of [`dispatch`], the GPU selection of [`top_k`]).
 #[cfg(feature = "wgpu")]
 pub type WgpuBackend = CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 
@@ -101,13 +102,27 @@ trait BinaryOp<const D: usize> {
 }
 
 /// Runs `op` as the concrete backend `B` is, when that is one of the binaries' backends (the
-/// same four as [`runs_explicitly`]); `op`'s fallback otherwise.
+/// same as [`runs_explicitly`]: four, six with the `wgpu` feature); `op`'s fallback otherwise.
 fn dispatch<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, op: &impl BinaryOp<D>) -> Tensor<B, D> {
     run_as::<B, Autodiff<CudaBackend>, D>(a, b, op)
         .or_else(|(a, b)| run_as::<B, CudaBackend, D>(a, b, op))
+        .or_else(|(a, b)| run_as_wgpu::<B, D>(a, b, op))
         .or_else(|(a, b)| run_as::<B, Autodiff<Flex>, D>(a, b, op))
         .or_else(|(a, b)| run_as::<B, Flex, D>(a, b, op))
         .unwrap_or_else(|(a, b)| op.fallback(a, b))
+}
+
+/// With the `wgpu` feature, the tests' CubeCL backend runs the CUDA backend's path.
+#[cfg(feature = "wgpu")]
+#[allow(clippy::type_complexity)]
+fn run_as_wgpu<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, op: &impl BinaryOp<D>) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    run_as::<B, Autodiff<WgpuBackend>, D>(a, b, op).or_else(|(a, b)| run_as::<B, WgpuBackend, D>(a, b, op))
+}
+
+#[cfg(not(feature = "wgpu"))]
+#[allow(clippy::type_complexity)]
+fn run_as_wgpu<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, _: &impl BinaryOp<D>) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    Err((a, b))
 }
 
 /// Runs `op` as backend `T` if `B` is `T`; hands the inputs back otherwise.
@@ -125,6 +140,10 @@ fn run_as<B: Backend, T: ExplicitOps, const D: usize>(a: Tensor<B, D>, b: Tensor
 /// than Burn's own operations).
 pub fn runs_explicitly<B: Backend>() -> bool {
     let b = TypeId::of::<B>();
+    #[cfg(feature = "wgpu")]
+    if [TypeId::of::<Autodiff<WgpuBackend>>(), TypeId::of::<WgpuBackend>()].contains(&b) {
+        return true;
+    }
     [TypeId::of::<Autodiff<CudaBackend>>(), TypeId::of::<CudaBackend>(), TypeId::of::<Autodiff<Flex>>(), TypeId::of::<Flex>()].contains(&b)
 }
 

@@ -1,0 +1,104 @@
+//! Whole training runs on a CubeCL backend, against the same runs on the CPU.
+//!
+//! The CUDA backend shares its code with every CubeCL runtime, and some of Burn's operations
+//! behave differently there than on the CPU backend (bilinear `interpolate` has no backward;
+//! `topk` and `sort` go through the host; `cumsum` is quadratic). This runs the pretraining
+//! loop (backbone, SwAV with its queue, the add-on with the multi-stage tap, the epoch-start
+//! feature pass and k-means, LARS) on wgpu over Mesa's software Vulkan (lavapipe), with the
+//! convolutions and matmuls on this project's explicit kernels as on CUDA, from the same
+//! start and on the same batches as on Flex, and the losses must agree.
+//! Skipped without Vulkan unless `SCA_REQUIRE_VULKAN` is set (CI sets it).
+
+use std::panic::catch_unwind;
+use std::sync::Arc;
+
+use burn::backend::flex::FlexDevice;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use sca_data::scenes::{Scenes, Split};
+use sca_data::Dataset;
+use sca_kernels::plan::{use_plan, ConvPlan};
+use sca_kernels::WgpuBackend;
+use sca_train::{Observer, RunEnd, StepMetrics, TrainConfig, Trainer};
+
+type Cpu = Autodiff<Flex>;
+type Gpu = Autodiff<WgpuBackend>;
+
+const DEFAULT: &str = include_str!("../../../configs/default.json");
+
+fn config() -> TrainConfig {
+    let o: Vec<String> = [
+        "epochs=2", "batch_size=8", "model.small_stem=true", "model.conv=gemm", "data.image_size=16", "data.train_size=16",
+        "data.augment.crops=[{\"count\":2,\"size\":16,\"min_scale\":0.3,\"max_scale\":1.0}]",
+        "engine.queue_length=16", "engine.freeze_prototypes_steps=1",
+        "addon.clusters=3", "addon.kmeans_iterations=3", "addon.tap=\"multi\"", "eval.knn_every=0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    sca_train::config::parse(DEFAULT, "default.json", &o).unwrap()
+}
+
+fn data() -> Arc<dyn Dataset> {
+    Arc::new(Scenes::new(16, 3, 16, 0, Split::Train).unwrap())
+}
+
+#[derive(Default)]
+struct Log(Vec<StepMetrics>);
+
+impl Observer for Log {
+    fn step(&mut self, m: &StepMetrics) {
+        self.0.push(m.clone());
+    }
+    fn checkpoint(&mut self, _: Vec<u8>, _: Option<usize>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn wgpu_device() -> Option<burn::tensor::Device<Gpu>> {
+    let device = Default::default();
+    let works = catch_unwind(|| Tensor::<WgpuBackend, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar()).is_ok_and(|v| v == 3.0);
+    match (works, std::env::var_os("SCA_REQUIRE_VULKAN")) {
+        (true, _) => Some(device),
+        (false, Some(_)) => panic!("no working Vulkan device (SCA_REQUIRE_VULKAN is set): install mesa-vulkan-drivers"),
+        (false, None) => {
+            eprintln!("skipped: no Vulkan device for wgpu (install mesa-vulkan-drivers for lavapipe)");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_run_on_cubecl_gives_the_cpu_runs_losses() {
+    let Some(device) = wgpu_device() else { return };
+    // lavapipe has no cooperative-matrix unit, so cubek's implicit-GEMM kernels refuse every
+    // shape there: every pass of every convolution on the `matmul` kernel (im2col and cubek's
+    // tiled matmul), as a plan for the card would name it.
+    let all = r#"{"forward": "matmul", "data": "matmul", "weight": "matmul"}"#;
+    use_plan(ConvPlan::parse(&format!(r#"{{"device": "lavapipe", "batch": 8, "default": {all}, "shapes": {{}}}}"#)).unwrap());
+
+    Cpu::seed(&FlexDevice, 5);
+    let start = Trainer::<Cpu>::new(config(), data(), None, FlexDevice).checkpoint_bytes();
+    let mut cpu = Trainer::<Cpu>::new(config(), data(), None, FlexDevice);
+    cpu.restore(&start).unwrap();
+    let mut want = Log::default();
+    assert_eq!(cpu.run(&mut want).unwrap(), RunEnd::Finished);
+
+    let mut gpu = Trainer::<Gpu>::new(config(), data(), None, device);
+    gpu.restore(&start).unwrap();
+    let mut got = Log::default();
+    assert_eq!(gpu.run(&mut got).unwrap(), RunEnd::Finished);
+
+    assert_eq!(got.0.len(), 4, "2 epochs of 16 images in batches of 8");
+    assert_eq!(got.0.len(), want.0.len());
+    for (g, w) in got.0.iter().zip(&want.0) {
+        eprintln!("step {}: loss {} (cpu {}), ssl {} ({})", g.step, g.loss, w.loss, g.loss_ssl, w.loss_ssl);
+        assert_eq!(g.loss_mu.is_some(), w.loss_mu.is_some(), "step {}: the add-on ran on one side only", g.step);
+        let addon = [("mu", g.loss_mu, w.loss_mu), ("cls", g.loss_cls, w.loss_cls)].map(|(t, g, w)| (t, g.unwrap_or(0.0), w.unwrap_or(0.0)));
+        for (term, got, want) in [("total", g.loss, w.loss), ("ssl", g.loss_ssl, w.loss_ssl)].into_iter().chain(addon) {
+            let rel = (got - want).abs() / want.abs().max(1e-6);
+            assert!(rel < 1e-3, "step {}: {term} loss {got} on wgpu against {want} on the CPU", g.step);
+        }
+    }
+}
