@@ -7,8 +7,9 @@
 //! whatever the bank size (ImageNet: 1.28M × 2048). On a GPU each bank block's top-k is
 //! selected by a kernel (`sca_kernels::top_k`: Burn's CubeCL backends would sort every block
 //! on the host) and merged into a running top-k on the device, and only `queries × k` values
-//! and indices come back to the host, where the votes are counted; on the CPU backends each block comes back and a
-//! partial selection per row (rayon) keeps the running top-k, which is 3× faster there.
+//! and indices come back to the host, where the votes are counted; on the CPU backends each
+//! block comes back and a partial selection per row (rayon) keeps the running top-k, which
+//! is 3× faster there.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};

@@ -4,25 +4,10 @@
 //! with. It must give what the CPU path gives, ties included. Skipped without Vulkan unless
 //! `SCA_REQUIRE_VULKAN` is set (CI sets it).
 
-use std::panic::catch_unwind;
-
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
 use sca_eval::knn::{nearest, weighted_knn};
 use sca_kernels::{top_k, WgpuBackend as W};
-
-fn device() -> Option<burn::tensor::Device<W>> {
-    let device = Default::default();
-    let works = catch_unwind(|| Tensor::<W, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar()).is_ok_and(|v| v == 3.0);
-    match (works, std::env::var_os("SCA_REQUIRE_VULKAN")) {
-        (true, _) => Some(device),
-        (false, Some(_)) => panic!("no working Vulkan device (SCA_REQUIRE_VULKAN is set): install mesa-vulkan-drivers"),
-        (false, None) => {
-            eprintln!("skipped: no Vulkan device for wgpu (install mesa-vulkan-drivers for lavapipe)");
-            None
-        }
-    }
-}
 
 /// `rows × d` small integers in -2..=2 (a fixed pseudo-random sequence): their dot products
 /// are exact on any kernel, and many tie, across block borders too.
@@ -39,7 +24,7 @@ fn integers(rows: usize, d: usize, seed: u64) -> TensorData {
 
 #[test]
 fn the_gpu_selection_finds_the_cpu_paths_neighbours() {
-    let Some(device) = device() else { return };
+    let Some(device) = sca_kernels::cubecl_test_device::<W>() else { return };
     let queries = integers(150, 8, 2);
     let on_cpu = |t: &TensorData| Tensor::<Flex, 2>::from_data(t.clone(), &Default::default());
     let on_gpu = |t: &TensorData| Tensor::<W, 2>::from_data(t.clone(), &device);
@@ -69,7 +54,7 @@ fn the_gpu_selection_finds_the_cpu_paths_neighbours() {
 /// `top_k` on the autodiff backend selects from the inner tensors, as on the plain one.
 #[test]
 fn top_k_selects_on_the_device_under_autodiff_too() {
-    let Some(device) = device() else { return };
+    let Some(device) = sca_kernels::cubecl_test_device::<W>() else { return };
     let x = integers(6, 40, 3);
     let (v, i) = top_k(Tensor::<W, 2>::from_data(x.clone(), &device), 4);
     let (va, ia) = top_k(Tensor::<Autodiff<W>, 2>::from_data(x.clone(), &device), 4);

@@ -161,6 +161,23 @@ fn is<B: 'static, T: 'static>() -> bool {
     TypeId::of::<B>() == TypeId::of::<T>()
 }
 
+/// For tests on a CubeCL runtime without a GPU (wgpu over Mesa's lavapipe): `B`'s default
+/// device when a tiny sum runs on it; `None`, said on stderr, without one, unless
+/// `SCA_REQUIRE_VULKAN` is set (CI sets it after installing lavapipe), when it panics.
+pub fn cubecl_test_device<B: Backend>() -> Option<burn::tensor::Device<B>> {
+    use burn::tensor::ElementConversion;
+    let device = Default::default();
+    let sum = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Tensor::<B, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar().elem::<f32>()));
+    match (sum.is_ok_and(|v| v == 3.0), std::env::var_os("SCA_REQUIRE_VULKAN")) {
+        (true, _) => Some(device),
+        (false, Some(_)) => panic!("no working Vulkan device (SCA_REQUIRE_VULKAN is set): install mesa-vulkan-drivers"),
+        (false, None) => {
+            eprintln!("skipped: no Vulkan device for wgpu (install mesa-vulkan-drivers for lavapipe)");
+            None
+        }
+    }
+}
+
 /// Says once per distinct `what` that an explicit kernel refused it and what runs instead.
 fn report_fallback(what: String, instead: &str, error: &impl std::fmt::Debug) {
     static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());

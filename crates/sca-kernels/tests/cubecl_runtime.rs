@@ -10,7 +10,6 @@
 //! Without a Vulkan device the tests say so and pass, unless `SCA_REQUIRE_VULKAN` is set (CI
 //! sets it after installing lavapipe, so there they cannot be skipped).
 
-use std::panic::catch_unwind;
 use std::sync::OnceLock;
 
 use burn::backend::{Autodiff, Flex};
@@ -83,16 +82,7 @@ fn device() -> Option<WgpuDevice> {
             plan += &shapes.join(", ");
             plan += "}}";
             use_plan(ConvPlan::parse(&plan).unwrap());
-            let device = WgpuDevice::default();
-            let works = catch_unwind(|| Tensor::<W, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar()).is_ok_and(|v| v == 3.0);
-            match (works, std::env::var_os("SCA_REQUIRE_VULKAN")) {
-                (true, _) => Some(device),
-                (false, Some(_)) => panic!("no working Vulkan device (SCA_REQUIRE_VULKAN is set): install mesa-vulkan-drivers"),
-                (false, None) => {
-                    eprintln!("skipped: no Vulkan device for wgpu (install mesa-vulkan-drivers for lavapipe)");
-                    None
-                }
-            }
+            sca_kernels::cubecl_test_device::<W>()
         })
         .clone()
 }

@@ -9,13 +9,11 @@
 //! start and on the same batches as on Flex, and the losses must agree.
 //! Skipped without Vulkan unless `SCA_REQUIRE_VULKAN` is set (CI sets it).
 
-use std::panic::catch_unwind;
 use std::sync::Arc;
 
 use burn::backend::flex::FlexDevice;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 use sca_data::scenes::{Scenes, Split};
 use sca_data::Dataset;
 use sca_kernels::plan::{use_plan, ConvPlan};
@@ -56,22 +54,9 @@ impl Observer for Log {
     }
 }
 
-fn wgpu_device() -> Option<burn::tensor::Device<Gpu>> {
-    let device = Default::default();
-    let works = catch_unwind(|| Tensor::<WgpuBackend, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar()).is_ok_and(|v| v == 3.0);
-    match (works, std::env::var_os("SCA_REQUIRE_VULKAN")) {
-        (true, _) => Some(device),
-        (false, Some(_)) => panic!("no working Vulkan device (SCA_REQUIRE_VULKAN is set): install mesa-vulkan-drivers"),
-        (false, None) => {
-            eprintln!("skipped: no Vulkan device for wgpu (install mesa-vulkan-drivers for lavapipe)");
-            None
-        }
-    }
-}
-
 #[test]
 fn a_run_on_cubecl_gives_the_cpu_runs_losses() {
-    let Some(device) = wgpu_device() else { return };
+    let Some(device) = sca_kernels::cubecl_test_device::<WgpuBackend>() else { return };
     // lavapipe has no cooperative-matrix unit, so cubek's implicit-GEMM kernels refuse every
     // shape there: every pass of every convolution on the `matmul` kernel (im2col and cubek's
     // tiled matmul), as a plan for the card would name it.
