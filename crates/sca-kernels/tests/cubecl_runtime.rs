@@ -112,6 +112,16 @@ fn rel_err<const D: usize>(got: &Tensor<Flex, D>, want: &Tensor<Flex, D>) -> f32
     (got.clone() - want.clone()).abs().max().into_scalar() / scale
 }
 
+/// An autodiff operation's output and its two input gradients on wgpu, each within 1e-5 of
+/// the reference on Flex.
+fn assert_output_and_grads<const D: usize>(got: [Tensor<W, D>; 3], want: &[Tensor<Flex, D>; 3], inputs: [&str; 2], case: &str) {
+    let names = ["output".to_string(), format!("{} grad", inputs[0]), format!("{} grad", inputs[1])];
+    for ((got, want), what) in got.into_iter().zip(want).zip(names) {
+        let e = rel_err(&Tensor::<Flex, D>::from_data(got.into_data(), &Default::default()), want);
+        assert!(e < 1e-5, "{case} {what}: off by {e}");
+    }
+}
+
 /// Flex's output, data gradient and weight gradient for `case` with output gradient `dy`.
 fn reference(case: &Case, x: &Tensor<Flex, 4>, w: &Tensor<Flex, 4>, dy: &Tensor<Flex, 4>) -> [Tensor<Flex, 4>; 3] {
     let (x, w, dy, o) = (x.clone().into_primitive().tensor(), w.clone().into_primitive().tensor(), dy.clone().into_primitive().tensor(), case.options());
@@ -209,12 +219,8 @@ fn the_autodiff_convolution_gives_conv2d_gradients_on_cubecl() {
         )));
         // d(sum(y·dy))/dy = dy: the backward pass gets exactly the reference's output gradient.
         let grads = (y.clone() * Tensor::<A, 4>::from_data(dy.to_data(), &device)).sum().backward();
-        let as_flex = |t: Tensor<W, 4>| Tensor::<Flex, 4>::from_data(t.into_data(), &Default::default());
-        let got = [as_flex(y.inner()), as_flex(xa.grad(&grads).unwrap()), as_flex(wa.grad(&grads).unwrap())];
-        for (what, g, w) in [("output", &got[0], &want[0]), ("x grad", &got[1], &want[1]), ("weight grad", &got[2], &want[2])] {
-            let e = rel_err(g, w);
-            assert!(e < 1e-5, "{case:?} {what}: off by {e}");
-        }
+        let got = [y.inner(), xa.grad(&grads).unwrap(), wa.grad(&grads).unwrap()];
+        assert_output_and_grads(got, &want, ["x", "weight"], &format!("{case:?}"));
     }
 }
 
@@ -283,12 +289,8 @@ fn the_autodiff_matmul_gives_matmul_gradients_on_cubecl() {
     let (aw, bw) = (Tensor::<A, 3>::from_data(a.to_data(), &device).require_grad(), Tensor::<A, 3>::from_data(b.to_data(), &device).require_grad());
     let y = Tensor::<A, 3>::from_primitive(TensorPrimitive::Float(A::gemm_mm(aw.clone().into_primitive().tensor(), bw.clone().into_primitive().tensor())));
     let grads = (y.clone() * Tensor::<A, 3>::from_data(g.to_data(), &device)).sum().backward();
-    let as_flex = |t: Tensor<W, 3>| Tensor::<Flex, 3>::from_data(t.into_data(), &Default::default());
-    let got = [as_flex(y.inner()), as_flex(aw.grad(&grads).unwrap()), as_flex(bw.grad(&grads).unwrap())];
-    for (what, g, w) in [("output", &got[0], &want[0]), ("a grad", &got[1], &want[1]), ("b grad", &got[2], &want[2])] {
-        let e = rel_err(g, w);
-        assert!(e < 1e-5, "{what}: off by {e}");
-    }
+    let got = [y.inner(), aw.grad(&grads).unwrap(), bw.grad(&grads).unwrap()];
+    assert_output_and_grads(got, &want, ["a", "b"], "matmul");
 }
 
 /// Each row's k largest by `f32::total_cmp`, leftmost first among equals, listed in column
