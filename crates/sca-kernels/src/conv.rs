@@ -21,7 +21,7 @@ use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{DType, FloatDType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
 use burn_cubecl::ops::numeric::empty_device_dtype;
-use burn_cubecl::ops::{permute_nchw_to_nhwc, permute_nchw_to_nhwc_shape, permute_nhwc_to_nchw};
+use burn_cubecl::ops::permute_nchw_to_nhwc_shape;
 use burn_cubecl::cubecl::prelude::TensorBinding;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -32,6 +32,7 @@ use cubek::std::InputBinding;
 
 use crate::plan::{planned_kernel, ConvKernel, ConvShape, Pass};
 use crate::as_matmul;
+use crate::layout::{to_channels_first, to_channels_last};
 use crate::{dispatch, report_fallback, BinaryOp, ExplicitOps};
 
 /// The three passes of a bias-free convolution on kernels the backend chooses explicitly.
@@ -112,10 +113,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ConvKernel
     }
 }
 
-/// cubek's convolutions take channels-last operands: NCHW tensors are handed over as NHWC
-/// views (a permute of strides; cubek copies a view only where its layout needs it) and
-/// the NHWC result comes back as an NCHW view, as burn-cubecl's own launchers do.
+/// cubek's convolutions take channels-last operands: NCHW tensors are handed over as
+/// contiguous NHWC tensors ([`to_channels_last`]: a tiled copy, or a view where the memory
+/// is laid out so already), and the NHWC result comes back as a contiguous NCHW tensor
+/// ([`to_channels_first`]), so that the element-wise kernels after it read whole vectors.
 fn binding<R: CubeRuntime>(t: CubeTensor<R>) -> InputBinding<R> {
+    let t = to_channels_last(t);
     let dtype = t.dtype;
     InputBinding::new(t.binding(), dtype.into())
 }
@@ -159,8 +162,8 @@ pub fn forward_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, weight: 
     let [oh, ow] = output_size([xs[2], xs[3]], [ws[2], ws[3]], options);
     let dtypes = elems(x.dtype, weight.dtype, x.dtype);
     launch_nchw(kernel, &x.clone(), Shape::new([xs[0], ws[0], oh, ow]), options, dtypes, |out| ConvolutionInputs::Forward {
-        input: binding(permute_nchw_to_nhwc(x)),
-        weight: binding(permute_nchw_to_nhwc(weight)),
+        input: binding(x),
+        weight: binding(weight),
         bias: None,
         out,
     })
@@ -177,8 +180,8 @@ pub fn data_on<R: CubeRuntime>(kernel: ConvKernel, grad: CubeTensor<R>, weight: 
     }
     let dtypes = elems(grad.dtype, weight.dtype, grad.dtype);
     launch_nchw(kernel, &grad.clone(), x_shape, options, dtypes, |in_grad| ConvolutionInputs::BackwardData {
-        out_grad: binding(permute_nchw_to_nhwc(grad)),
-        weights: binding(permute_nchw_to_nhwc(weight)),
+        out_grad: binding(grad),
+        weights: binding(weight),
         in_grad,
     })
 }
@@ -191,15 +194,15 @@ pub fn weight_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: Cub
     }
     let dtypes = elems(x.dtype, grad.dtype, grad.dtype);
     launch_nchw(kernel, &grad.clone(), weight_shape, options, dtypes, |weight_grad| ConvolutionInputs::BackwardWeight {
-        input: binding(permute_nchw_to_nhwc(x)),
-        out_grad: binding(permute_nchw_to_nhwc(grad)),
+        input: binding(x),
+        out_grad: binding(grad),
         weight_grad,
     })
 }
 
 /// Launches `kernel` on the inputs `inputs` builds around the output's binding: a new
 /// channels-last tensor for the NCHW shape `out_shape`, with `like`'s type and device,
-/// returned as an NCHW view.
+/// returned as a contiguous NCHW tensor.
 fn launch_nchw<R: CubeRuntime>(
     kernel: ConvKernel,
     like: &CubeTensor<R>,
@@ -210,7 +213,7 @@ fn launch_nchw<R: CubeRuntime>(
 ) -> Result<CubeTensor<R>, ConvSetupError> {
     let out = empty_device_dtype(like.client.clone(), like.device.clone(), permute_nchw_to_nhwc_shape(out_shape), like.dtype);
     launch(kernel, &like.client, inputs(out.clone().binding()), options, dtypes)?;
-    Ok(permute_nhwc_to_nchw(out))
+    Ok(to_channels_first(out))
 }
 
 /// The data gradient of a strided convolution as that of a stride-1 one (`stride1`).

@@ -14,6 +14,7 @@
 //!   `sca bench convs` measures and writes it.
 //! - [`matmul`]: [`gemm_matmul`] and [`gemm_linear`], matmul and its two gradients on
 //!   cubek's tiled tensor-core matmul.
+//! - [`layout`]: NCHW ↔ NHWC copies by tiles, for cubek's channels-last convolutions.
 //! - [`topk`]: [`top_k`], each row's k largest entries selected on the GPU (Burn's CubeCL
 //!   backends sort on the host).
 //!
@@ -43,6 +44,7 @@ use matmul::MatmulKernels;
 pub mod conv;
 pub mod matmul;
 pub mod as_matmul;
+pub mod layout;
 pub mod plan;
 pub mod topk;
 

@@ -339,3 +339,39 @@ fn row_topk_selects_what_a_sort_selects() {
         assert!(values.iter().zip(&want_values).all(|(a, b)| same(a, b)), "values, {rows}×{n} k={k}: {values:?} against {want_values:?}");
     }
 }
+
+/// The tiled layout copies against Burn's permute: sides that are and are not multiples of
+/// the 32-wide tile, a 3-channel stem input, 1×1 sides, in f32 and f16; and a tensor whose
+/// memory is already channels-last passes through as a view of the same buffer.
+#[test]
+fn layout_copies_match_permutes() {
+    use burn::tensor::TensorMetadata;
+    use sca_kernels::layout::{to_channels_first, to_channels_last};
+    let Some(device) = device() else { return };
+    for (i, shape) in [[2, 3, 15, 13], [3, 40, 33, 1], [1, 64, 8, 8], [2, 70, 1, 1], [1, 5, 37, 35]].into_iter().enumerate() {
+        for dtype in [FloatDType::F32, FloatDType::F16] {
+            let x = Tensor::<W, 4>::from_data(random(shape, 400 + i as u64).to_data(), &device).cast(dtype);
+            let want = x.clone().permute([0, 2, 3, 1]).into_data();
+            let last = to_channels_last(x.clone().into_primitive().tensor());
+            assert!(last.is_contiguous(), "{shape:?}: channels-last copy is contiguous");
+            assert_eq!(last.shape().dims::<4>(), [shape[0], shape[2], shape[3], shape[1]]);
+            let last = Tensor::<W, 4>::from_primitive(TensorPrimitive::Float(last));
+            assert_eq!(last.clone().into_data(), want, "{shape:?} {dtype:?}: NCHW → NHWC");
+            let first = to_channels_first(last.into_primitive().tensor());
+            assert!(first.is_contiguous(), "{shape:?}: channels-first copy is contiguous");
+            let first = Tensor::<W, 4>::from_primitive(TensorPrimitive::Float(first));
+            assert_eq!(first.into_data(), x.clone().into_data(), "{shape:?} {dtype:?}: NHWC → NCHW");
+        }
+    }
+    // A tensor whose memory already has the wanted layout comes back as a view of it.
+    let memory = |t: &FloatTensor<W>| format!("{:?}", t.handle.memory);
+    let x = Tensor::<W, 4>::from_data(random([2, 4, 5, 6], 410).to_data(), &device);
+    let nchw_of_nhwc = x.clone().permute([0, 3, 1, 2]).into_primitive().tensor(); // [2, 6, 4, 5] over [2, 4, 5, 6]
+    let last = to_channels_last(nchw_of_nhwc.clone());
+    assert_eq!(memory(&last), memory(&nchw_of_nhwc), "NCHW view of NHWC memory: a copy was made");
+    assert_eq!(last.shape().dims::<4>(), [2, 4, 5, 6]);
+    let nhwc_of_nchw = x.permute([0, 2, 3, 1]).into_primitive().tensor(); // [2, 5, 6, 4] over [2, 4, 5, 6]
+    let first = to_channels_first(nhwc_of_nchw.clone());
+    assert_eq!(memory(&first), memory(&nhwc_of_nchw), "NHWC view of NCHW memory: a copy was made");
+    assert_eq!(first.shape().dims::<4>(), [2, 4, 5, 6]);
+}
