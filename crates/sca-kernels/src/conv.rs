@@ -21,7 +21,7 @@ use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{DType, FloatDType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
 use burn_cubecl::ops::numeric::empty_device_dtype;
-use burn_cubecl::ops::permute_nchw_to_nhwc_shape;
+use burn_cubecl::ops::{permute_nchw_to_nhwc_shape, permute_nhwc_to_nchw};
 use burn_cubecl::cubecl::prelude::TensorBinding;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -41,6 +41,12 @@ pub trait ConvKernels: Backend {
     fn conv_fwd(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
     fn conv_dgrad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
     fn conv_wgrad(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
+
+    /// The output gradient as the backward passes of this convolution best take it, when
+    /// both run (a layout both can read without a copy of their own).
+    fn backward_grad(_x: &FloatTensor<Self>, _weight: &FloatTensor<Self>, grad: FloatTensor<Self>, _options: &ConvOptions<2>) -> FloatTensor<Self> {
+        grad
+    }
 }
 
 /// The output's `[H', W']` for an `[H, W]` input and a `[kh, kw]` kernel.
@@ -110,6 +116,19 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ConvKernel
         let shape = conv_shape(&x.shape(), &weight.shape(), &options, x.dtype);
         on_planned(Pass::Weight, &shape, |k| weight_on(k, x.clone(), grad.clone(), weight.shape(), &options))
             .unwrap_or_else(|| <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, grad, options))
+    }
+
+    /// When both gradients of a stride-1 convolution run on cubek's kernels, both read the
+    /// output gradient channels-last: one tiled copy, handed to both as an NCHW view of
+    /// NHWC memory (which [`to_channels_last`] passes through), instead of one copy each.
+    fn backward_grad(x: &FloatTensor<Self>, weight: &FloatTensor<Self>, grad: FloatTensor<Self>, options: &ConvOptions<2>) -> FloatTensor<Self> {
+        let shape = conv_shape(&x.shape(), &weight.shape(), options, x.dtype);
+        let on_cubek = |pass| matches!(planned_kernel(pass, &shape), ConvKernel::Gemm { .. });
+        if options.stride == [1, 1] && on_cubek(Pass::Data) && on_cubek(Pass::Weight) {
+            permute_nhwc_to_nchw(to_channels_last(grad))
+        } else {
+            grad
+        }
     }
 }
 
@@ -298,6 +317,10 @@ pub(crate) fn autodiff_conv<B: ConvKernels, C: CheckpointStrategy>(
             let (x_state, weight_state, options) = ops.state;
             let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
             let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
+            let grad = match (&node_x, &node_weight) {
+                (Some(_), Some(_)) => B::backward_grad(&x, &weight, grad, &options),
+                _ => grad,
+            };
             if let Some(node) = node_x {
                 grads.register::<B>(node.id, B::conv_dgrad(x.clone(), weight.clone(), grad.clone(), options.clone()));
             }
