@@ -38,6 +38,7 @@ use burn::train::{
 use serde::{Deserialize, Serialize};
 
 use crate::head::LinearHead;
+use sca_kernels::top_k;
 
 /// How the probe sees the training images.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -604,12 +605,17 @@ pub fn accuracy<B: Backend>(head: &LinearHead<B>, features: &HostFeatures, batch
         let logits = head.forward(b.features);
         let c = logits.dims()[1];
         let k = c.min(5);
-        let (_, idx) = logits.topk_with_indices(k, 1);
+        // Selected on the device (Burn's CubeCL backends would sort the logits on the host);
+        // the k come back unordered, so top-1 is the largest of them (leftmost on ties).
+        let (values, idx) = top_k(logits, k);
+        let values: Vec<f32> = values.into_data().convert::<f32>().to_vec().expect("float values");
         let idx: Vec<i64> = idx.into_data().convert::<i64>().to_vec().expect("int indices");
         for (j, &r) in rows.iter().enumerate() {
             let y = features.labels[r] as i64;
-            hit1 += usize::from(idx[j * k] == y);
-            hit5 += usize::from(idx[j * k..(j + 1) * k].contains(&y));
+            let (row_values, row_idx) = (&values[j * k..(j + 1) * k], &idx[j * k..(j + 1) * k]);
+            let best = (1..k).fold(0, |b, i| if row_values[i] > row_values[b] { i } else { b });
+            hit1 += usize::from(row_idx[best] == y);
+            hit5 += usize::from(row_idx.contains(&y));
         }
     }
     let pct = |h: usize| if n == 0 { 0.0 } else { 100.0 * h as f64 / n as f64 };
@@ -783,6 +789,27 @@ mod tests {
         );
         let f = HostFeatures::new(vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 1.0], 2, vec![0, 1, 2, 0]);
         assert_eq!(accuracy(&head, &f, 3, &d), (75.0, 100.0));
+    }
+
+    #[test]
+    fn accuracy_with_more_classes_than_five() {
+        // Identity head: the features are the logits. By hand: top-1 hits rows 0, 3, 4;
+        // top-5 also row 1 (class 1 is second there); rows 2 and 5 miss both.
+        let d = Default::default();
+        let eye: Vec<f32> = (0..49).map(|i| if i % 8 == 0 { 1.0 } else { 0.0 }).collect();
+        let head = LinearHead::<Flex>::from_tensors(Tensor::<Flex, 1>::from_floats(eye.as_slice(), &d).reshape([7, 7]), Tensor::zeros([7], &d));
+        let rows: [([f32; 7], usize); 6] = [
+            ([0., 1., 2., 3., 4., 5., 6.], 6),
+            ([6., 5., 4., 3., 2., 1., 0.], 1),
+            ([6., 5., 4., 3., 2., 1., 0.], 5),
+            ([0., 0., 9., 0., 0., 0., 0.], 2),
+            ([1., 3., 2., 7., 5., 4., 0.], 3),
+            ([1., 3., 2., 7., 5., 4., 0.], 0),
+        ];
+        let f = HostFeatures::new(rows.iter().flat_map(|(x, _)| *x).collect(), 7, rows.iter().map(|(_, y)| *y).collect());
+        let (top1, top5) = accuracy(&head, &f, 4, &d);
+        assert_eq!(top1, 50.0);
+        assert!((top5 - 400.0 / 6.0).abs() < 1e-9, "{top5}");
     }
 
     /// Three well-separated clusters in 4-D: any decent probe reaches 100%.

@@ -1,12 +1,14 @@
-//! The KNN search on a CubeCL backend, whose top-k selection runs on the device
-//! (`sca_kernels::top_k`'s kernel; Burn's own would sort every block on the host): wgpu over
-//! Mesa's software Vulkan (lavapipe), the runtime the CUDA backend shares its CubeCL code
-//! with. It must give what the CPU path gives, ties included. Skipped without Vulkan unless
+//! The KNN search and the probe's top-5 accuracy on a CubeCL backend, whose top-k selection
+//! runs on the device (`sca_kernels::top_k`'s kernel; Burn's own would sort every block on
+//! the host): wgpu over Mesa's software Vulkan (lavapipe), the runtime the CUDA backend
+//! shares its CubeCL code with. It must give what the CPU path gives, ties included. Skipped without Vulkan unless
 //! `SCA_REQUIRE_VULKAN` is set (CI sets it).
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
+use sca_eval::head::LinearHead;
 use sca_eval::knn::{nearest, weighted_knn};
+use sca_eval::probe::{accuracy, HostFeatures};
 use sca_kernels::{top_k, WgpuBackend as W};
 
 /// `rows × d` small integers in -2..=2 (a fixed pseudo-random sequence): their dot products
@@ -64,4 +66,27 @@ fn top_k_selects_on_the_device_under_autodiff_too() {
     // return it largest first): the kernel ran.
     let cols: Vec<i64> = i.into_data().convert::<i64>().to_vec().unwrap();
     assert!(cols.chunks(4).all(|c| c.windows(2).all(|w| w[0] < w[1])), "{cols:?}");
+}
+
+/// The linear probe's top-1 / top-5 accuracy on the device selection, which hands each row's
+/// five best logits back in column order: top-1 must be the largest of them, not the first.
+#[test]
+fn probe_accuracy_on_the_device_selection() {
+    let Some(device) = sca_kernels::cubecl_test_device::<W>() else { return };
+    // Identity head, so the features are the logits; by hand: top-1 hits rows 0, 3, 4,
+    // top-5 also row 1; rows 2 and 5 miss both.
+    let eye: Vec<f32> = (0..49).map(|i| if i % 8 == 0 { 1.0 } else { 0.0 }).collect();
+    let head = LinearHead::<W>::from_tensors(Tensor::<W, 1>::from_floats(eye.as_slice(), &device).reshape([7, 7]), Tensor::zeros([7], &device));
+    let rows: [([f32; 7], usize); 6] = [
+        ([0., 1., 2., 3., 4., 5., 6.], 6),
+        ([6., 5., 4., 3., 2., 1., 0.], 1),
+        ([6., 5., 4., 3., 2., 1., 0.], 5),
+        ([0., 0., 9., 0., 0., 0., 0.], 2),
+        ([1., 3., 2., 7., 5., 4., 0.], 3),
+        ([1., 3., 2., 7., 5., 4., 0.], 0),
+    ];
+    let features = HostFeatures::new(rows.iter().flat_map(|(x, _)| *x).collect(), 7, rows.iter().map(|(_, y)| *y).collect());
+    let (top1, top5) = accuracy(&head, &features, 4, &device);
+    assert_eq!(top1, 50.0);
+    assert!((top5 - 400.0 / 6.0).abs() < 1e-9, "{top5}");
 }
