@@ -9,8 +9,12 @@
 //! [`batch_norm_forward`] computes the same function of the same module (same parameters,
 //! same running-statistics update) with contiguous reductions and per-row scalars only.
 //!
-//! With several data-parallel replicas and [`sca_dist::sync_bn`] installed on the thread,
-//! the training statistics are those of the global batch (SyncBN).
+//! On one replica, on the autodiff backends of CUDA and Flex, training-mode batch norm is
+//! one autodiff operation of five passes over the activation
+//! ([`sca_kernels::batch_norm_train`]: CubeCL kernels on the GPU). The tensor-operation
+//! version here serves the other backends and SyncBN: with several data-parallel replicas
+//! and [`sca_dist::sync_bn`] installed on the thread, the training statistics are those of
+//! the global batch, their sums added up over the replicas inside the autodiff graph.
 
 use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
@@ -28,11 +32,23 @@ pub fn batch_norm_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Ten
     if !B::ad_enabled(&device) {
         return inference(bn, x);
     }
+    let sync = sync_bn::get::<B>();
+    // One replica: one autodiff operation of five passes on the backends that have it.
+    let x = match sync {
+        Some(_) => x,
+        None => match sca_kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon) {
+            Ok((y, mean, var)) => {
+                update_running(bn, mean, var);
+                return y;
+            }
+            Err((x, _, _)) => x,
+        },
+    };
     let x = x.reshape([b, c, h * w]);
     // Per-channel values repeated per image: [B, C, 1], the broadcast the CPU backend is fast at.
     let per_row = |t: Tensor<B, 3>| t.repeat_dim(0, b);
     // Two contiguous reductions instead of a transpose: mean over positions, then images.
-    let (mean, centered, var) = match sync_bn::get::<B>() {
+    let (mean, centered, var) = match sync {
         None => {
             let mean = x.clone().mean_dim(2).mean_dim(0); // [1, C, 1]
             let centered = x - per_row(mean.clone());
@@ -50,20 +66,21 @@ pub fn batch_norm_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Ten
             (mean, centered, var)
         }
     };
-
-    let m = bn.momentum;
-    let running_mean = bn.running_mean.value_sync().to_device(&device);
-    let running_var = bn.running_var.value_sync().to_device(&device);
-    bn.running_mean.update(
-        running_mean.mul_scalar(1.0 - m).add(mean.detach().mul_scalar(m).reshape([c])).detach(),
-    );
-    bn.running_var.update(
-        running_var.mul_scalar(1.0 - m).add(var.clone().detach().mul_scalar(m).reshape([c])).detach(),
-    );
+    update_running(bn, mean.clone().reshape([c]), var.clone().reshape([c]));
 
     // Fold γ / σ into one per-channel factor: two full-size ops instead of three.
     let scale = bn.gamma.val().reshape([1, c, 1]) / var.add_scalar(bn.epsilon).sqrt();
     (centered * per_row(scale) + per_row(bn.beta.val().reshape([1, c, 1]))).reshape([b, c, h, w])
+}
+
+/// `running = (1 − momentum)·running + momentum·batch` for the mean and the biased variance.
+fn update_running<B: Backend>(bn: &BatchNorm<B>, mean: Tensor<B, 1>, var: Tensor<B, 1>) {
+    let device = mean.device();
+    let m = bn.momentum;
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    bn.running_mean.update(running_mean.mul_scalar(1.0 - m).add(mean.detach().mul_scalar(m)).detach());
+    bn.running_var.update(running_var.mul_scalar(1.0 - m).add(var.detach().mul_scalar(m)).detach());
 }
 
 /// Inference: `y = x·s + t` with `s = γ/√(running_var + ε)` and `t = β − running_mean·s`,

@@ -14,6 +14,8 @@
 //!   `sca bench convs` measures and writes it.
 //! - [`matmul`]: [`gemm_matmul`] and [`gemm_linear`], matmul and its two gradients on
 //!   cubek's tiled tensor-core matmul.
+//! - [`batch_norm`]: [`batch_norm_train`], training-mode batch norm as one autodiff
+//!   operation in five passes over the activation (CubeCL kernels on the GPU).
 //! - [`layout`]: NCHW ↔ NHWC copies by tiles, for cubek's channels-last convolutions.
 //! - [`topk`]: [`top_k`], each row's k largest entries selected on the GPU (Burn's CubeCL
 //!   backends sort on the host).
@@ -41,6 +43,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use conv::ConvKernels;
 use matmul::MatmulKernels;
 
+pub mod batch_norm;
 pub mod conv;
 pub mod matmul;
 pub mod as_matmul;
@@ -48,6 +51,7 @@ pub mod layout;
 pub mod plan;
 pub mod topk;
 
+pub use batch_norm::batch_norm_train;
 pub use conv::gemm_conv2d;
 pub use matmul::{gemm_linear, gemm_matmul};
 pub use topk::top_k;

@@ -378,3 +378,44 @@ fn layout_copies_match_permutes() {
     assert_eq!(memory(&first), memory(&nhwc_of_nchw), "NHWC view of NCHW memory: a copy was made");
     assert_eq!(first.shape().dims::<4>(), [2, 4, 5, 6]);
 }
+
+/// Training-mode batch norm on the CubeCL kernels against the same operation on Flex
+/// (itself held to Burn's `BatchNorm` in sca-backbone's tests): output, batch statistics and
+/// the gradients of x, γ and β; rows shorter than a cube (L = 12) and longer than 256
+/// (L = 300, several elements per unit), channels offset and scaled so centring matters.
+#[test]
+fn batch_norm_kernels_match_the_tensor_operations() {
+    use sca_kernels::batch_norm::{batch_norm_on, BatchNormKernels};
+    let Some(device) = device() else { return };
+    for (i, shape) in [[3, 5, 3, 4], [2, 3, 15, 20]].into_iter().enumerate() {
+        let c = shape[1];
+        let x = random(shape, 500 + i as u64) * Tensor::<Flex, 1>::from_floats(&[0.5f32, 2.0, 3.0, 0.7, 1.3][..c], &Default::default()).reshape([1, c, 1, 1]) + 2.0;
+        let dy = random(shape, 510 + i as u64);
+        let ramp = |a: f32, s: f32| (0..c).map(|j| a + s * j as f32).collect::<Vec<f32>>();
+        let (gamma, beta) = (ramp(0.5, 0.25), ramp(-0.3, 0.1));
+        fn run<T: BatchNormKernels>(x: &Tensor<Flex, 4>, dy: &Tensor<Flex, 4>, gamma: &[f32], beta: &[f32], device: &T::Device) -> Vec<Tensor<Flex, 1>> {
+            type B<T> = Autodiff<T>;
+            let xa = Tensor::<B<T>, 4>::from_data(x.to_data(), device).require_grad();
+            let g = Tensor::<B<T>, 1>::from_floats(gamma, device).require_grad();
+            let b = Tensor::<B<T>, 1>::from_floats(beta, device).require_grad();
+            let (y, mean, var) = batch_norm_on::<T>(xa.clone(), g.clone(), b.clone(), 1e-5);
+            let grads = (y.clone() * Tensor::<B<T>, 4>::from_data(dy.to_data(), device)).sum().backward();
+            let flat = |t: Tensor<T, 1>| Tensor::<Flex, 1>::from_data(t.into_data(), &Default::default());
+            let n = y.shape().num_elements();
+            vec![
+                flat(y.inner().reshape([n])),
+                flat(mean.inner()),
+                flat(var.inner()),
+                flat(xa.grad(&grads).unwrap().reshape([n])),
+                flat(g.grad(&grads).unwrap()),
+                flat(b.grad(&grads).unwrap()),
+            ]
+        }
+        let want = run::<Flex>(&x, &dy, &gamma, &beta, &Default::default());
+        let got = run::<W>(&x, &dy, &gamma, &beta, &device);
+        for ((g, w), what) in got.iter().zip(&want).zip(["output", "mean", "variance", "x grad", "gamma grad", "beta grad"]) {
+            let e = rel_err(g, w);
+            assert!(e < 1e-5, "{shape:?} {what}: off by {e}");
+        }
+    }
+}
