@@ -27,16 +27,25 @@ use sca_dist::sync_bn;
 /// variance); in inference mode it is `bn.forward(x)` with the running statistics folded
 /// into one per-channel scale and shift (equal up to rounding).
 pub fn batch_norm_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let device = x.device();
-    let [b, c, h, w] = x.dims();
-    if !B::ad_enabled(&device) {
-        return inference(bn, x);
+    batch_norm_maybe_relu(bn, x, false)
+}
+
+/// `relu(batch_norm_forward(bn, x))`, the ReLU inside the batch-norm operation where
+/// [`sca_kernels::batch_norm_train`] runs it.
+pub fn batch_norm_relu_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    batch_norm_maybe_relu(bn, x, true)
+}
+
+fn batch_norm_maybe_relu<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
+    let then_relu = |y: Tensor<B, 4>| if relu { burn::tensor::activation::relu(y) } else { y };
+    if !B::ad_enabled(&x.device()) {
+        return then_relu(inference(bn, x));
     }
     let sync = sync_bn::get::<B>();
     // One replica: one autodiff operation of five passes on the backends that have it.
     let x = match sync {
         Some(_) => x,
-        None => match sca_kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon) {
+        None => match sca_kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, relu) {
             Ok((y, mean, var)) => {
                 update_running(bn, mean, var);
                 return y;
@@ -44,6 +53,12 @@ pub fn batch_norm_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Ten
             Err((x, _, _)) => x,
         },
     };
+    then_relu(graph_batch_norm(bn, x, sync))
+}
+
+/// Training-mode batch norm as tensor operations (SyncBN when `sync` is set).
+fn graph_batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, sync: Option<(usize, sync_bn::StatSum<B>)>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
     let x = x.reshape([b, c, h * w]);
     // Per-channel values repeated per image: [B, C, 1], the broadcast the CPU backend is fast at.
     let per_row = |t: Tensor<B, 3>| t.repeat_dim(0, b);

@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 use crate::config::{Arch, ResNetConfig};
 use crate::conv::{conv_forward_in, ConvImpl};
 use crate::precision::Precision;
-use crate::norm::batch_norm_forward;
+use crate::norm::{batch_norm_forward, batch_norm_relu_forward};
 
 /// torchvision initialises convolutions with Kaiming normal, fan-out, ReLU gain.
 fn conv(cin: usize, cout: usize, kernel: usize, stride: usize, pad: usize) -> Conv2dConfig {
@@ -73,11 +73,14 @@ impl<B: Backend> Block<B> {
             Some(d) => batch_norm_forward(&d.bn, conv_forward(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let out = relu(batch_norm_forward(&self.bn1, conv_forward(&self.conv1, x)));
-        let out = batch_norm_forward(&self.bn2, conv_forward(&self.conv2, out));
+        let out = batch_norm_relu_forward(&self.bn1, conv_forward(&self.conv1, x));
         let out = match (&self.conv3, &self.bn3) {
-            (Some(c3), Some(b3)) => batch_norm_forward(b3, conv_forward(c3, relu(out))),
-            _ => out,
+            // Bottleneck: conv2 → BN → ReLU → conv3 → BN.
+            (Some(c3), Some(b3)) => {
+                let out = batch_norm_relu_forward(&self.bn2, conv_forward(&self.conv2, out));
+                batch_norm_forward(b3, conv_forward(c3, out))
+            }
+            _ => batch_norm_forward(&self.bn2, conv_forward(&self.conv2, out)),
         };
         relu(out + identity)
     }
@@ -174,7 +177,7 @@ impl<B: Backend> ResNet<B> {
     }
 
     pub fn stem(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = relu(batch_norm_forward(&self.bn1, conv_forward_in(&self.conv1, x, self.conv_impl, self.precision)));
+        let x = batch_norm_relu_forward(&self.bn1, conv_forward_in(&self.conv1, x, self.conv_impl, self.precision));
         match &self.maxpool {
             Some(pool) => pool.forward(x),
             None => x,

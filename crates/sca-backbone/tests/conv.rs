@@ -204,6 +204,14 @@ fn fast_batch_norm_matches_burn_in_outputs_gradients_and_running_stats() {
     for ((g, w), name) in got.into_iter().zip(want).zip(names) {
         assert_close(name, g, w);
     }
+    // With the ReLU inside the operation: as Burn's BatchNorm then a ReLU (the running
+    // statistics took a second step in both).
+    let want = run(&|x| burn::tensor::activation::relu(burn_bn.forward(x)), &burn_bn);
+    let got = run(&|x| sca_backbone::norm::batch_norm_relu_forward(&fast_bn, x), &fast_bn);
+    assert!(want[0].as_slice::<f32>().unwrap().iter().filter(|v| **v == 0.0).count() > 10, "the ReLU clamps some outputs");
+    for ((g, w), name) in got.into_iter().zip(want).zip(names) {
+        assert_close(&format!("{name}, with ReLU"), g, w);
+    }
 }
 
 

@@ -382,7 +382,8 @@ fn layout_copies_match_permutes() {
 /// Training-mode batch norm on the CubeCL kernels against the same operation on Flex
 /// (itself held to Burn's `BatchNorm` in sca-backbone's tests): output, batch statistics and
 /// the gradients of x, γ and β; rows shorter than a cube (L = 12) and longer than 256
-/// (L = 300, several elements per unit), channels offset and scaled so centring matters.
+/// (L = 300, several elements per unit), channels offset and scaled so centring matters;
+/// with and without the ReLU inside the operation.
 #[test]
 fn batch_norm_kernels_match_the_tensor_operations() {
     use sca_kernels::batch_norm::{batch_norm_on, BatchNormKernels};
@@ -393,12 +394,12 @@ fn batch_norm_kernels_match_the_tensor_operations() {
         let dy = random(shape, 510 + i as u64);
         let ramp = |a: f32, s: f32| (0..c).map(|j| a + s * j as f32).collect::<Vec<f32>>();
         let (gamma, beta) = (ramp(0.5, 0.25), ramp(-0.3, 0.1));
-        fn run<T: BatchNormKernels>(x: &Tensor<Flex, 4>, dy: &Tensor<Flex, 4>, gamma: &[f32], beta: &[f32], device: &T::Device) -> Vec<Tensor<Flex, 1>> {
+        fn run<T: BatchNormKernels>(x: &Tensor<Flex, 4>, dy: &Tensor<Flex, 4>, gamma: &[f32], beta: &[f32], relu: bool, device: &T::Device) -> Vec<Tensor<Flex, 1>> {
             type B<T> = Autodiff<T>;
             let xa = Tensor::<B<T>, 4>::from_data(x.to_data(), device).require_grad();
             let g = Tensor::<B<T>, 1>::from_floats(gamma, device).require_grad();
             let b = Tensor::<B<T>, 1>::from_floats(beta, device).require_grad();
-            let (y, mean, var) = batch_norm_on::<T>(xa.clone(), g.clone(), b.clone(), 1e-5);
+            let (y, mean, var) = batch_norm_on::<T>(xa.clone(), g.clone(), b.clone(), 1e-5, relu);
             let grads = (y.clone() * Tensor::<B<T>, 4>::from_data(dy.to_data(), device)).sum().backward();
             let flat = |t: Tensor<T, 1>| Tensor::<Flex, 1>::from_data(t.into_data(), &Default::default());
             let n = y.shape().num_elements();
@@ -411,11 +412,15 @@ fn batch_norm_kernels_match_the_tensor_operations() {
                 flat(b.grad(&grads).unwrap()),
             ]
         }
-        let want = run::<Flex>(&x, &dy, &gamma, &beta, &Default::default());
-        let got = run::<W>(&x, &dy, &gamma, &beta, &device);
-        for ((g, w), what) in got.iter().zip(&want).zip(["output", "mean", "variance", "x grad", "gamma grad", "beta grad"]) {
-            let e = rel_err(g, w);
-            assert!(e < 1e-5, "{shape:?} {what}: off by {e}");
+        for relu in [false, true] {
+            let want = run::<Flex>(&x, &dy, &gamma, &beta, relu, &Default::default());
+            let got = run::<W>(&x, &dy, &gamma, &beta, relu, &device);
+            let zeros = want[0].clone().equal_elem(0.0).int().sum().into_scalar();
+            assert_eq!(zeros > 0, relu, "{shape:?}: the ReLU clamps outputs exactly when asked");
+            for ((g, w), what) in got.iter().zip(&want).zip(["output", "mean", "variance", "x grad", "gamma grad", "beta grad"]) {
+                let e = rel_err(g, w);
+                assert!(e < 1e-5, "{shape:?} relu={relu} {what}: off by {e}");
+            }
         }
     }
 }
