@@ -16,6 +16,7 @@
 //!   cubek's tiled tensor-core matmul.
 //! - [`batch_norm`]: [`batch_norm_train`], training-mode batch norm as one autodiff
 //!   operation in five passes over the activation (CubeCL kernels on the GPU).
+//! - [`lars`]: one LARC + momentum-SGD parameter step in three launches.
 //! - [`layout`]: NCHW ↔ NHWC copies by tiles, for cubek's channels-last convolutions.
 //! - [`topk`]: [`top_k`], each row's k largest entries selected on the GPU (Burn's CubeCL
 //!   backends sort on the host).
@@ -47,6 +48,7 @@ pub mod batch_norm;
 pub mod conv;
 pub mod matmul;
 pub mod as_matmul;
+pub mod lars;
 pub mod layout;
 pub mod plan;
 pub mod topk;

@@ -12,6 +12,9 @@
 //! p = p − lr · buf                         # SGD's own weight decay is 0: LARC absorbed it
 //! ```
 //!
+//! On the CUDA backend each step is three kernel launches (`sca_kernels::lars`), the same
+//! arithmetic in the same order; elsewhere it is the tensor operations below.
+//!
 //! With `lars: false` the same type is plain momentum SGD in PyTorch's form
 //! (`g += wd·p`, dampening 0), so the project has one optimiser type. Burn's own SGD
 //! momentum defaults to dampening 0.1, which is why it is not used.
@@ -22,6 +25,7 @@ use burn::optim::{adaptor::OptimizerAdaptor, LearningRate, SimpleOptimizer};
 use burn::record::Record;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
+use sca_kernels::lars::{lars_step, LarsStep};
 
 /// Configuration of [`Lars`]. Defaults are SwAV's (`main_swav.py`).
 #[derive(Config, Debug)]
@@ -149,6 +153,21 @@ impl<B: Backend> SimpleOptimizer<B> for Lars<B> {
         // 1-D parameters are biases and BN γ/β.
         let excluded = c.exclude_bias_and_bn && D == 1;
         let wd = if excluded { 0.0 } else { c.weight_decay };
+
+        // On the GPU backends: the same step in three kernel launches instead of ~30.
+        let fused = LarsStep {
+            lr,
+            weight_decay: wd,
+            momentum: c.momentum,
+            lars: c.lars && !excluded,
+            trust_coefficient: c.trust_coefficient,
+            clip: c.clip,
+            eps: c.eps,
+        };
+        let (tensor, grad, state) = match lars_step(tensor, grad, state.map(|s| s.momentum_buffer), &fused) {
+            Ok((p, buf)) => return (p, buf.map(|momentum_buffer| LarsState { momentum_buffer })),
+            Err((p, g, buf)) => (p, g, buf.map(|momentum_buffer| LarsState { momentum_buffer })),
+        };
 
         let grad = if c.lars && !excluded {
             self.larc(lr, &tensor, grad, wd)

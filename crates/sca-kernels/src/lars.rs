@@ -1,0 +1,265 @@
+//! One LARC + momentum-SGD step of a parameter in three kernel launches.
+//!
+//! Written with tensor operations, the step of one parameter (`sca_optim::Lars`: two norms,
+//! the trust ratio and its masks, weight decay, momentum, the update) is about thirty
+//! kernels, most of them on one-element tensors; SwAV adapts every parameter, so a
+//! ResNet-50 step launched about 4,500 of them in the optimiser alone. [`lars_step`] runs
+//! the same arithmetic in the same order as: one kernel for both squared norms (partial
+//! sums per cube), one sum of the partials, and one element-wise kernel that derives the
+//! factors from the norms and writes the new parameter and momentum buffer.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+use crate::{is, same_type, CudaBackend};
+
+/// The hyper-parameters of one step (see `sca_optim::Lars` for the update).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LarsStep {
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// 0: no momentum buffer.
+    pub momentum: f64,
+    /// The LARC adaptation (else plain SGD with weight decay).
+    pub lars: bool,
+    pub trust_coefficient: f64,
+    pub clip: bool,
+    pub eps: f64,
+}
+
+/// The CubeCL kernels (their own module: CubeCL's `Tensor` is not Burn's).
+mod kernel {
+    use burn_cubecl::cubecl;
+    use burn_cubecl::cubecl::prelude::*;
+
+    pub(super) const UNITS: usize = 256;
+
+    /// Sums `part` over the cube's units (a power of two) through `shared`; unit 0 gets the sum.
+    #[cube]
+    fn cube_sum(part: f32, shared: &mut SharedMemory<f32>) -> f32 {
+        let unit = UNIT_POS_X as usize;
+        shared[unit] = part;
+        sync_cube();
+        let mut half = CUBE_DIM_X as usize / 2;
+        while half > 0 {
+            if unit < half {
+                shared[unit] = shared[unit] + shared[unit + half];
+            }
+            sync_cube();
+            half /= 2;
+        }
+        shared[0]
+    }
+
+    /// Cube `i` of `P` adds up `p²` and `g²` over its grid-stride share of the elements into
+    /// `partial[i]` and `partial[P + i]`.
+    #[cube(launch)]
+    pub(super) fn square_norms_kernel(p: &Tensor<f32>, g: &Tensor<f32>, partial: &mut Tensor<f32>) {
+        let cubes = CUBE_COUNT_X as usize;
+        let cube = CUBE_POS_X as usize;
+        let stride = cubes * UNITS;
+        let mut sp = 0.0f32;
+        let mut sg = 0.0f32;
+        let mut j = cube * UNITS + UNIT_POS_X as usize;
+        while j < p.len() {
+            sp += p[j] * p[j];
+            sg += g[j] * g[j];
+            j += stride;
+        }
+        let mut shared = SharedMemory::<f32>::new(UNITS);
+        let total_p = cube_sum(sp, &mut shared);
+        sync_cube();
+        let total_g = cube_sum(sg, &mut shared);
+        if UNIT_POS_X == 0 {
+            partial[cube] = total_p;
+            partial[cubes + cube] = total_g;
+        }
+    }
+
+    /// The step of one element: `g' = (g + decay·p)·factor` (factors from `norms` = `[‖p‖²,
+    /// ‖g‖²]` with `lars`, else `decay = wd`, `factor = 1`), `buf' = momentum·buf + g'` (`g'`
+    /// without `had_buffer`), `p' = p − lr·buf'` (`lr·g'` without `with_momentum`).
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn lars_update_kernel(
+        p: &Tensor<f32>,
+        g: &Tensor<f32>,
+        buf: &Tensor<f32>,
+        norms: &Tensor<f32>,
+        p_out: &mut Tensor<f32>,
+        buf_out: &mut Tensor<f32>,
+        lr: f32,
+        wd: f32,
+        momentum: f32,
+        trust: f32,
+        eps: f32,
+        #[comptime] lars: bool,
+        #[comptime] clip: bool,
+        #[comptime] decay_on: bool,
+        #[comptime] with_momentum: bool,
+        #[comptime] had_buffer: bool,
+    ) {
+        let i = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * UNITS + UNIT_POS_X as usize;
+        if i >= p.len() {
+            terminate!();
+        }
+        let mut factor = 1.0f32;
+        let mut decay = wd;
+        if lars {
+            // As the tensor version: denom = ‖g‖ + ‖p‖·wd + eps, a = ‖p‖·trust / denom.
+            let p_norm = f32::sqrt(norms[0]);
+            let g_norm = f32::sqrt(norms[1]);
+            let denom = g_norm + p_norm * wd + eps;
+            let mut adaptive = p_norm * trust / denom;
+            if clip {
+                if lr > 0.0 {
+                    adaptive = adaptive / lr;
+                    if adaptive > 1.0 {
+                        adaptive = 1.0;
+                    }
+                } else {
+                    adaptive = 1.0;
+                }
+            }
+            if p_norm > 0.0 && g_norm > 0.0 {
+                factor = adaptive;
+            } else {
+                decay = 0.0;
+            }
+        }
+        let mut step = g[i];
+        if decay_on {
+            step = step + p[i] * decay;
+        }
+        if lars {
+            step = step * factor;
+        }
+        if with_momentum {
+            if had_buffer {
+                step = buf[i] * momentum + step;
+            }
+            buf_out[i] = step;
+        }
+        p_out[i] = p[i] - step * lr;
+    }
+}
+
+/// [`lars_step`] on f32 CubeCL tensors of the same shape.
+fn lars_step_on<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    p: CubeTensor<R>,
+    g: CubeTensor<R>,
+    buf: Option<CubeTensor<R>>,
+    step: &LarsStep,
+) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
+    let (p, g) = (into_contiguous(p), into_contiguous(g));
+    let (client, device) = (p.client.clone(), p.device.clone());
+    let n = p.shape().num_elements();
+    let empty = |shape: Shape| empty_device_dtype(client.clone(), device.clone(), shape, DType::F32);
+    // Both squared norms: partial sums of up to 1,024 cubes, then their sum.
+    let norms = if step.lars {
+        let cubes = n.div_ceil(kernel::UNITS * 16).clamp(1, 1024);
+        let partial = empty(Shape::new([2 * cubes]));
+        kernel::square_norms_kernel::launch::<R>(
+            &client,
+            CubeCount::Static(cubes as u32, 1, 1),
+            CubeDim::new_1d(kernel::UNITS as u32),
+            p.clone().into_tensor_arg(),
+            g.clone().into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
+        );
+        let partial = Tensor::<CubeBackend<R, F, I, BT>, 1>::from_primitive(TensorPrimitive::Float(partial));
+        partial.reshape([2, cubes]).sum_dim(1).reshape([2]).into_primitive().tensor()
+    } else {
+        p.clone() // unread
+    };
+    let with_momentum = step.momentum != 0.0;
+    let had_buffer = buf.is_some();
+    let buf = buf.map(into_contiguous).unwrap_or_else(|| p.clone());
+    let p_out = empty(p.shape());
+    let buf_out = empty(if with_momentum { p.shape() } else { Shape::new([1]) }); // unwritten without momentum
+    if n > 0 {
+        let cubes = n.div_ceil(kernel::UNITS);
+        let (wide, high) = (cubes.min(65_535), cubes.div_ceil(65_535));
+        kernel::lars_update_kernel::launch::<R>(
+            &client,
+            CubeCount::Static(wide as u32, high as u32, 1),
+            CubeDim::new_1d(kernel::UNITS as u32),
+            p.into_tensor_arg(),
+            g.into_tensor_arg(),
+            buf.into_tensor_arg(),
+            norms.into_tensor_arg(),
+            p_out.clone().into_tensor_arg(),
+            buf_out.clone().into_tensor_arg(),
+            step.lr as f32,
+            step.weight_decay as f32,
+            step.momentum as f32,
+            step.trust_coefficient as f32,
+            step.eps as f32,
+            step.lars,
+            step.clip,
+            step.lars || step.weight_decay != 0.0,
+            with_momentum,
+            had_buffer,
+        );
+    }
+    (p_out, with_momentum.then_some(buf_out))
+}
+
+/// One step of parameter `p` with gradient `g` and momentum buffer `buf` (none at the first
+/// step): `(p', buf')`, `buf'` none without momentum. On the CUDA backend (and, with the
+/// `wgpu` feature, wgpu) for f32 tensors; `Err` with the inputs back elsewhere, for the
+/// tensor-operation version.
+#[allow(clippy::type_complexity)]
+pub fn lars_step<B: Backend, const D: usize>(
+    p: Tensor<B, D>,
+    g: Tensor<B, D>,
+    buf: Option<Tensor<B, D>>,
+    step: &LarsStep,
+) -> Result<(Tensor<B, D>, Option<Tensor<B, D>>), (Tensor<B, D>, Tensor<B, D>, Option<Tensor<B, D>>)> {
+    let inputs = (p, g, buf);
+    let inputs = match run_as::<B, CudaBackend, D>(inputs, step) {
+        Ok(out) => return Ok(out),
+        Err(inputs) => inputs,
+    };
+    #[cfg(feature = "wgpu")]
+    let inputs = match run_as::<B, crate::WgpuBackend, D>(inputs, step) {
+        Ok(out) => return Ok(out),
+        Err(inputs) => inputs,
+    };
+    Err(inputs)
+}
+
+#[allow(clippy::type_complexity)]
+fn run_as<B: Backend, T: CubeLars, const D: usize>(
+    (p, g, buf): (Tensor<B, D>, Tensor<B, D>, Option<Tensor<B, D>>),
+    step: &LarsStep,
+) -> Result<(Tensor<B, D>, Option<Tensor<B, D>>), (Tensor<B, D>, Tensor<B, D>, Option<Tensor<B, D>>)> {
+    let f32s = p.dtype() == DType::F32 && g.dtype() == DType::F32 && buf.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+    if !is::<B, T>() || !f32s || p.dims() != g.dims() {
+        return Err((p, g, buf));
+    }
+    let (p, g, buf): (Tensor<T, D>, Tensor<T, D>, Option<Tensor<T, D>>) = (same_type(p), same_type(g), buf.map(same_type));
+    let (p, buf) = T::lars_step(p, g, buf, step);
+    Ok((same_type(p), buf.map(same_type)))
+}
+
+/// [`lars_step_on`] for a CubeCL backend, by type.
+pub trait CubeLars: Backend {
+    #[allow(clippy::type_complexity)]
+    fn lars_step<const D: usize>(p: Tensor<Self, D>, g: Tensor<Self, D>, buf: Option<Tensor<Self, D>>, step: &LarsStep) -> (Tensor<Self, D>, Option<Tensor<Self, D>>);
+}
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeLars for CubeBackend<R, F, I, BT> {
+    fn lars_step<const D: usize>(p: Tensor<Self, D>, g: Tensor<Self, D>, buf: Option<Tensor<Self, D>>, step: &LarsStep) -> (Tensor<Self, D>, Option<Tensor<Self, D>>) {
+        let shape = p.shape();
+        let prim = |t: Tensor<Self, D>| t.into_primitive().tensor();
+        let (p, buf) = lars_step_on::<R, F, I, BT>(prim(p), prim(g), buf.map(prim), step);
+        let back = |t: CubeTensor<R>| Tensor::<Self, D>::from_primitive(TensorPrimitive::Float(t)).reshape(shape.clone());
+        (back(p), buf.map(back))
+    }
+}
