@@ -2,18 +2,20 @@
 //!
 //! Written with tensor operations, batch norm runs six kernels over the whole activation
 //! forward (mean, centring, square, mean, scale, shift) and about ten backward (each autodiff
-//! node's gradient its own kernels), and without Burn's operation fusion each reads and
-//! writes the whole tensor: ResNet-50 has 53 of these layers. [`batch_norm_train`] computes
-//! the same function in five passes: forward, the per-channel mean, the centred squares and
-//! one per-channel affine map for the output; backward, one pass for the two per-channel
-//! gradient sums and one affine map of `dy` and `x` for the input gradient:
+//! node's gradient its own kernels), plus a dozen on per-channel vectors, and without Burn's
+//! operation fusion each is a launch and each full-size one reads and writes the whole
+//! tensor: ResNet-50 has 53 of these layers. [`batch_norm_train`] computes the same function
+//! in four launches: forward, the per-channel mean and variance (one cube per channel) and
+//! the normalisation; backward, the two per-channel gradient sums (one cube per channel) and
+//! the input gradient. The per-channel factors are derived inside the kernels:
 //!
-//! `dx = a·dy + b·x + d` with `a = γ/σ`, `b = −a·Σ(dy·(x−μ))/(N·σ²)`, `d = −a·Σdy/N − b·μ`,
-//! `dγ = Σ(dy·(x−μ))/σ`, `dβ = Σdy` (`N` values per channel, `σ² = var + ε`, biased variance).
+//! `y = a·x + β − a·μ` with `a = γ/σ`; `dγ = Σ(g·(x−μ))/σ`, `dβ = Σg`;
+//! `dx = a·g + b·x + d` with `b = −a·dγ/(σ·N)`, `d = −a·dβ/N − b·μ`
+//! (`N` values per channel, `σ = √(var + ε)`, biased variance, `g = dy`).
 //!
 //! A ReLU after the batch norm can be part of the operation: the output is clamped in the
-//! forward map, and backward `dy` is zeroed where the output is not positive inside the two
-//! passes (two passes fewer than a separate ReLU).
+//! forward map, and backward `g` is `dy` where the output is positive and 0 elsewhere, inside
+//! the two passes (the output is kept as the mask: it lives on as the next layer's input).
 //!
 //! On CubeCL backends the passes are kernels of this module (f32 tensors; others take the
 //! tensor-operation path); on the CPU's Flex backend they are tensor operations, which is
@@ -35,19 +37,26 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 
 use crate::{is, same_type, CudaBackend};
 
-/// The per-channel passes of batch norm over `[B, C, L]` tensors (`L` = positions).
+/// The passes of batch norm over `[B, C, L]` tensors (`L` = positions); per-channel
+/// vectors are `[C]`; `relu_out`, where given, is the output of a ReLU ending the forward map.
 pub trait BatchNormKernels: Backend {
-    /// `Σ x` over images and positions, per channel: `[C]`.
-    fn channel_sum(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// `Σ (x − mean)²` per channel.
-    fn channel_centred_squares(x: FloatTensor<Self>, mean: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// `(Σ g, Σ g·(x − mean))` per channel, `g` = `dy`, or `dy` where `relu_out > 0` and 0
-    /// elsewhere (the gradient through a ReLU whose output was `relu_out`).
-    fn channel_grad_sums(x: FloatTensor<Self>, dy: FloatTensor<Self>, mean: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>);
-    /// `a·x + b` with per-channel `a`, `b`; with `relu`, `max(a·x + b, 0)`.
-    fn channel_affine(x: FloatTensor<Self>, a: FloatTensor<Self>, b: FloatTensor<Self>, relu: bool) -> FloatTensor<Self>;
-    /// `a·g + b·x + d` with per-channel `a`, `b`, `d`, `g` as in [`Self::channel_grad_sums`].
-    fn channel_affine2(dy: FloatTensor<Self>, x: FloatTensor<Self>, a: FloatTensor<Self>, b: FloatTensor<Self>, d: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> FloatTensor<Self>;
+    /// Per-channel mean and biased variance.
+    fn channel_moments(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// `(x − μ)·γ/σ + β`, with `relu` clamped at 0.
+    fn normalize(x: FloatTensor<Self>, stats: &Stats<Self>, beta: FloatTensor<Self>, relu: bool) -> FloatTensor<Self>;
+    /// `(dγ, dβ)`.
+    fn affine_grads(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, relu_out: Option<FloatTensor<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// `dx` from `dγ` and `dβ`.
+    fn input_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, d_gamma: FloatTensor<Self>, d_beta: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> FloatTensor<Self>;
+}
+
+/// What the passes after the statistics share: mean, biased variance, γ and ε.
+#[derive(Clone, Debug)]
+pub struct Stats<B: Backend> {
+    pub mean: FloatTensor<B>,
+    pub var: FloatTensor<B>,
+    pub gamma: FloatTensor<B>,
+    pub epsilon: f32,
 }
 
 /// The passes as tensor operations, on any backend.
@@ -63,25 +72,20 @@ mod ops {
     }
 
     /// `[C]` → `[B, C, 1]`: a value per row of `[B, C, L]` (the broadcast Flex is fast at).
-    fn per_row<B: Backend>(v: FloatTensor<B>, images: usize) -> Tensor<B, 3> {
-        let v = t::<B, 1>(v);
+    fn per_row<B: Backend>(v: Tensor<B, 1>, images: usize) -> Tensor<B, 3> {
         let c = v.dims()[0];
         v.reshape([1, c, 1]).repeat_dim(0, images)
     }
 
-    fn sum<B: Backend>(x: Tensor<B, 3>) -> FloatTensor<B> {
+    fn sum<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 1> {
         let c = x.dims()[1];
-        p(x.sum_dim(2).sum_dim(0).reshape([c]))
+        x.sum_dim(2).sum_dim(0).reshape([c])
     }
 
-    pub(super) fn channel_sum<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
-        sum(t::<B, 3>(x))
-    }
-
-    pub(super) fn channel_centred_squares<B: Backend>(x: FloatTensor<B>, mean: FloatTensor<B>) -> FloatTensor<B> {
-        let x = t::<B, 3>(x);
-        let images = x.dims()[0];
-        sum((x - per_row(mean, images)).square())
+    /// `(1/σ, a = γ/σ)`.
+    fn inv_std_and_scale<B: Backend>(s: &Stats<B>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let inv_std = t::<B, 1>(s.var.clone()).add_scalar(s.epsilon).sqrt().recip();
+        (inv_std.clone(), t::<B, 1>(s.gamma.clone()) * inv_std)
     }
 
     /// `dy`, zeroed where `relu_out ≤ 0` when given.
@@ -93,55 +97,73 @@ mod ops {
         }
     }
 
-    pub(super) fn channel_grad_sums<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, mean: FloatTensor<B>, relu_out: Option<FloatTensor<B>>) -> (FloatTensor<B>, FloatTensor<B>) {
-        let (x, g) = (t::<B, 3>(x), through_relu::<B>(dy, relu_out));
-        let images = x.dims()[0];
-        (sum(g.clone()), sum(g * (x - per_row(mean, images))))
+    fn count<B: Backend>(x: &Tensor<B, 3>) -> f32 {
+        let [images, _, len] = x.dims();
+        (images * len) as f32
     }
 
-    pub(super) fn channel_affine<B: Backend>(x: FloatTensor<B>, a: FloatTensor<B>, b: FloatTensor<B>, relu: bool) -> FloatTensor<B> {
+    pub(super) fn channel_moments<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+        let x = t::<B, 3>(x);
+        let (images, n) = (x.dims()[0], count(&x));
+        let mean = sum(x.clone()).div_scalar(n);
+        let var = sum((x - per_row(mean.clone(), images)).square()).div_scalar(n);
+        (p(mean), p(var))
+    }
+
+    pub(super) fn normalize<B: Backend>(x: FloatTensor<B>, s: &Stats<B>, beta: FloatTensor<B>, relu: bool) -> FloatTensor<B> {
         let x = t::<B, 3>(x);
         let images = x.dims()[0];
+        let (_, a) = inv_std_and_scale(s);
+        let b = t::<B, 1>(beta) - t::<B, 1>(s.mean.clone()) * a.clone();
         let y = x * per_row(a, images) + per_row(b, images);
         p(if relu { burn::tensor::activation::relu(y) } else { y })
     }
 
-    pub(super) fn channel_affine2<B: Backend>(dy: FloatTensor<B>, x: FloatTensor<B>, a: FloatTensor<B>, b: FloatTensor<B>, d: FloatTensor<B>, relu_out: Option<FloatTensor<B>>) -> FloatTensor<B> {
-        let (g, x) = (through_relu::<B>(dy, relu_out), t::<B, 3>(x));
+    pub(super) fn affine_grads<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, s: &Stats<B>, relu_out: Option<FloatTensor<B>>) -> (FloatTensor<B>, FloatTensor<B>) {
+        let (x, g) = (t::<B, 3>(x), through_relu::<B>(dy, relu_out));
         let images = x.dims()[0];
+        let (inv_std, _) = inv_std_and_scale(s);
+        let centred = x - per_row(t::<B, 1>(s.mean.clone()), images);
+        (p(sum(g.clone() * centred) * inv_std), p(sum(g)))
+    }
+
+    pub(super) fn input_grad<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, s: &Stats<B>, d_gamma: FloatTensor<B>, d_beta: FloatTensor<B>, relu_out: Option<FloatTensor<B>>) -> FloatTensor<B> {
+        let (x, g) = (t::<B, 3>(x), through_relu::<B>(dy, relu_out));
+        let (images, n) = (x.dims()[0], count(&x));
+        let (inv_std, a) = inv_std_and_scale(s);
+        let b = (a.clone() * t::<B, 1>(d_gamma) * inv_std).div_scalar(-n);
+        let d = (a.clone() * t::<B, 1>(d_beta)).div_scalar(-n) - b.clone() * t::<B, 1>(s.mean.clone());
         p(g * per_row(a, images) + x * per_row(b, images) + per_row(d, images))
     }
 }
 
 impl BatchNormKernels for Flex {
-    fn channel_sum(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        ops::channel_sum::<Self>(x)
+    fn channel_moments(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        ops::channel_moments::<Self>(x)
     }
-    fn channel_centred_squares(x: FloatTensor<Self>, mean: FloatTensor<Self>) -> FloatTensor<Self> {
-        ops::channel_centred_squares::<Self>(x, mean)
+    fn normalize(x: FloatTensor<Self>, stats: &Stats<Self>, beta: FloatTensor<Self>, relu: bool) -> FloatTensor<Self> {
+        ops::normalize::<Self>(x, stats, beta, relu)
     }
-    fn channel_grad_sums(x: FloatTensor<Self>, dy: FloatTensor<Self>, mean: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        ops::channel_grad_sums::<Self>(x, dy, mean, relu_out)
+    fn affine_grads(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, relu_out: Option<FloatTensor<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        ops::affine_grads::<Self>(x, dy, stats, relu_out)
     }
-    fn channel_affine(x: FloatTensor<Self>, a: FloatTensor<Self>, b: FloatTensor<Self>, relu: bool) -> FloatTensor<Self> {
-        ops::channel_affine::<Self>(x, a, b, relu)
-    }
-    fn channel_affine2(dy: FloatTensor<Self>, x: FloatTensor<Self>, a: FloatTensor<Self>, b: FloatTensor<Self>, d: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
-        ops::channel_affine2::<Self>(dy, x, a, b, d, relu_out)
+    fn input_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, d_gamma: FloatTensor<Self>, d_beta: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        ops::input_grad::<Self>(x, dy, stats, d_gamma, d_beta, relu_out)
     }
 }
 
-/// The CubeCL kernels (their own module: CubeCL's `Tensor` is not Burn's).
+/// The CubeCL kernels (their own module: CubeCL's `Tensor` is not Burn's). Per-channel
+/// kernels run one cube per channel over the channel's `B·L` values of a contiguous
+/// `[B, C, L]` tensor; element-wise ones one unit per element over a 2-D grid of cubes.
 mod kernel {
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
 
-    /// What [`channel_sums_kernel`] adds up.
-    pub(super) const SUM: u32 = 0;
-    pub(super) const CENTRED_SQUARES: u32 = 1;
-    pub(super) const GRAD_SUMS: u32 = 2;
+    /// Units per cube.
+    pub(super) const UNITS: usize = 256;
 
-    /// Sums `part` over the cube's units (a power of two) through `shared`; unit 0 gets the sum.
+    /// Sums `part` over the cube's units (a power of two) through `shared`; every unit gets
+    /// the sum, and `shared` may be written again at once.
     #[cube]
     fn cube_sum(part: f32, shared: &mut SharedMemory<f32>) -> f32 {
         let unit = UNIT_POS_X as usize;
@@ -155,250 +177,286 @@ mod kernel {
             sync_cube();
             half /= 2;
         }
-        shared[0]
+        let total = shared[0];
+        sync_cube();
+        total
     }
 
-    /// Cube `(i, c)` adds up channel `c` of image `i` of the contiguous `[B, C, L]` tensors
-    /// `x` (and `dy`) into `first[c, i]` (and `second[c, i]`): by `mode`, `Σ x`,
-    /// `Σ (x − centre[c])²`, or `Σ g` and `Σ g·(x − centre[c])` with `g = dy`, or with
-    /// `masked` `dy` where `relu_out > 0` and 0 elsewhere.
+    /// Index of the `e`-th value of channel `c` (of `channels`) in `[B, C, len]`.
+    #[cube]
+    fn at(e: usize, c: usize, channels: usize, len: usize) -> usize {
+        let image = e / len;
+        (image * channels + c) * len + (e - image * len)
+    }
+
+    /// `g`: `dy[i]`, or 0 where `relu_out[i] ≤ 0` with `masked`.
+    #[cube]
+    fn grad_at(dy: &Tensor<f32>, relu_out: &Tensor<f32>, i: usize, #[comptime] masked: bool) -> f32 {
+        let mut g = dy[i];
+        if masked {
+            if relu_out[i] <= 0.0 {
+                g = 0.0;
+            }
+        }
+        g
+    }
+
+    /// Cube `c`: the mean and biased variance of channel `c` (two passes over its values).
     #[cube(launch)]
-    pub(super) fn channel_sums_kernel(
-        x: &Tensor<f32>,
-        dy: &Tensor<f32>,
-        relu_out: &Tensor<f32>,
-        centre: &Tensor<f32>,
-        first: &mut Tensor<f32>,
-        second: &mut Tensor<f32>,
-        channels: u32,
-        len: u32,
-        #[comptime] units: usize,
-        #[comptime] mode: u32,
-        #[comptime] masked: bool,
-    ) {
-        let image = CUBE_POS_X as usize;
-        let c = CUBE_POS_Y as usize;
-        let images = CUBE_COUNT_X as usize;
+    pub(super) fn moments_kernel(x: &Tensor<f32>, mean: &mut Tensor<f32>, var: &mut Tensor<f32>, channels: u32, per_channel: u32, len: u32) {
+        let c = CUBE_POS_X as usize;
+        let channels = channels as usize;
+        let count = per_channel as usize;
         let len = len as usize;
-        let base = (image * channels as usize + c) * len;
-        let unit = UNIT_POS_X as usize;
-        let m = centre[c];
-        let mut a = 0.0f32;
-        let mut b = 0.0f32;
-        let mut j = unit;
-        while j < len {
-            let v = x[base + j];
-            if comptime![mode == SUM] {
-                a += v;
-            } else if comptime![mode == CENTRED_SQUARES] {
-                a += (v - m) * (v - m);
-            } else {
-                let mut g = dy[base + j];
-                if masked {
-                    if relu_out[base + j] <= 0.0 {
-                        g = 0.0;
-                    }
-                }
-                a += g;
-                b += g * (v - m);
-            }
-            j += units;
+        let mut shared = SharedMemory::<f32>::new(UNITS);
+        let mut s = 0.0f32;
+        let mut e = UNIT_POS_X as usize;
+        while e < count {
+            s += x[at(e, c, channels, len)];
+            e += UNITS;
         }
-        let mut shared = SharedMemory::<f32>::new(units);
-        let total_a = cube_sum(a, &mut shared);
-        if comptime![mode == GRAD_SUMS] {
-            sync_cube();
-            let total_b = cube_sum(b, &mut shared);
-            if unit == 0 {
-                second[c * images + image] = total_b;
-            }
+        let m = cube_sum(s, &mut shared) / f32::cast_from(per_channel);
+        let mut q = 0.0f32;
+        let mut e = UNIT_POS_X as usize;
+        while e < count {
+            let d = x[at(e, c, channels, len)] - m;
+            q += d * d;
+            e += UNITS;
         }
-        if unit == 0 {
-            first[c * images + image] = total_a;
+        let v = cube_sum(q, &mut shared) / f32::cast_from(per_channel);
+        if UNIT_POS_X == 0 {
+            mean[c] = m;
+            var[c] = v;
         }
     }
 
-    /// `out = a[c]·x + b[c]` (with `relu`, at least 0), or with `two`
-    /// `out = a[c]·g + b[c]·x + d[c]` (`g` = `dy`, with `relu` 0 where `relu_out ≤ 0`), over
-    /// contiguous `[B, C, L]` tensors; one element per unit, cubes over a 2-D grid.
+    /// `out = (x − μ)·γ/σ + β` (with `relu`, at least 0).
     #[cube(launch)]
-    pub(super) fn channel_affine_kernel(
-        dy: &Tensor<f32>,
-        relu_out: &Tensor<f32>,
+    pub(super) fn normalize_kernel(
         x: &Tensor<f32>,
-        a: &Tensor<f32>,
-        b: &Tensor<f32>,
-        d: &Tensor<f32>,
+        mean: &Tensor<f32>,
+        var: &Tensor<f32>,
+        gamma: &Tensor<f32>,
+        beta: &Tensor<f32>,
         out: &mut Tensor<f32>,
+        epsilon: f32,
         channels: u32,
         len: u32,
-        #[comptime] two: bool,
         #[comptime] relu: bool,
     ) {
-        let i = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+        let i = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * UNITS + UNIT_POS_X as usize;
         if i >= out.len() {
             terminate!();
         }
         let c = (i / len as usize) % channels as usize;
-        if two {
-            let mut g = dy[i];
-            if relu {
-                if relu_out[i] <= 0.0 {
-                    g = 0.0;
-                }
+        let a = gamma[c] / f32::sqrt(var[c] + epsilon);
+        let mut y = a * x[i] + (beta[c] - mean[c] * a);
+        if relu {
+            if y < 0.0 {
+                y = 0.0;
             }
-            out[i] = a[c] * g + b[c] * x[i] + d[c];
-        } else {
-            let mut y = a[c] * x[i] + b[c];
-            if relu {
-                if y < 0.0 {
-                    y = 0.0;
-                }
-            }
-            out[i] = y;
+        }
+        out[i] = y;
+    }
+
+    /// Cube `c`: `dγ[c] = Σ g·(x − μ)/σ` and `dβ[c] = Σ g` over channel `c`.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn affine_grads_kernel(
+        x: &Tensor<f32>,
+        dy: &Tensor<f32>,
+        relu_out: &Tensor<f32>,
+        mean: &Tensor<f32>,
+        var: &Tensor<f32>,
+        d_gamma: &mut Tensor<f32>,
+        d_beta: &mut Tensor<f32>,
+        epsilon: f32,
+        channels: u32,
+        per_channel: u32,
+        len: u32,
+        #[comptime] masked: bool,
+    ) {
+        let c = CUBE_POS_X as usize;
+        let channels = channels as usize;
+        let count = per_channel as usize;
+        let len = len as usize;
+        let m = mean[c];
+        let mut sg = 0.0f32;
+        let mut sgx = 0.0f32;
+        let mut e = UNIT_POS_X as usize;
+        while e < count {
+            let i = at(e, c, channels, len);
+            let g = grad_at(dy, relu_out, i, masked);
+            sg += g;
+            sgx += g * (x[i] - m);
+            e += UNITS;
+        }
+        let mut shared = SharedMemory::<f32>::new(UNITS);
+        let total_g = cube_sum(sg, &mut shared);
+        let total_gx = cube_sum(sgx, &mut shared);
+        if UNIT_POS_X == 0 {
+            d_gamma[c] = total_gx * (1.0 / f32::sqrt(var[c] + epsilon));
+            d_beta[c] = total_g;
         }
     }
-}
 
-/// Units per cube for sums over rows of `len`: a power of two from 32 to 256.
-fn sum_units(len: usize) -> usize {
-    len.next_power_of_two().clamp(32, 256)
-}
-
-fn f32_cube<R: CubeRuntime>(t: &CubeTensor<R>) -> bool {
-    t.dtype == DType::F32
-}
-
-/// Per-channel sums by `mode` on CubeCL: partial sums per image from the kernel, then a sum
-/// over images.
-fn channel_sums_on<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
-    x: CubeTensor<R>,
-    dy: Option<CubeTensor<R>>,
-    centre: Option<CubeTensor<R>>,
-    relu_out: Option<CubeTensor<R>>,
-    mode: u32,
-) -> (FloatTensor<CubeBackend<R, F, I, BT>>, FloatTensor<CubeBackend<R, F, I, BT>>) {
-    let [images, channels, len] = x.shape().dims::<3>();
-    let x = into_contiguous(x);
-    let (client, device) = (x.client.clone(), x.device.clone());
-    let dy = dy.map(into_contiguous).unwrap_or_else(|| x.clone());
-    let masked = relu_out.is_some();
-    let relu_out = relu_out.map(into_contiguous).unwrap_or_else(|| x.clone());
-    let centre = centre.map(into_contiguous).unwrap_or_else(|| empty_device_dtype(client.clone(), device.clone(), Shape::new([channels]), DType::F32));
-    let partial = || empty_device_dtype(client.clone(), device.clone(), Shape::new([channels, images]), DType::F32);
-    let (first, second) = (partial(), partial());
-    let units = sum_units(len);
-    kernel::channel_sums_kernel::launch::<R>(
-        &client,
-        CubeCount::Static(images as u32, channels as u32, 1),
-        CubeDim::new_1d(units as u32),
-        x.into_tensor_arg(),
-        dy.into_tensor_arg(),
-        relu_out.into_tensor_arg(),
-        centre.into_tensor_arg(),
-        first.clone().into_tensor_arg(),
-        second.clone().into_tensor_arg(),
-        channels as u32,
-        len as u32,
-        units,
-        mode,
-        masked,
-    );
-    let total = |t: CubeTensor<R>| {
-        let t = Tensor::<CubeBackend<R, F, I, BT>, 2>::from_primitive(TensorPrimitive::Float(t));
-        t.sum_dim(1).reshape([channels]).into_primitive().tensor()
-    };
-    (total(first), total(second))
-}
-
-/// `a·x + b` (`dy` and `d` absent) or `a·dy + b·x + d` per channel on CubeCL; with `relu`,
-/// the first clamped at 0, the second's `dy` zeroed where `relu_out ≤ 0`.
-fn channel_affine_on<R: CubeRuntime>(dy: Option<CubeTensor<R>>, x: CubeTensor<R>, a: CubeTensor<R>, b: CubeTensor<R>, d: Option<CubeTensor<R>>, relu: bool, relu_out: Option<CubeTensor<R>>) -> CubeTensor<R> {
-    let [_, channels, len] = x.shape().dims::<3>();
-    let x = into_contiguous(x);
-    let out = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), DType::F32);
-    let n = x.shape().num_elements();
-    if n == 0 {
-        return out;
+    /// `out = a·g + b·x + d` with `a = γ/σ`, `b = −a·dγ/(σ·N)`, `d = −a·dβ/N − b·μ`.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn input_grad_kernel(
+        x: &Tensor<f32>,
+        dy: &Tensor<f32>,
+        relu_out: &Tensor<f32>,
+        mean: &Tensor<f32>,
+        var: &Tensor<f32>,
+        gamma: &Tensor<f32>,
+        d_gamma: &Tensor<f32>,
+        d_beta: &Tensor<f32>,
+        out: &mut Tensor<f32>,
+        epsilon: f32,
+        per_channel: f32,
+        channels: u32,
+        len: u32,
+        #[comptime] masked: bool,
+    ) {
+        let i = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * UNITS + UNIT_POS_X as usize;
+        if i >= out.len() {
+            terminate!();
+        }
+        let c = (i / len as usize) % channels as usize;
+        let inv_std = 1.0 / f32::sqrt(var[c] + epsilon);
+        let a = gamma[c] * inv_std;
+        let b = -(a * d_gamma[c] * inv_std) / per_channel;
+        let d = -(a * d_beta[c]) / per_channel - b * mean[c];
+        out[i] = a * grad_at(dy, relu_out, i, masked) + b * x[i] + d;
     }
-    let two = dy.is_some();
-    let dy = dy.map(into_contiguous).unwrap_or_else(|| x.clone());
-    let d = d.map(into_contiguous).unwrap_or_else(|| b.clone());
-    let relu_out = relu_out.map(into_contiguous).unwrap_or_else(|| x.clone());
-    const UNITS: usize = 256;
-    let cubes = n.div_ceil(UNITS);
-    let (wide, high) = (cubes.min(65_535), cubes.div_ceil(65_535));
-    kernel::channel_affine_kernel::launch::<R>(
-        &x.client.clone(),
-        CubeCount::Static(wide as u32, high as u32, 1),
-        CubeDim::new_1d(UNITS as u32),
-        dy.into_tensor_arg(),
-        relu_out.into_tensor_arg(),
-        x.into_tensor_arg(),
-        into_contiguous(a).into_tensor_arg(),
-        into_contiguous(b).into_tensor_arg(),
-        d.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        channels as u32,
-        len as u32,
-        two,
-        relu,
-    );
-    out
+}
+
+fn f32s<R: CubeRuntime>(tensors: &[&CubeTensor<R>]) -> bool {
+    tensors.iter().all(|t| t.dtype == DType::F32)
+}
+
+/// `[B, C, L]` sizes.
+fn dims<R: CubeRuntime>(x: &CubeTensor<R>) -> [usize; 3] {
+    x.shape().dims::<3>()
+}
+
+/// Cubes for an element-wise kernel over `n` values: a 2-D grid (65,535 per dimension).
+fn elementwise_cubes(n: usize) -> CubeCount {
+    let cubes = n.div_ceil(kernel::UNITS).max(1);
+    CubeCount::Static(cubes.min(65_535) as u32, cubes.div_ceil(65_535) as u32, 1)
+}
+
+fn per_channel<R: CubeRuntime>(like: &CubeTensor<R>, channels: usize) -> CubeTensor<R> {
+    empty_device_dtype(like.client.clone(), like.device.clone(), Shape::new([channels]), DType::F32)
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormKernels for CubeBackend<R, F, I, BT> {
-    fn channel_sum(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !f32_cube(&x) {
-            return ops::channel_sum::<Self>(x);
+    fn channel_moments(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if !f32s(&[&x]) {
+            return ops::channel_moments::<Self>(x);
         }
-        channel_sums_on::<R, F, I, BT>(x, None, None, None, kernel::SUM).0
+        let x = into_contiguous(x);
+        let [images, channels, len] = dims(&x);
+        let (mean, var) = (per_channel(&x, channels), per_channel(&x, channels));
+        kernel::moments_kernel::launch::<R>(
+            &x.client.clone(),
+            CubeCount::Static(channels as u32, 1, 1),
+            CubeDim::new_1d(kernel::UNITS as u32),
+            x.into_tensor_arg(),
+            mean.clone().into_tensor_arg(),
+            var.clone().into_tensor_arg(),
+            channels as u32,
+            (images * len) as u32,
+            len as u32,
+        );
+        (mean, var)
     }
-    fn channel_centred_squares(x: FloatTensor<Self>, mean: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !f32_cube(&x) {
-            return ops::channel_centred_squares::<Self>(x, mean);
-        }
-        channel_sums_on::<R, F, I, BT>(x, None, Some(mean), None, kernel::CENTRED_SQUARES).0
-    }
-    fn channel_grad_sums(x: FloatTensor<Self>, dy: FloatTensor<Self>, mean: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        if !f32_cube(&x) || !f32_cube(&dy) || relu_out.as_ref().is_some_and(|y| !f32_cube(y)) {
-            return ops::channel_grad_sums::<Self>(x, dy, mean, relu_out);
-        }
-        channel_sums_on::<R, F, I, BT>(x, Some(dy), Some(mean), relu_out, kernel::GRAD_SUMS)
-    }
-    fn channel_affine(x: FloatTensor<Self>, a: FloatTensor<Self>, b: FloatTensor<Self>, relu: bool) -> FloatTensor<Self> {
-        if !f32_cube(&x) {
-            return ops::channel_affine::<Self>(x, a, b, relu);
-        }
-        channel_affine_on(None, x, a, b, None, relu, None)
-    }
-    fn channel_affine2(dy: FloatTensor<Self>, x: FloatTensor<Self>, a: FloatTensor<Self>, b: FloatTensor<Self>, d: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
-        if !f32_cube(&x) || !f32_cube(&dy) || relu_out.as_ref().is_some_and(|y| !f32_cube(y)) {
-            return ops::channel_affine2::<Self>(dy, x, a, b, d, relu_out);
-        }
-        let relu = relu_out.is_some();
-        channel_affine_on(Some(dy), x, a, b, Some(d), relu, relu_out)
-    }
-}
 
-/// The batch statistics, and the per-channel factors of the forward map `y = a·x + b`.
-struct Forward<B: Backend> {
-    mean: FloatTensor<B>,
-    var: FloatTensor<B>,
-    inv_std: FloatTensor<B>,
-    y: FloatTensor<B>,
-}
+    fn normalize(x: FloatTensor<Self>, s: &Stats<Self>, beta: FloatTensor<Self>, relu: bool) -> FloatTensor<Self> {
+        if !f32s(&[&x, &s.mean, &s.var, &s.gamma, &beta]) {
+            return ops::normalize::<Self>(x, s, beta, relu);
+        }
+        let x = into_contiguous(x);
+        let [_, channels, len] = dims(&x);
+        let out = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), DType::F32);
+        kernel::normalize_kernel::launch::<R>(
+            &x.client.clone(),
+            elementwise_cubes(x.shape().num_elements()),
+            CubeDim::new_1d(kernel::UNITS as u32),
+            x.into_tensor_arg(),
+            into_contiguous(s.mean.clone()).into_tensor_arg(),
+            into_contiguous(s.var.clone()).into_tensor_arg(),
+            into_contiguous(s.gamma.clone()).into_tensor_arg(),
+            into_contiguous(beta).into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            s.epsilon,
+            channels as u32,
+            len as u32,
+            relu,
+        );
+        out
+    }
 
-fn forward<B: BatchNormKernels>(x: FloatTensor<B>, gamma: FloatTensor<B>, beta: FloatTensor<B>, epsilon: f64, relu: bool) -> Forward<B> {
-    let [images, _, len] = x.shape().dims::<3>();
-    let n = (images * len) as f32;
-    let mean = B::float_div_scalar(B::channel_sum(x.clone()), n.into());
-    let var = B::float_div_scalar(B::channel_centred_squares(x.clone(), mean.clone()), n.into());
-    let inv_std = B::float_recip(B::float_sqrt(B::float_add_scalar(var.clone(), (epsilon as f32).into())));
-    let a = B::float_mul(gamma, inv_std.clone());
-    let b = B::float_sub(beta, B::float_mul(mean.clone(), a.clone()));
-    let y = B::channel_affine(x, a, b, relu);
-    Forward { mean, var, inv_std, y }
+    fn affine_grads(x: FloatTensor<Self>, dy: FloatTensor<Self>, s: &Stats<Self>, relu_out: Option<FloatTensor<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if !f32s(&[&x, &dy, &s.mean, &s.var]) || relu_out.as_ref().is_some_and(|y| !f32s(&[y])) {
+            return ops::affine_grads::<Self>(x, dy, s, relu_out);
+        }
+        let (x, dy) = (into_contiguous(x), into_contiguous(dy));
+        let [images, channels, len] = dims(&x);
+        let masked = relu_out.is_some();
+        let relu_out = relu_out.map(into_contiguous).unwrap_or_else(|| x.clone());
+        let (d_gamma, d_beta) = (per_channel(&x, channels), per_channel(&x, channels));
+        kernel::affine_grads_kernel::launch::<R>(
+            &x.client.clone(),
+            CubeCount::Static(channels as u32, 1, 1),
+            CubeDim::new_1d(kernel::UNITS as u32),
+            x.into_tensor_arg(),
+            dy.into_tensor_arg(),
+            relu_out.into_tensor_arg(),
+            into_contiguous(s.mean.clone()).into_tensor_arg(),
+            into_contiguous(s.var.clone()).into_tensor_arg(),
+            d_gamma.clone().into_tensor_arg(),
+            d_beta.clone().into_tensor_arg(),
+            s.epsilon,
+            channels as u32,
+            (images * len) as u32,
+            len as u32,
+            masked,
+        );
+        (d_gamma, d_beta)
+    }
+
+    fn input_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>, s: &Stats<Self>, d_gamma: FloatTensor<Self>, d_beta: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        if !f32s(&[&x, &dy, &s.mean, &s.var, &s.gamma, &d_gamma, &d_beta]) || relu_out.as_ref().is_some_and(|y| !f32s(&[y])) {
+            return ops::input_grad::<Self>(x, dy, s, d_gamma, d_beta, relu_out);
+        }
+        let (x, dy) = (into_contiguous(x), into_contiguous(dy));
+        let [images, channels, len] = dims(&x);
+        let masked = relu_out.is_some();
+        let relu_out = relu_out.map(into_contiguous).unwrap_or_else(|| x.clone());
+        let out = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), DType::F32);
+        kernel::input_grad_kernel::launch::<R>(
+            &x.client.clone(),
+            elementwise_cubes(x.shape().num_elements()),
+            CubeDim::new_1d(kernel::UNITS as u32),
+            x.into_tensor_arg(),
+            dy.into_tensor_arg(),
+            relu_out.into_tensor_arg(),
+            into_contiguous(s.mean.clone()).into_tensor_arg(),
+            into_contiguous(s.var.clone()).into_tensor_arg(),
+            into_contiguous(s.gamma.clone()).into_tensor_arg(),
+            into_contiguous(d_gamma).into_tensor_arg(),
+            into_contiguous(d_beta).into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            s.epsilon,
+            (images * len) as f32,
+            channels as u32,
+            len as u32,
+            masked,
+        );
+        out
+    }
 }
 
 /// Batch norm over `[B, C, L]` (followed by a ReLU with `relu`) as one autodiff operation
@@ -414,44 +472,39 @@ fn autodiff_batch_norm<B: BatchNormKernels, C: CheckpointStrategy>(
     struct BatchNormBackward;
 
     impl<B: BatchNormKernels> Backward<B, 3> for BatchNormBackward {
-        /// `x`, `γ`, the batch mean, `1/σ`, and the output when a ReLU ends the operation
-        /// (kept alive anyway as the next layer's input; its sign is the ReLU's mask).
-        type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, Option<FloatTensor<B>>);
+        /// `x`, the statistics, and the output when a ReLU ends the operation (its sign is
+        /// the ReLU's mask).
+        type State = (FloatTensor<B>, Stats<B>, Option<FloatTensor<B>>);
 
         fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
             let [node_x, node_gamma, node_beta] = ops.parents;
             let dy = grads.consume::<B>(&ops.node);
-            let (x, gamma, mean, inv_std, relu_out) = ops.state;
-            let [images, _, len] = x.shape().dims::<3>();
-            let n = (images * len) as f32;
-            // Σg and Σg·(x−μ), g the gradient past the ReLU (if any).
-            let (sum_dy, sum_dy_xc) = B::channel_grad_sums(x.clone(), dy.clone(), mean.clone(), relu_out.clone());
-            let d_gamma = B::float_mul(sum_dy_xc, inv_std.clone());
+            let (x, stats, relu_out) = ops.state;
+            let (d_gamma, d_beta) = B::affine_grads(x.clone(), dy.clone(), &stats, relu_out.clone());
             if let Some(node) = node_x {
-                let a = B::float_mul(gamma, inv_std.clone());
-                // b = −a·dγ·(1/σ)/N, d = −a·Σdy/N − b·μ
-                let b = B::float_div_scalar(B::float_neg(B::float_mul(B::float_mul(a.clone(), d_gamma.clone()), inv_std)), n.into());
-                let d = B::float_sub(B::float_neg(B::float_div_scalar(B::float_mul(a.clone(), sum_dy.clone()), n.into())), B::float_mul(b.clone(), mean));
-                grads.register::<B>(node.id, B::channel_affine2(dy, x, a, b, d, relu_out));
+                grads.register::<B>(node.id, B::input_grad(x, dy, &stats, d_gamma.clone(), d_beta.clone(), relu_out));
             }
             if let Some(node) = node_gamma {
                 grads.register::<B>(node.id, d_gamma);
             }
             if let Some(node) = node_beta {
-                grads.register::<B>(node.id, sum_dy);
+                grads.register::<B>(node.id, d_beta);
             }
         }
     }
 
-    let fwd = forward::<B>(x.primitive.clone(), gamma.primitive.clone(), beta.primitive.clone(), epsilon, relu);
+    let (mean, var) = B::channel_moments(x.primitive.clone());
+    let stats = Stats { mean, var, gamma: gamma.primitive.clone(), epsilon: epsilon as f32 };
+    let y = B::normalize(x.primitive.clone(), &stats, beta.primitive.clone(), relu);
+    let (mean, var) = (stats.mean.clone(), stats.var.clone());
     let y = match BatchNormBackward.prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let relu_out = relu.then(|| fwd.y.clone());
-            prep.finish((x.primitive, gamma.primitive, fwd.mean.clone(), fwd.inv_std, relu_out), fwd.y)
+            let relu_out = relu.then(|| y.clone());
+            prep.finish((x.primitive, stats, relu_out), y)
         }
-        OpsKind::UnTracked(prep) => prep.finish(fwd.y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    (y, fwd.mean, fwd.var)
+    (y, mean, var)
 }
 
 /// Training-mode batch norm of `x` (`[B, C, H, W]`) with scale `gamma` and shift `beta`

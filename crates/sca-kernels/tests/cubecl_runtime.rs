@@ -381,9 +381,9 @@ fn layout_copies_match_permutes() {
 
 /// Training-mode batch norm on the CubeCL kernels against the same operation on Flex
 /// (itself held to Burn's `BatchNorm` in sca-backbone's tests): output, batch statistics and
-/// the gradients of x, γ and β; rows shorter than a cube (L = 12) and longer than 256
-/// (L = 300, several elements per unit), channels offset and scaled so centring matters;
-/// with and without the ReLU inside the operation.
+/// the gradients of x, γ and β; channels of fewer values than a cube has units (3 × 12) and
+/// of more (2 × 300: several per unit, across images), offset and scaled so that centring
+/// matters; with and without the ReLU inside the operation.
 #[test]
 fn batch_norm_kernels_match_the_tensor_operations() {
     use sca_kernels::batch_norm::{batch_norm_on, BatchNormKernels};
