@@ -10,8 +10,8 @@
 //! same running-statistics update) with contiguous reductions and per-row scalars only.
 //!
 //! On one replica, on the autodiff backends of CUDA and Flex, training-mode batch norm is
-//! one autodiff operation of five passes over the activation
-//! ([`sca_kernels::batch_norm_train`]: CubeCL kernels on the GPU). The tensor-operation
+//! one autodiff operation ([`sca_kernels::batch_norm_train`]: four CubeCL kernels on the
+//! GPU, the same passes as tensor operations on Flex). The tensor-operation
 //! version here serves the other backends and SyncBN: with several data-parallel replicas
 //! and [`sca_dist::sync_bn`] installed on the thread, the training statistics are those of
 //! the global batch, their sums added up over the replicas inside the autodiff graph.
@@ -42,7 +42,7 @@ fn batch_norm_maybe_relu<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: b
         return then_relu(inference(bn, x));
     }
     let sync = sync_bn::get::<B>();
-    // One replica: one autodiff operation of five passes on the backends that have it.
+    // One replica: one autodiff operation (four passes) on the backends that have it.
     let x = match sync {
         Some(_) => x,
         None => match sca_kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, relu) {

@@ -14,8 +14,8 @@
 //!   `sca bench convs` measures and writes it.
 //! - [`matmul`]: [`gemm_matmul`] and [`gemm_linear`], matmul and its two gradients on
 //!   cubek's tiled tensor-core matmul.
-//! - [`batch_norm`]: [`batch_norm_train`], training-mode batch norm as one autodiff
-//!   operation in five passes over the activation (CubeCL kernels on the GPU).
+//! - [`batch_norm`]: [`batch_norm_train`], training-mode batch norm (and a ReLU after it)
+//!   as one autodiff operation of four kernel launches on the GPU.
 //! - [`lars`]: one LARC + momentum-SGD parameter step in three launches.
 //! - [`layout`]: NCHW ↔ NHWC copies by tiles, for cubek's channels-last convolutions.
 //! - [`topk`]: [`top_k`], each row's k largest entries selected on the GPU (Burn's CubeCL
