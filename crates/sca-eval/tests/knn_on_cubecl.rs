@@ -68,25 +68,33 @@ fn top_k_selects_on_the_device_under_autodiff_too() {
     assert!(cols.chunks(4).all(|c| c.windows(2).all(|w| w[0] < w[1])), "{cols:?}");
 }
 
-/// The linear probe's top-1 / top-5 accuracy on the device selection, which hands each row's
-/// five best logits back in column order: top-1 must be the largest of them, not the first.
+/// The linear probe's top-1 / top-5 accuracy, on Flex (Burn's sort) and on the device
+/// selection, which hands each row's five best logits back in column order: top-1 must be
+/// the largest of them, not the first.
 #[test]
 fn probe_accuracy_on_the_device_selection() {
-    let Some(device) = sca_kernels::cubecl_test_device::<W>() else { return };
-    // Identity head, so the features are the logits; by hand: top-1 hits rows 0, 3, 4,
-    // top-5 also row 1; rows 2 and 5 miss both.
-    let eye: Vec<f32> = (0..49).map(|i| if i % 8 == 0 { 1.0 } else { 0.0 }).collect();
-    let head = LinearHead::<W>::from_tensors(Tensor::<W, 1>::from_floats(eye.as_slice(), &device).reshape([7, 7]), Tensor::zeros([7], &device));
-    let rows: [([f32; 7], usize); 6] = [
-        ([0., 1., 2., 3., 4., 5., 6.], 6),
-        ([6., 5., 4., 3., 2., 1., 0.], 1),
-        ([6., 5., 4., 3., 2., 1., 0.], 5),
-        ([0., 0., 9., 0., 0., 0., 0.], 2),
-        ([1., 3., 2., 7., 5., 4., 0.], 3),
-        ([1., 3., 2., 7., 5., 4., 0.], 0),
-    ];
-    let features = HostFeatures::new(rows.iter().flat_map(|(x, _)| *x).collect(), 7, rows.iter().map(|(_, y)| *y).collect());
-    let (top1, top5) = accuracy(&head, &features, 4, &device);
-    assert_eq!(top1, 50.0);
-    assert!((top5 - 400.0 / 6.0).abs() < 1e-9, "{top5}");
+    fn hits<B: burn::tensor::backend::Backend>(device: &B::Device) -> (f64, f64) {
+        // Identity head, so the features are the logits; by hand: top-1 hits rows 0, 3, 4,
+        // top-5 also row 1; rows 2 and 5 miss both.
+        let eye: Vec<f32> = (0..49).map(|i| if i % 8 == 0 { 1.0 } else { 0.0 }).collect();
+        let head = LinearHead::<B>::from_tensors(Tensor::<B, 1>::from_floats(eye.as_slice(), device).reshape([7, 7]), Tensor::zeros([7], device));
+        let rows: [([f32; 7], usize); 6] = [
+            ([0., 1., 2., 3., 4., 5., 6.], 6),
+            ([6., 5., 4., 3., 2., 1., 0.], 1),
+            ([6., 5., 4., 3., 2., 1., 0.], 5),
+            ([0., 0., 9., 0., 0., 0., 0.], 2),
+            ([1., 3., 2., 7., 5., 4., 0.], 3),
+            ([1., 3., 2., 7., 5., 4., 0.], 0),
+        ];
+        let features = HostFeatures::new(rows.iter().flat_map(|(x, _)| *x).collect(), 7, rows.iter().map(|(_, y)| *y).collect());
+        accuracy(&head, &features, 4, device)
+    }
+    let check = |backend: &str, (top1, top5): (f64, f64)| {
+        assert_eq!(top1, 50.0, "{backend}");
+        assert!((top5 - 400.0 / 6.0).abs() < 1e-9, "{backend}: {top5}");
+    };
+    check("Flex", hits::<Flex>(&Default::default()));
+    if let Some(device) = sca_kernels::cubecl_test_device::<W>() {
+        check("wgpu", hits::<W>(&device));
+    }
 }

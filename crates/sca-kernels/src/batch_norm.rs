@@ -159,28 +159,10 @@ mod kernel {
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
 
+    use crate::cube_sum::cube_sum;
+
     /// Units per cube.
     pub(super) const UNITS: usize = 256;
-
-    /// Sums `part` over the cube's units (a power of two) through `shared`; every unit gets
-    /// the sum, and `shared` may be written again at once.
-    #[cube]
-    fn cube_sum(part: f32, shared: &mut SharedMemory<f32>) -> f32 {
-        let unit = UNIT_POS_X as usize;
-        shared[unit] = part;
-        sync_cube();
-        let mut half = CUBE_DIM_X as usize / 2;
-        while half > 0 {
-            if unit < half {
-                shared[unit] = shared[unit] + shared[unit + half];
-            }
-            sync_cube();
-            half /= 2;
-        }
-        let total = shared[0];
-        sync_cube();
-        total
-    }
 
     /// Index of the `e`-th value of channel `c` (of `channels`) in `[B, C, len]`.
     #[cube]

@@ -37,24 +37,9 @@ mod kernel {
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
 
-    pub(super) const UNITS: usize = 256;
+    use crate::cube_sum::cube_sum;
 
-    /// Sums `part` over the cube's units (a power of two) through `shared`; unit 0 gets the sum.
-    #[cube]
-    fn cube_sum(part: f32, shared: &mut SharedMemory<f32>) -> f32 {
-        let unit = UNIT_POS_X as usize;
-        shared[unit] = part;
-        sync_cube();
-        let mut half = CUBE_DIM_X as usize / 2;
-        while half > 0 {
-            if unit < half {
-                shared[unit] = shared[unit] + shared[unit + half];
-            }
-            sync_cube();
-            half /= 2;
-        }
-        shared[0]
-    }
+    pub(super) const UNITS: usize = 256;
 
     /// Cube `i` of `P` adds up `p²` and `g²` over its grid-stride share of the elements into
     /// `partial[i]` and `partial[P + i]`.
@@ -73,7 +58,6 @@ mod kernel {
         }
         let mut shared = SharedMemory::<f32>::new(UNITS);
         let total_p = cube_sum(sp, &mut shared);
-        sync_cube();
         let total_g = cube_sum(sg, &mut shared);
         if UNIT_POS_X == 0 {
             partial[cube] = total_p;

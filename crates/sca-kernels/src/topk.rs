@@ -30,6 +30,8 @@ mod kernel {
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
 
+    use crate::cube_sum::cube_sum;
+
     /// Units per cube: one row per cube, each unit counting every `UNITS`-th entry.
     pub(super) const UNITS: usize = 256;
 
@@ -42,27 +44,6 @@ mod kernel {
             key = bits ^ 0xFFFF_FFFFu32;
         }
         key
-    }
-
-    /// Sums `part` over the cube's units (a power of two) through `shared`; every unit gets the sum.
-    #[cube]
-    fn cube_sum(part: u32, shared: &mut SharedMemory<u32>) -> u32 {
-        let unit = UNIT_POS_X as usize;
-        shared[unit] = part;
-        sync_cube();
-        // The cube's size read at run time: a value derived from `units` is a constant.
-        let mut half = CUBE_DIM_X as usize / 2;
-        while half > 0 {
-            if unit < half {
-                shared[unit] = shared[unit] + shared[unit + half];
-            }
-            sync_cube();
-            half /= 2;
-        }
-        let total = shared[0];
-        // No unit may overwrite `shared` for the next sum before every unit has read this one.
-        sync_cube();
-        total
     }
 
     /// The float an order key came from (the inverse of [`order_key`], bit for bit).
