@@ -172,6 +172,7 @@ mod kernel {
     }
 
     /// `g`: `dy[i]`, or 0 where `relu_out[i] ≤ 0` with `masked`.
+    #[allow(clippy::collapsible_if)] // a comptime flag around a run-time test
     #[cube]
     fn grad_at(dy: &Tensor<f32>, relu_out: &Tensor<f32>, i: usize, #[comptime] masked: bool) -> f32 {
         let mut g = dy[i];
@@ -213,6 +214,7 @@ mod kernel {
     }
 
     /// `out = (x − μ)·γ/σ + β` (with `relu`, at least 0).
+    #[allow(clippy::collapsible_if)] // a comptime flag around a run-time test
     #[cube(launch)]
     pub(super) fn normalize_kernel(
         x: &Tensor<f32>,
@@ -528,6 +530,7 @@ fn run_as<B: Backend, T: BatchNormKernels>(
 }
 
 /// [`batch_norm_train`] on `Autodiff<T>` for any `T` with the kernels.
+#[allow(clippy::type_complexity)]
 pub fn batch_norm_on<T: BatchNormKernels>(
     x: Tensor<Autodiff<T>, 4>,
     gamma: Tensor<Autodiff<T>, 1>,

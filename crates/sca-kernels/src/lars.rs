@@ -102,7 +102,7 @@ mod kernel {
             let mut adaptive = p_norm * trust / denom;
             if clip {
                 if lr > 0.0 {
-                    adaptive = adaptive / lr;
+                    adaptive /= lr;
                     if adaptive > 1.0 {
                         adaptive = 1.0;
                     }
@@ -118,14 +118,14 @@ mod kernel {
         }
         let mut step = g[i];
         if decay_on {
-            step = step + p[i] * decay;
+            step += p[i] * decay;
         }
         if lars {
-            step = step * factor;
+            step *= factor;
         }
         if with_momentum {
             if had_buffer {
-                step = buf[i] * momentum + step;
+                step += buf[i] * momentum;
             }
             buf_out[i] = step;
         }
