@@ -35,6 +35,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
+use crate::cube_util::grid_2d;
 use crate::{is, same_type, CudaBackend};
 
 /// The passes of batch norm over `[B, C, L]` tensors (`L` = positions); per-channel
@@ -159,7 +160,7 @@ mod kernel {
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
 
-    use crate::cube_sum::cube_sum;
+    use crate::cube_util::{cube_index, cube_sum};
 
     /// Units per cube.
     pub(super) const UNITS: usize = 256;
@@ -228,7 +229,7 @@ mod kernel {
         len: u32,
         #[comptime] relu: bool,
     ) {
-        let i = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * UNITS + UNIT_POS_X as usize;
+        let i = cube_index() * UNITS + UNIT_POS_X as usize;
         if i >= out.len() {
             terminate!();
         }
@@ -303,7 +304,7 @@ mod kernel {
         len: u32,
         #[comptime] masked: bool,
     ) {
-        let i = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * UNITS + UNIT_POS_X as usize;
+        let i = cube_index() * UNITS + UNIT_POS_X as usize;
         if i >= out.len() {
             terminate!();
         }
@@ -327,8 +328,7 @@ fn dims<R: CubeRuntime>(x: &CubeTensor<R>) -> [usize; 3] {
 
 /// Cubes for an element-wise kernel over `n` values: a 2-D grid (65,535 per dimension).
 fn elementwise_cubes(n: usize) -> CubeCount {
-    let cubes = n.div_ceil(kernel::UNITS).max(1);
-    CubeCount::Static(cubes.min(65_535) as u32, cubes.div_ceil(65_535) as u32, 1)
+    grid_2d(n.div_ceil(kernel::UNITS).max(1))
 }
 
 fn per_channel<R: CubeRuntime>(like: &CubeTensor<R>, channels: usize) -> CubeTensor<R> {

@@ -16,6 +16,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
+use crate::cube_util::grid_2d;
 use crate::{is, same_type, CudaBackend};
 
 /// The hyper-parameters of one step (see `sca_optim::Lars` for the update).
@@ -37,7 +38,7 @@ mod kernel {
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
 
-    use crate::cube_sum::cube_sum;
+    use crate::cube_util::{cube_index, cube_sum};
 
     pub(super) const UNITS: usize = 256;
 
@@ -88,7 +89,7 @@ mod kernel {
         #[comptime] with_momentum: bool,
         #[comptime] had_buffer: bool,
     ) {
-        let i = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * UNITS + UNIT_POS_X as usize;
+        let i = cube_index() * UNITS + UNIT_POS_X as usize;
         if i >= p.len() {
             terminate!();
         }
@@ -167,11 +168,9 @@ fn lars_step_on<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     let p_out = empty(p.shape());
     let buf_out = empty(if with_momentum { p.shape() } else { Shape::new([1]) }); // unwritten without momentum
     if n > 0 {
-        let cubes = n.div_ceil(kernel::UNITS);
-        let (wide, high) = (cubes.min(65_535), cubes.div_ceil(65_535));
         kernel::lars_update_kernel::launch::<R>(
             &client,
-            CubeCount::Static(wide as u32, high as u32, 1),
+            grid_2d(n.div_ceil(kernel::UNITS)),
             CubeDim::new_1d(kernel::UNITS as u32),
             p.into_tensor_arg(),
             g.into_tensor_arg(),
@@ -233,7 +232,7 @@ fn run_as<B: Backend, T: CubeLars, const D: usize>(
 }
 
 /// [`lars_step_on`] for a CubeCL backend, by type.
-pub trait CubeLars: Backend {
+trait CubeLars: Backend {
     #[allow(clippy::type_complexity)]
     fn lars_step<const D: usize>(p: Tensor<Self, D>, g: Tensor<Self, D>, buf: Option<Tensor<Self, D>>, step: &LarsStep) -> (Tensor<Self, D>, Option<Tensor<Self, D>>);
 }

@@ -46,7 +46,7 @@ use matmul::MatmulKernels;
 
 pub mod batch_norm;
 pub mod conv;
-mod cube_sum;
+mod cube_util;
 pub mod matmul;
 pub mod as_matmul;
 pub mod lars;

@@ -17,12 +17,13 @@
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Int, Shape, Tensor, TensorMetadata, TensorPrimitive};
-use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
+use burn_cubecl::cubecl::prelude::CubeDim;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
+use crate::cube_util::grid_2d;
 use crate::{is, same_type, CudaBackend};
 
 /// The CubeCL kernel (its own module: CubeCL's `Tensor` and `Int` are not Burn's).
@@ -30,7 +31,7 @@ mod kernel {
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
 
-    use crate::cube_sum::cube_sum;
+    use crate::cube_util::{cube_index, cube_sum};
 
     /// Units per cube: one row per cube, each unit counting every `UNITS`-th entry.
     pub(super) const UNITS: usize = 256;
@@ -79,7 +80,7 @@ mod kernel {
         #[define(I)] _dtype: StorageType,
     ) {
         let rows = input.shape(0);
-        let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+        let row = cube_index();
         if row >= rows {
             terminate!();
         }
@@ -203,10 +204,9 @@ pub fn row_topk_on<R: CubeRuntime>(x: CubeTensor<R>, k: usize, index_dtype: DTyp
     let capacity = if fits == 0 { 0 } else { 1 << fits.ilog2() };
     let cache = if n <= capacity { capacity } else { 0 };
     // Rows over a 2-D grid: a grid dimension holds at most 65,535 cubes on some runtimes.
-    let (wide, high) = (rows.min(65_535), rows.div_ceil(65_535));
     kernel::row_topk_kernel::launch::<R>(
         &client,
-        CubeCount::Static(wide as u32, high as u32, 1),
+        grid_2d(rows),
         CubeDim::new_1d(kernel::UNITS as u32),
         x.into_tensor_arg(),
         values.clone().into_tensor_arg(),

@@ -1,7 +1,23 @@
-//! A sum over the units of a cube, for this crate's CubeCL kernels.
+//! Pieces shared by this crate's CubeCL kernels: a sum over a cube's units, and the 2-D grid
+//! of cubes that lays out more cubes than one grid dimension holds.
 
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
+
+/// Cubes per grid dimension that every runtime accepts (wgpu's limit; CUDA's y and z).
+const GRID_SIDE: usize = 65_535;
+
+/// A grid of at least `cubes` cubes: rows of [`GRID_SIDE`]; a kernel finds its place in it
+/// with [`cube_index`] (and skips indices past its work).
+pub(crate) fn grid_2d(cubes: usize) -> CubeCount {
+    CubeCount::Static(cubes.min(GRID_SIDE) as u32, cubes.div_ceil(GRID_SIDE) as u32, 1)
+}
+
+/// This cube's index in a [`grid_2d`] grid.
+#[cube]
+pub(crate) fn cube_index() -> usize {
+    (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize
+}
 
 /// Sums `part` over the cube's units (a power of two) through `shared` (at least as long):
 /// every unit gets the sum, and `shared` may be written again at once.
