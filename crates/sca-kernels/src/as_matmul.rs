@@ -4,8 +4,8 @@
 //! A convolution is a matmul per image, `Y_n = W·cols(X_n)`, with `W` as `[O, C·kh·kw]` and
 //! `cols(X_n)` the `[C·kh·kw, H'·W']` matrix of input patches (im2col). For a 1×1, stride-1,
 //! unpadded convolution (33 of ResNet-50's 53) `cols(X_n)` is `X_n` itself, an NCHW view: no
-//! copy at all. For the others it is built from `kh·kw` shifted (strided) slices of the
-//! zero-padded input, stacked: plain copies, `kh·kw` times the input's size. On CUDA the
+//! copy at all. For the others it is one copy, `kh·kw` times the input's size
+//! ([`crate::im2col`]: a kernel on CubeCL backends). On CUDA the
 //! products run on cubek's explicit tiled matmul ([`MatmulKernels`]), an alternative to its
 //! implicit-GEMM convolution kernels that the plan takes where it is faster.
 //!
@@ -20,9 +20,10 @@
 //!   only).
 
 use burn::tensor::ops::{ConvOptions, FloatTensor};
-use burn::tensor::{FloatDType, Shape, Slice, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{FloatDType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 
 use crate::conv::output_size;
+use crate::im2col::Im2col;
 use crate::matmul::MatmulKernels;
 use crate::plan::{ConvKernel, Pass};
 
@@ -45,45 +46,14 @@ fn pointwise(k: [usize; 2], options: &ConvOptions<2>) -> bool {
     k == [1, 1] && options.stride == [1, 1] && options.padding == [0, 0]
 }
 
-/// `t` with `[ph, pw]` zero rows and columns on each side, in `t`'s own float type.
-fn pad_zeros<B: MatmulKernels>(t: Tensor<B, 4>, [ph, pw]: [usize; 2]) -> Tensor<B, 4> {
-    let dtype = FloatDType::from(t.dtype());
-    let device = t.device();
-    let zeros = |shape: [usize; 4]| Tensor::<B, 4>::zeros(shape, &device).cast(dtype);
-    let [n, c, h, _] = t.dims();
-    let t = if pw > 0 { Tensor::cat(vec![zeros([n, c, h, pw]), t, zeros([n, c, h, pw])], 3) } else { t };
-    let w = t.dims()[3];
-    if ph > 0 {
-        Tensor::cat(vec![zeros([n, c, ph, w]), t, zeros([n, c, ph, w])], 2)
-    } else {
-        t
-    }
-}
-
-/// `[N, C, H, W]` → `[N, C·kh·kw, H'·W']`, rows channel-major and tap-minor like the
-/// weight's `[O, C, kh, kw]` flattened.
-fn im2col<B: MatmulKernels>(x: Tensor<B, 4>, k: [usize; 2], o: &ConvOptions<2>) -> Tensor<B, 3> {
-    let [n, c, h, w] = x.dims();
-    let [oh, ow] = output_size([h, w], k, o);
-    if pointwise(k, o) {
-        return x.reshape([n, c, h * w]);
-    }
-    let xp = pad_zeros(x, o.padding);
-    let all = Slice::new(0, None, 1);
-    let taps: Vec<Tensor<B, 4>> = (0..k[0])
-        .flat_map(|i| (0..k[1]).map(move |j| (i, j)))
-        .map(|(i, j)| {
-            let (r0, c0) = ((i * o.dilation[0]) as isize, (j * o.dilation[1]) as isize);
-            let rows = Slice::new(r0, Some(r0 + ((oh - 1) * o.stride[0]) as isize + 1), o.stride[0] as isize);
-            let cols = Slice::new(c0, Some(c0 + ((ow - 1) * o.stride[1]) as isize + 1), o.stride[1] as isize);
-            xp.clone().slice([all, all, rows, cols])
-        })
-        .collect();
-    Tensor::stack::<5>(taps, 2).reshape([n, c * k[0] * k[1], oh * ow])
+/// `[N, C, H, W]` → `[N, C·kh·kw, H'·W']` (one patch matrix per image).
+fn im2col<B: Im2col>(x: Tensor<B, 4>, k: [usize; 2], o: &ConvOptions<2>) -> Tensor<B, 3> {
+    let n = x.dims()[0];
+    tensor(B::im2col(x.into_primitive().tensor(), k, o, n))
 }
 
 /// `y = conv(x, w)`.
-pub fn forward<B: MatmulKernels>(x: FloatTensor<B>, weight: FloatTensor<B>, options: &ConvOptions<2>) -> Result<FloatTensor<B>, String> {
+pub fn forward<B: Im2col>(x: FloatTensor<B>, weight: FloatTensor<B>, options: &ConvOptions<2>) -> Result<FloatTensor<B>, String> {
     check_groups(options)?;
     let (x, w) = (tensor::<B, 4>(x), tensor::<B, 4>(weight));
     let ([n, _, h, wd], [o, c, kh, kw]) = (x.dims(), w.dims());
@@ -93,7 +63,7 @@ pub fn forward<B: MatmulKernels>(x: FloatTensor<B>, weight: FloatTensor<B>, opti
 }
 
 /// `dx` of a stride-1 convolution, from the output gradient and the weight.
-pub fn data_grad<B: MatmulKernels>(grad: FloatTensor<B>, weight: FloatTensor<B>, options: &ConvOptions<2>) -> Result<FloatTensor<B>, String> {
+pub fn data_grad<B: Im2col>(grad: FloatTensor<B>, weight: FloatTensor<B>, options: &ConvOptions<2>) -> Result<FloatTensor<B>, String> {
     check_groups(options)?;
     if options.stride != [1, 1] {
         return Err(format!("{} takes stride-1 data gradients (strided ones go through strided_data_grad)", ConvKernel::Matmul));
@@ -116,24 +86,29 @@ pub fn data_grad<B: MatmulKernels>(grad: FloatTensor<B>, weight: FloatTensor<B>,
 }
 
 /// `dW = Σ_g dY_g · cols(X_g)ᵀ` over `groups` groups of images.
-pub fn weight_grad<B: MatmulKernels>(x: FloatTensor<B>, grad: FloatTensor<B>, weight_shape: &Shape, options: &ConvOptions<2>, groups: usize) -> Result<FloatTensor<B>, String> {
+pub fn weight_grad<B: Im2col>(x: FloatTensor<B>, grad: FloatTensor<B>, weight_shape: &Shape, options: &ConvOptions<2>, groups: usize) -> Result<FloatTensor<B>, String> {
     check_groups(options)?;
     let (x, dy) = (tensor::<B, 4>(x), tensor::<B, 4>(grad));
-    let ([n, c, _, _], [_, o, oh, ow]) = (x.dims(), dy.dims());
+    let (n, [_, o, oh, ow]) = (x.dims()[0], dy.dims());
     let (kh, kw) = (weight_shape[2], weight_shape[3]);
     if groups == 0 || !n.is_multiple_of(groups) {
         return Err(format!("{groups} groups do not divide a batch of {n}"));
     }
-    let (per, l, ck) = (n / groups, oh * ow, c * kh * kw);
-    // [N, rows, L] → [G, rows, per·L] (a copy unless one image per group).
+    let (per, l) = (n / groups, oh * ow);
+    // [N, O, L] → [G, O, per·L] (a copy unless one image per group), as the patches are.
     let grouped = |t: Tensor<B, 3>, rows: usize| match per {
         1 => t,
         _ => t.reshape([groups, per, rows, l]).swap_dims(1, 2).reshape([groups, rows, per * l]),
     };
     let dtype = FloatDType::from(dy.dtype());
-    let cols = grouped(im2col(x, [kh, kw], options), ck);
+    let cols: Tensor<B, 3> = tensor(B::im2col(x.into_primitive().tensor(), [kh, kw], options, groups));
     let partial = mm(grouped(dy.reshape([n, o, l]), o), cols.swap_dims(1, 2)); // [G, O, C·k²]
-    let dw = partial.cast(FloatDType::F32).sum_dim(0).cast(dtype).reshape([o, c, kh, kw]);
+    let c = weight_shape[1];
+    let dw = match groups {
+        1 => partial,
+        _ => partial.cast(FloatDType::F32).sum_dim(0).cast(dtype),
+    };
+    let dw = dw.reshape([o, c, kh, kw]);
     Ok(dw.into_primitive().tensor())
 }
 
@@ -149,14 +124,14 @@ pub fn weight_grad_groups(n: usize, o: usize, ck: usize, sms: usize) -> usize {
 }
 
 /// [`weight_grad`] with the groups [`weight_grad_groups`] picks for `sms` multiprocessors.
-pub fn weight_grad_for<B: MatmulKernels>(x: FloatTensor<B>, grad: FloatTensor<B>, weight_shape: &Shape, options: &ConvOptions<2>, sms: usize) -> Result<FloatTensor<B>, String> {
+pub fn weight_grad_for<B: Im2col>(x: FloatTensor<B>, grad: FloatTensor<B>, weight_shape: &Shape, options: &ConvOptions<2>, sms: usize) -> Result<FloatTensor<B>, String> {
     let groups = weight_grad_groups(x.shape()[0], weight_shape[0], weight_shape[1] * weight_shape[2] * weight_shape[3], sms);
     weight_grad::<B>(x, grad, weight_shape, options, groups)
 }
 
 /// One pass (`x`, `weight`, output gradient `grad` as in `ModuleOps::conv2d*`; the data
 /// pass stride 1), with the weight gradient's groups chosen for `sms` multiprocessors.
-pub fn run<B: MatmulKernels>(pass: Pass, x: FloatTensor<B>, weight: FloatTensor<B>, grad: FloatTensor<B>, options: &ConvOptions<2>, sms: usize) -> Result<FloatTensor<B>, String> {
+pub fn run<B: Im2col>(pass: Pass, x: FloatTensor<B>, weight: FloatTensor<B>, grad: FloatTensor<B>, options: &ConvOptions<2>, sms: usize) -> Result<FloatTensor<B>, String> {
     match pass {
         Pass::Forward => forward::<B>(x, weight, options),
         Pass::Data => data_grad::<B>(grad, weight, options),

@@ -45,6 +45,7 @@ use conv::ConvKernels;
 use matmul::MatmulKernels;
 
 pub mod batch_norm;
+pub mod im2col;
 pub mod conv;
 mod cube_util;
 pub mod matmul;

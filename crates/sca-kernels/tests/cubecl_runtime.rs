@@ -346,6 +346,30 @@ fn row_topk_selects_what_a_sort_selects() {
 /// The tiled layout copies against Burn's permute: sides that are and are not multiples of
 /// the 32-wide tile, a 3-channel stem input, 1×1 sides, in f32 and f16; and a tensor whose
 /// memory is already channels-last passes through as a view of the same buffer.
+/// The im2col kernel copies exactly what the tensor-operation version (Flex's) builds: every
+/// kind of convolution of ResNet, one matrix per image and images grouped side by side (as
+/// the weight gradient takes them), a pointwise one grouped (no view then), f32 and f16.
+#[test]
+fn im2col_kernel_matches_the_tensor_operations() {
+    use sca_kernels::im2col::{ops, Im2col};
+    let Some(device) = device() else { return };
+    let pointwise_grouped = Case { c: 3, o: 1, k: 1, s: 1, p: 0, d: 1, hw: [5, 4] };
+    for (i, case) in PLANNED.iter().chain([&pointwise_grouped]).enumerate() {
+        for (images, groups) in [(2, 2), (2, 1), (6, 3)] {
+            let shape = [images, case.c, case.hw[0], case.hw[1]];
+            let x = random(shape, 500 + i as u64);
+            let want = ops::im2col(x.clone(), [case.k; 2], &case.options(), groups);
+            for dtype in [FloatDType::F32, FloatDType::F16] {
+                let xw = Tensor::<W, 4>::from_data(x.to_data(), &device).cast(dtype);
+                let got = W::im2col(xw.into_primitive().tensor(), [case.k; 2], &case.options(), groups);
+                let got = Tensor::<W, 3>::from_primitive(TensorPrimitive::Float(got)).cast(FloatDType::F32);
+                let want = Tensor::<W, 3>::from_data(want.to_data(), &device).cast(dtype).cast(FloatDType::F32);
+                assert_eq!(got.into_data(), want.into_data(), "{case:?}, {images} images in {groups} groups, {dtype:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn layout_copies_match_permutes() {
     use burn::tensor::TensorMetadata;

@@ -1,0 +1,123 @@
+//! Kernel launches per ResNet-50 SwAV training step on a CubeCL runtime, by kernel and phase.
+//!
+//! On a GPU each launch costs a few microseconds of host time however small the kernel, and
+//! PyTorch trains this step in ~128 ms (H200, fp32), so the launch count is a figure of its
+//! own. It does not depend on the image size or the card, so this counts it on wgpu over
+//! Mesa's software Vulkan (lavapipe), at 32 px, with CubeCL's execution log (profiling level
+//! "minimal": every launch named, nothing timed). The step is the CUDA one: convolutions and
+//! matmuls on the explicit kernels (the `matmul` convolution kernel, as lavapipe has no
+//! cooperative-matrix unit for cubek's implicit-GEMM ones), batch norm and LARS on theirs.
+//!
+//!   cargo run --release -p sca-train --example launch_count [-- ARCH [BATCH]]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use cubecl_runtime::config::profiling::ProfilingLogLevel;
+use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+use sca_data::{ImageBatch, TrainBatch};
+use sca_kernels::plan::{use_plan, ConvPlan};
+use sca_kernels::WgpuBackend;
+use sca_train::Trainer;
+
+type Gpu = Autodiff<WgpuBackend>;
+
+const DEFAULT: &str = include_str!("../../../configs/default.json");
+const SIZE: usize = 32;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arch = args.first().map_or("resnet50", String::as_str).to_string();
+    let batch: usize = args.get(1).map_or(4, |b| b.parse().expect("BATCH: a number"));
+    let log = std::env::temp_dir().join(format!("sca-launches-{}.log", std::process::id()));
+    let mut c = CubeClRuntimeConfig::default();
+    c.profiling.logger.level = ProfilingLogLevel::Minimal;
+    c.profiling.logger.file = Some(log.clone());
+    CubeClRuntimeConfig::set(c);
+
+    let Some(device) = sca_kernels::cubecl_test_device::<WgpuBackend>() else { std::process::exit(1) };
+    let all = r#"{"forward": "matmul", "data": "matmul", "weight": "matmul"}"#;
+    use_plan(ConvPlan::parse(&format!(r#"{{"device": "lavapipe", "batch": {batch}, "default": {all}, "shapes": {{}}}}"#)).unwrap());
+    let o: Vec<String> = [
+        format!("model.arch={arch}"), "model.small_stem=false".into(), "model.conv=gemm".into(), "addon.enabled=false".into(),
+        "engine.hidden_dim=2048".into(), format!("batch_size={batch}"), format!("data.image_size={SIZE}"),
+    ]
+    .into();
+    let cfg = sca_train::config::parse(DEFAULT, "default.json", &o).unwrap();
+    let train = sca_data::DatasetSpec::builtin().open().unwrap().0;
+    let mut trainer = Trainer::<Gpu>::new(cfg, train, None, device.clone());
+
+    // Phase ends, as line counts of the execution log (each follows a device wait).
+    let marks = Arc::new(Mutex::new(Vec::<(String, usize)>::new()));
+    let (into, path) = (marks.clone(), log.clone());
+    trainer.time_phases(Some(Box::new(move |phase, _| into.lock().unwrap().push((phase.to_string(), settled_lines(&path))))));
+    trainer.step_batch(random_batch(batch)).unwrap(); // warm-up: first-use launches (weights' copies, buffers)
+    Gpu::sync(&device).unwrap();
+    let start = settled_lines(&log);
+    marks.lock().unwrap().clear();
+    trainer.step_batch(random_batch(batch)).unwrap();
+    Gpu::sync(&device).unwrap();
+    let end = settled_lines(&log);
+
+    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_string).collect();
+    let mut from = start;
+    let mut table: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let phases: Vec<(String, usize)> = marks.lock().unwrap().clone();
+    for (i, (_, to)) in phases.iter().enumerate() {
+        for l in &lines[from..*to] {
+            let name = l.strip_prefix("Executing ").unwrap_or(l);
+            table.entry(short(name)).or_insert_with(|| vec![0; phases.len() + 1])[i] += 1;
+        }
+        from = *to;
+    }
+    for l in &lines[from..end] {
+        let name = l.strip_prefix("Executing ").unwrap_or(l);
+        table.entry(short(name)).or_insert_with(|| vec![0; phases.len() + 1])[phases.len()] += 1;
+    }
+    let mut rows: Vec<(String, Vec<usize>)> = table.into_iter().collect();
+    rows.sort_by_key(|(_, n)| std::cmp::Reverse(n.iter().sum::<usize>()));
+    let heads: Vec<&str> = phases.iter().map(|(p, _)| p.as_str()).chain(["rest"]).collect();
+    println!("kernel launches in one warm SwAV step, {arch}, batch {batch}, 2 crops at {SIZE} px, wgpu");
+    println!("{:>7} {} kernel", "total", heads.iter().map(|h| format!("{h:>9}")).collect::<String>());
+    for (name, n) in &rows {
+        println!("{:>7} {} {name}", n.iter().sum::<usize>(), n.iter().map(|v| format!("{v:>9}")).collect::<String>());
+    }
+    let totals: Vec<usize> = (0..heads.len()).map(|i| rows.iter().map(|(_, n)| n[i]).sum()).collect();
+    println!("{:>7} {} all", end - start, totals.iter().map(|v| format!("{v:>9}")).collect::<String>());
+    if std::env::var_os("SCA_KEEP_LOG").is_some() {
+        eprintln!("execution log: {} (lines {start}..{end} are the counted step)", log.display());
+    } else {
+        let _ = std::fs::remove_file(&log);
+    }
+}
+
+/// The log's line count once the asynchronous logger has caught up.
+fn settled_lines(path: &Path) -> usize {
+    let count = || std::fs::read_to_string(path).map_or(0, |s| s.lines().count());
+    let mut n = count();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let m = count();
+        if m == n {
+            return n;
+        }
+        n = m;
+    }
+}
+
+/// The kernel's type name without its module path.
+fn short(name: &str) -> String {
+    let base = name.split('<').next().unwrap_or(name);
+    base.rsplit("::").next().unwrap_or(base).trim().to_string()
+}
+
+fn random_batch(b: usize) -> TrainBatch {
+    let image = |seed: usize| ImageBatch {
+        data: (0..b * 3 * SIZE * SIZE).map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0) - 1.0).collect(),
+        shape: [b, 3, SIZE, SIZE],
+    };
+    TrainBatch { indices: (0..b).collect(), labels: vec![0; b], crops: vec![image(1), image(2)], positives: None, positive_indices: vec![] }
+}
