@@ -16,6 +16,7 @@
 //! and [`sca_dist::sync_bn`] installed on the thread, the training statistics are those of
 //! the global batch, their sums added up over the replicas inside the autodiff graph.
 
+use burn::module::RunningState;
 use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -45,13 +46,19 @@ fn batch_norm_maybe_relu<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: b
     // One replica: one autodiff operation (four passes) on the backends that have it.
     let x = match sync {
         Some(_) => x,
-        None => match sca_kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, relu) {
-            Ok((y, mean, var)) => {
-                update_running(bn, mean, var);
-                return y;
+        None => {
+            let device = x.device();
+            let running = |r: &RunningState<Tensor<B, 1>>| r.value_sync().to_device(&device);
+            let inputs = (x, bn.gamma.val(), bn.beta.val(), running(&bn.running_mean), running(&bn.running_var));
+            match sca_kernels::batch_norm_train(inputs, bn.epsilon, bn.momentum, relu) {
+                Ok((y, running_mean, running_var)) => {
+                    bn.running_mean.update(running_mean);
+                    bn.running_var.update(running_var);
+                    return y;
+                }
+                Err((x, ..)) => x,
             }
-            Err((x, _, _)) => x,
-        },
+        }
     };
     then_relu(graph_batch_norm(bn, x, sync))
 }

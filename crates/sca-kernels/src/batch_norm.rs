@@ -5,8 +5,9 @@
 //! node's gradient its own kernels), plus a dozen on per-channel vectors, and without Burn's
 //! operation fusion each is a launch and each full-size one reads and writes the whole
 //! tensor: ResNet-50 has 53 of these layers. [`batch_norm_train`] computes the same function
-//! in four launches: forward, the per-channel mean and variance (one cube per channel) and
-//! the normalisation; backward, the two per-channel gradient sums (one cube per channel) and
+//! in four launches: forward, the per-channel mean and variance (one cube per channel, which
+//! also updates the running statistics: six more launches otherwise) and the
+//! normalisation; backward, the two per-channel gradient sums (one cube per channel) and
 //! the input gradient. The per-channel factors are derived inside the kernels:
 //!
 //! `y = a·x + β − a·μ` with `a = γ/σ`; `dγ = Σ(g·(x−μ))/σ`, `dβ = Σg`;
@@ -41,8 +42,8 @@ use crate::{is, same_type, CudaBackend};
 /// The passes of batch norm over `[B, C, L]` tensors (`L` = positions); per-channel
 /// vectors are `[C]`; `relu_out`, where given, is the output of a ReLU ending the forward map.
 pub trait BatchNormKernels: Backend {
-    /// Per-channel mean and biased variance.
-    fn channel_moments(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// Per-channel mean and biased variance, and the running statistics updated with them.
+    fn channel_moments(x: FloatTensor<Self>, running: &Running<Self>) -> (FloatTensor<Self>, FloatTensor<Self>, Running<Self>);
     /// `(x − μ)·γ/σ + β`, with `relu` clamped at 0.
     fn normalize(x: FloatTensor<Self>, stats: &Stats<Self>, beta: FloatTensor<Self>, relu: bool) -> FloatTensor<Self>;
     /// `(dγ, dβ)`.
@@ -58,6 +59,14 @@ pub struct Stats<B: Backend> {
     pub var: FloatTensor<B>,
     pub gamma: FloatTensor<B>,
     pub epsilon: f32,
+}
+
+/// Running mean and (biased) variance, updated as `(1 − momentum)·running + momentum·batch`.
+#[derive(Clone, Debug)]
+pub struct Running<B: Backend> {
+    pub mean: FloatTensor<B>,
+    pub var: FloatTensor<B>,
+    pub momentum: f64,
 }
 
 /// The passes as tensor operations, on any backend.
@@ -103,12 +112,15 @@ mod ops {
         (images * len) as f32
     }
 
-    pub(super) fn channel_moments<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+    pub(super) fn channel_moments<B: Backend>(x: FloatTensor<B>, running: &Running<B>) -> (FloatTensor<B>, FloatTensor<B>, Running<B>) {
         let x = t::<B, 3>(x);
         let (images, n) = (x.dims()[0], count(&x));
         let mean = sum(x.clone()).div_scalar(n);
         let var = sum((x - per_row(mean.clone(), images)).square()).div_scalar(n);
-        (p(mean), p(var))
+        let m = running.momentum;
+        let update = |old: &FloatTensor<B>, new: &Tensor<B, 1>| p(t::<B, 1>(old.clone()).mul_scalar(1.0 - m).add(new.clone().mul_scalar(m)));
+        let updated = Running { mean: update(&running.mean, &mean), var: update(&running.var, &var), momentum: m };
+        (p(mean), p(var), updated)
     }
 
     pub(super) fn normalize<B: Backend>(x: FloatTensor<B>, s: &Stats<B>, beta: FloatTensor<B>, relu: bool) -> FloatTensor<B> {
@@ -139,8 +151,8 @@ mod ops {
 }
 
 impl BatchNormKernels for Flex {
-    fn channel_moments(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        ops::channel_moments::<Self>(x)
+    fn channel_moments(x: FloatTensor<Self>, running: &Running<Self>) -> (FloatTensor<Self>, FloatTensor<Self>, Running<Self>) {
+        ops::channel_moments::<Self>(x, running)
     }
     fn normalize(x: FloatTensor<Self>, stats: &Stats<Self>, beta: FloatTensor<Self>, relu: bool) -> FloatTensor<Self> {
         ops::normalize::<Self>(x, stats, beta, relu)
@@ -185,9 +197,24 @@ mod kernel {
         g
     }
 
-    /// Cube `c`: the mean and biased variance of channel `c` (two passes over its values).
+    /// Cube `c`: the mean and biased variance of channel `c` (two passes over its values),
+    /// and the running statistics updated with them (`keep·running + momentum·batch`).
     #[cube(launch)]
-    pub(super) fn moments_kernel(x: &Tensor<f32>, mean: &mut Tensor<f32>, var: &mut Tensor<f32>, channels: u32, per_channel: u32, len: u32) {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn moments_kernel(
+        x: &Tensor<f32>,
+        running_mean: &Tensor<f32>,
+        running_var: &Tensor<f32>,
+        mean: &mut Tensor<f32>,
+        var: &mut Tensor<f32>,
+        new_running_mean: &mut Tensor<f32>,
+        new_running_var: &mut Tensor<f32>,
+        keep: f32,
+        momentum: f32,
+        channels: u32,
+        per_channel: u32,
+        len: u32,
+    ) {
         let c = CUBE_POS_X as usize;
         let channels = channels as usize;
         let count = per_channel as usize;
@@ -211,6 +238,8 @@ mod kernel {
         if UNIT_POS_X == 0 {
             mean[c] = m;
             var[c] = v;
+            new_running_mean[c] = running_mean[c] * keep + m * momentum;
+            new_running_var[c] = running_var[c] * keep + v * momentum;
         }
     }
 
@@ -336,25 +365,31 @@ fn per_channel<R: CubeRuntime>(like: &CubeTensor<R>, channels: usize) -> CubeTen
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormKernels for CubeBackend<R, F, I, BT> {
-    fn channel_moments(x: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        if !f32s(&[&x]) {
-            return ops::channel_moments::<Self>(x);
+    fn channel_moments(x: FloatTensor<Self>, running: &Running<Self>) -> (FloatTensor<Self>, FloatTensor<Self>, Running<Self>) {
+        if !f32s(&[&x, &running.mean, &running.var]) {
+            return ops::channel_moments::<Self>(x, running);
         }
         let x = into_contiguous(x);
         let [images, channels, len] = dims(&x);
-        let (mean, var) = (per_channel(&x, channels), per_channel(&x, channels));
+        let [mean, var, new_mean, new_var] = std::array::from_fn(|_| per_channel(&x, channels));
         kernel::moments_kernel::launch::<R>(
             &x.client.clone(),
             CubeCount::Static(channels as u32, 1, 1),
             CubeDim::new_1d(kernel::UNITS as u32),
             x.into_tensor_arg(),
+            into_contiguous(running.mean.clone()).into_tensor_arg(),
+            into_contiguous(running.var.clone()).into_tensor_arg(),
             mean.clone().into_tensor_arg(),
             var.clone().into_tensor_arg(),
+            new_mean.clone().into_tensor_arg(),
+            new_var.clone().into_tensor_arg(),
+            (1.0 - running.momentum) as f32,
+            running.momentum as f32,
             channels as u32,
             (images * len) as u32,
             len as u32,
         );
-        (mean, var)
+        (mean, var, Running { mean: new_mean, var: new_var, momentum: running.momentum })
     }
 
     fn normalize(x: FloatTensor<Self>, s: &Stats<Self>, beta: FloatTensor<Self>, relu: bool) -> FloatTensor<Self> {
@@ -444,14 +479,15 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
 }
 
 /// Batch norm over `[B, C, L]` (followed by a ReLU with `relu`) as one autodiff operation
-/// of `x`, `γ` and `β`; also the batch mean and (biased) variance, without gradient.
+/// of `x`, `γ` and `β`; also the running statistics updated with the batch's.
 fn autodiff_batch_norm<B: BatchNormKernels, C: CheckpointStrategy>(
     x: FloatTensor<Autodiff<B, C>>,
     gamma: FloatTensor<Autodiff<B, C>>,
     beta: FloatTensor<Autodiff<B, C>>,
     epsilon: f64,
     relu: bool,
-) -> (FloatTensor<Autodiff<B, C>>, FloatTensor<B>, FloatTensor<B>) {
+    running: &Running<B>,
+) -> (FloatTensor<Autodiff<B, C>>, Running<B>) {
     #[derive(Debug)]
     struct BatchNormBackward;
 
@@ -477,10 +513,9 @@ fn autodiff_batch_norm<B: BatchNormKernels, C: CheckpointStrategy>(
         }
     }
 
-    let (mean, var) = B::channel_moments(x.primitive.clone());
+    let (mean, var, running) = B::channel_moments(x.primitive.clone(), running);
     let stats = Stats { mean, var, gamma: gamma.primitive.clone(), epsilon: epsilon as f32 };
     let y = B::normalize(x.primitive.clone(), &stats, beta.primitive.clone(), relu);
-    let (mean, var) = (stats.mean.clone(), stats.var.clone());
     let y = match BatchNormBackward.prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
             let relu_out = relu.then(|| y.clone());
@@ -488,61 +523,73 @@ fn autodiff_batch_norm<B: BatchNormKernels, C: CheckpointStrategy>(
         }
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    (y, mean, var)
+    (y, running)
 }
 
+/// The inputs of [`batch_norm_train`]: `x` (`[B, C, H, W]`), `γ`, `β`, and the running
+/// mean and variance (`[C]`).
+pub type BatchNormInputs<B> = (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>);
+
 /// Training-mode batch norm of `x` (`[B, C, H, W]`) with scale `gamma` and shift `beta`
-/// (`[C]`), followed by a ReLU with `relu`, as one autodiff operation: `(y, batch mean,
-/// biased batch variance)`, the statistics without gradient. On the autodiff backends of CUDA, Flex (and, with the
-/// `wgpu` feature, wgpu); `Err` with the inputs back on any other backend.
+/// (`[C]`), followed by a ReLU with `relu`, as one autodiff operation: `(y, running mean,
+/// running variance)`, the running statistics (given without gradient) updated with the
+/// batch mean and biased variance as `(1 − momentum)·running + momentum·batch`, Burn's
+/// `BatchNorm` rule. On the autodiff backends of CUDA, Flex (and, with the `wgpu` feature,
+/// wgpu); `Err` with the inputs back on any other backend.
 #[allow(clippy::type_complexity)]
 pub fn batch_norm_train<B: Backend>(
-    x: Tensor<B, 4>,
-    gamma: Tensor<B, 1>,
-    beta: Tensor<B, 1>,
+    inputs: BatchNormInputs<B>,
     epsilon: f64,
+    momentum: f64,
     relu: bool,
-) -> Result<(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>), (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>)> {
-    let inputs = (x, gamma, beta);
-    let inputs = match run_as::<B, CudaBackend>(inputs, epsilon, relu) {
+) -> Result<(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>), BatchNormInputs<B>> {
+    let inputs = match run_as::<B, CudaBackend>(inputs, epsilon, momentum, relu) {
         Ok(out) => return Ok(out),
         Err(inputs) => inputs,
     };
     #[cfg(feature = "wgpu")]
-    let inputs = match run_as::<B, crate::WgpuBackend>(inputs, epsilon, relu) {
+    let inputs = match run_as::<B, crate::WgpuBackend>(inputs, epsilon, momentum, relu) {
         Ok(out) => return Ok(out),
         Err(inputs) => inputs,
     };
-    run_as::<B, Flex>(inputs, epsilon, relu)
+    run_as::<B, Flex>(inputs, epsilon, momentum, relu)
 }
 
 #[allow(clippy::type_complexity)]
 fn run_as<B: Backend, T: BatchNormKernels>(
-    (x, gamma, beta): (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>),
+    (x, gamma, beta, running_mean, running_var): BatchNormInputs<B>,
     epsilon: f64,
+    momentum: f64,
     relu: bool,
-) -> Result<(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>), (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>)> {
+) -> Result<(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>), BatchNormInputs<B>> {
     if !is::<B, Autodiff<T>>() {
-        return Err((x, gamma, beta));
+        return Err((x, gamma, beta, running_mean, running_var));
     }
-    let (y, mean, var) = batch_norm_on::<T>(same_type(x), same_type(gamma), same_type(beta), epsilon, relu);
-    Ok((same_type(y), same_type(mean), same_type(var)))
+    let inner = |t: Tensor<B, 1>| same_type::<_, Tensor<Autodiff<T>, 1>>(t).inner();
+    let running = (inner(running_mean), inner(running_var));
+    let (y, mean, var) = batch_norm_on::<T>(same_type(x), same_type(gamma), same_type(beta), running, epsilon, momentum, relu);
+    let outer = |t: Tensor<T, 1>| same_type(Tensor::<Autodiff<T>, 1>::from_inner(t));
+    Ok((same_type(y), outer(mean), outer(var)))
 }
 
-/// [`batch_norm_train`] on `Autodiff<T>` for any `T` with the kernels.
+/// [`batch_norm_train`] on `Autodiff<T>` for any `T` with the kernels: the output, and the
+/// running mean and variance `running` updated with the batch's.
 #[allow(clippy::type_complexity)]
 pub fn batch_norm_on<T: BatchNormKernels>(
     x: Tensor<Autodiff<T>, 4>,
     gamma: Tensor<Autodiff<T>, 1>,
     beta: Tensor<Autodiff<T>, 1>,
+    (running_mean, running_var): (Tensor<T, 1>, Tensor<T, 1>),
     epsilon: f64,
+    momentum: f64,
     relu: bool,
-) -> (Tensor<Autodiff<T>, 4>, Tensor<Autodiff<T>, 1>, Tensor<Autodiff<T>, 1>) {
+) -> (Tensor<Autodiff<T>, 4>, Tensor<T, 1>, Tensor<T, 1>) {
     let [images, channels, h, w] = x.dims();
     let prim = |t: Tensor<Autodiff<T>, 1>| t.into_primitive().tensor();
+    let running = Running { mean: running_mean.into_primitive().tensor(), var: running_var.into_primitive().tensor(), momentum };
     let x = x.reshape([images, channels, h * w]).into_primitive().tensor();
-    let (y, mean, var) = autodiff_batch_norm::<T, NoCheckpointing>(x, prim(gamma), prim(beta), epsilon, relu);
+    let (y, running) = autodiff_batch_norm::<T, NoCheckpointing>(x, prim(gamma), prim(beta), epsilon, relu, &running);
     let y = Tensor::<Autodiff<T>, 3>::from_primitive(TensorPrimitive::Float(y)).reshape([images, channels, h, w]);
-    let stat = |s: FloatTensor<T>| Tensor::<Autodiff<T>, 1>::from_inner(Tensor::from_primitive(TensorPrimitive::Float(s)));
-    (y, stat(mean), stat(var))
+    let stat = |s: FloatTensor<T>| Tensor::<T, 1>::from_primitive(TensorPrimitive::Float(s));
+    (y, stat(running.mean), stat(running.var))
 }

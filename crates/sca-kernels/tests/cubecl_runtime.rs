@@ -404,7 +404,7 @@ fn layout_copies_match_permutes() {
 }
 
 /// Training-mode batch norm on the CubeCL kernels against the same operation on Flex
-/// (itself held to Burn's `BatchNorm` in sca-backbone's tests): output, batch statistics and
+/// (itself held to Burn's `BatchNorm` in sca-backbone's tests): output, updated running statistics and
 /// the gradients of x, γ and β; channels of fewer values than a cube has units (3 × 12) and
 /// of more (2 × 300: several per unit, across images), offset and scaled so that centring
 /// matters; with and without the ReLU inside the operation.
@@ -419,18 +419,23 @@ fn batch_norm_kernels_match_the_tensor_operations() {
         let ramp = |a: f32, s: f32| (0..c).map(|j| a + s * j as f32).collect::<Vec<f32>>();
         let (gamma, beta) = (ramp(0.5, 0.25), ramp(-0.3, 0.1));
         fn run<T: BatchNormKernels>(x: &Tensor<Flex, 4>, dy: &Tensor<Flex, 4>, gamma: &[f32], beta: &[f32], relu: bool, device: &T::Device) -> Vec<Tensor<Flex, 1>> {
+            let c = gamma.len();
+            let ramp = |a: f32, s: f32| (0..c).map(|j| a + s * j as f32).collect::<Vec<f32>>();
             type B<T> = Autodiff<T>;
             let xa = Tensor::<B<T>, 4>::from_data(x.to_data(), device).require_grad();
             let g = Tensor::<B<T>, 1>::from_floats(gamma, device).require_grad();
             let b = Tensor::<B<T>, 1>::from_floats(beta, device).require_grad();
-            let (y, mean, var) = batch_norm_on::<T>(xa.clone(), g.clone(), b.clone(), 1e-5, relu);
+            // Running statistics away from their initial 0 and 1, so both terms of the update count.
+            let running_mean = Tensor::<T, 1>::from_floats(&ramp(0.4, -0.2)[..], device);
+            let running_var = Tensor::<T, 1>::from_floats(&ramp(1.5, 0.3)[..], device);
+            let (y, mean, var) = batch_norm_on::<T>(xa.clone(), g.clone(), b.clone(), (running_mean, running_var), 1e-5, 0.1, relu);
             let grads = (y.clone() * Tensor::<B<T>, 4>::from_data(dy.to_data(), device)).sum().backward();
             let flat = |t: Tensor<T, 1>| Tensor::<Flex, 1>::from_data(t.into_data(), &Default::default());
             let n = y.shape().num_elements();
             vec![
                 flat(y.inner().reshape([n])),
-                flat(mean.inner()),
-                flat(var.inner()),
+                flat(mean),
+                flat(var),
                 flat(xa.grad(&grads).unwrap().reshape([n])),
                 flat(g.grad(&grads).unwrap()),
                 flat(b.grad(&grads).unwrap()),
@@ -441,7 +446,7 @@ fn batch_norm_kernels_match_the_tensor_operations() {
             let got = run::<W>(&x, &dy, &gamma, &beta, relu, &device);
             let zeros = want[0].clone().equal_elem(0.0).int().sum().into_scalar();
             assert_eq!(zeros > 0, relu, "{shape:?}: the ReLU clamps outputs exactly when asked");
-            for ((g, w), what) in got.iter().zip(&want).zip(["output", "mean", "variance", "x grad", "gamma grad", "beta grad"]) {
+            for ((g, w), what) in got.iter().zip(&want).zip(["output", "running mean", "running variance", "x grad", "gamma grad", "beta grad"]) {
                 let e = rel_err(g, w);
                 assert!(e < 1e-5, "{shape:?} relu={relu} {what}: off by {e}");
             }
