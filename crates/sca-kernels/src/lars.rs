@@ -1,12 +1,12 @@
-//! One LARC + momentum-SGD step of a parameter in three kernel launches.
+//! One LARC + momentum-SGD step of a parameter in two kernel launches.
 //!
 //! Written with tensor operations, the step of one parameter (`sca_optim::Lars`: two norms,
 //! the trust ratio and its masks, weight decay, momentum, the update) is about thirty
 //! kernels, most of them on one-element tensors; SwAV adapts every parameter, so a
 //! ResNet-50 step launched about 4,500 of them in the optimiser alone. [`lars_step`] runs
-//! the same arithmetic in the same order as: one kernel for both squared norms (partial
-//! sums per cube), one sum of the partials, and one element-wise kernel that derives the
-//! factors from the norms and writes the new parameter and momentum buffer.
+//! the same arithmetic in the same order in two: one kernel for both squared norms (partial
+//! sums per cube), and one element-wise kernel whose cubes each add up the partials, derive
+//! the factors from the norms and write the new parameter and momentum buffer.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
@@ -16,7 +16,6 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use crate::cube_util::grid_2d;
 use crate::{is, same_type, CudaBackend};
 
 /// The hyper-parameters of one step (see `sca_optim::Lars` for the update).
@@ -38,7 +37,7 @@ mod kernel {
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
 
-    use crate::cube_util::{cube_index, cube_sum};
+    use crate::cube_util::cube_sum;
 
     pub(super) const UNITS: usize = 256;
 
@@ -66,16 +65,18 @@ mod kernel {
         }
     }
 
-    /// The step of one element: `g' = (g + decay·p)·factor` (factors from `norms` = `[‖p‖²,
-    /// ‖g‖²]` with `lars`, else `decay = wd`, `factor = 1`), `buf' = momentum·buf + g'` (`g'`
-    /// without `had_buffer`), `p' = p − lr·buf'` (`lr·g'` without `with_momentum`).
+    /// The step of every element: `g' = (g + decay·p)·factor` (with `lars`, factors from
+    /// `‖p‖²` and `‖g‖²`, each cube adding up the `P` partial sums of each in `partial`;
+    /// else `decay = wd`, `factor = 1`), `buf' = momentum·buf + g'` (`g'` without
+    /// `had_buffer`), `p' = p − lr·buf'` (`lr·g'` without `with_momentum`). The cubes go
+    /// over the elements in grid strides.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn lars_update_kernel(
         p: &Tensor<f32>,
         g: &Tensor<f32>,
         buf: &Tensor<f32>,
-        norms: &Tensor<f32>,
+        partial: &Tensor<f32>,
         p_out: &mut Tensor<f32>,
         buf_out: &mut Tensor<f32>,
         lr: f32,
@@ -89,16 +90,22 @@ mod kernel {
         #[comptime] with_momentum: bool,
         #[comptime] had_buffer: bool,
     ) {
-        let i = cube_index() * UNITS + UNIT_POS_X as usize;
-        if i >= p.len() {
-            terminate!();
-        }
         let mut factor = 1.0f32;
         let mut decay = wd;
         if lars {
+            let parts = partial.len() / 2;
+            let mut sp = 0.0f32;
+            let mut sg = 0.0f32;
+            let mut j = UNIT_POS_X as usize;
+            while j < parts {
+                sp += partial[j];
+                sg += partial[parts + j];
+                j += UNITS;
+            }
+            let mut shared = SharedMemory::<f32>::new(UNITS);
             // As the tensor version: denom = ‖g‖ + ‖p‖·wd + eps, a = ‖p‖·trust / denom.
-            let p_norm = f32::sqrt(norms[0]);
-            let g_norm = f32::sqrt(norms[1]);
+            let p_norm = f32::sqrt(cube_sum(sp, &mut shared));
+            let g_norm = f32::sqrt(cube_sum(sg, &mut shared));
             let denom = g_norm + p_norm * wd + eps;
             let mut adaptive = p_norm * trust / denom;
             if clip {
@@ -117,22 +124,30 @@ mod kernel {
                 decay = 0.0;
             }
         }
-        let mut step = g[i];
-        if decay_on {
-            step += p[i] * decay;
-        }
-        if lars {
-            step *= factor;
-        }
-        if with_momentum {
-            if had_buffer {
-                step += buf[i] * momentum;
+        let mut i = CUBE_POS_X as usize * UNITS + UNIT_POS_X as usize;
+        while i < p.len() {
+            let mut step = g[i];
+            if decay_on {
+                step += p[i] * decay;
             }
-            buf_out[i] = step;
+            if lars {
+                step *= factor;
+            }
+            if with_momentum {
+                if had_buffer {
+                    step += buf[i] * momentum;
+                }
+                buf_out[i] = step;
+            }
+            p_out[i] = p[i] - step * lr;
+            i += CUBE_COUNT_X as usize * UNITS;
         }
-        p_out[i] = p[i] - step * lr;
     }
 }
+
+/// Cubes of the update kernel at most: enough to keep every SM of an H100/H200 busy (about
+/// eight per SM), few enough that each adding up the norms' partial sums costs nothing.
+const UPDATE_CUBES: usize = 1024;
 
 /// [`lars_step`] on f32 CubeCL tensors of the same shape.
 fn lars_step_on<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
@@ -145,8 +160,8 @@ fn lars_step_on<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     let (client, device) = (p.client.clone(), p.device.clone());
     let n = p.shape().num_elements();
     let empty = |shape: Shape| empty_device_dtype(client.clone(), device.clone(), shape, DType::F32);
-    // Both squared norms: partial sums of up to 1,024 cubes, then their sum.
-    let norms = if step.lars {
+    // Both squared norms: partial sums of up to 1,024 cubes (added up by the update kernel).
+    let partial = if step.lars {
         let cubes = n.div_ceil(kernel::UNITS * 16).clamp(1, 1024);
         let partial = empty(Shape::new([2 * cubes]));
         kernel::square_norms_kernel::launch::<R>(
@@ -157,8 +172,7 @@ fn lars_step_on<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
             g.clone().into_tensor_arg(),
             partial.clone().into_tensor_arg(),
         );
-        let partial = Tensor::<CubeBackend<R, F, I, BT>, 1>::from_primitive(TensorPrimitive::Float(partial));
-        partial.reshape([2, cubes]).sum_dim(1).reshape([2]).into_primitive().tensor()
+        partial
     } else {
         p.clone() // unread
     };
@@ -170,12 +184,12 @@ fn lars_step_on<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     if n > 0 {
         kernel::lars_update_kernel::launch::<R>(
             &client,
-            grid_2d(n.div_ceil(kernel::UNITS)),
+            CubeCount::Static(n.div_ceil(kernel::UNITS).min(UPDATE_CUBES) as u32, 1, 1),
             CubeDim::new_1d(kernel::UNITS as u32),
             p.into_tensor_arg(),
             g.into_tensor_arg(),
             buf.into_tensor_arg(),
-            norms.into_tensor_arg(),
+            partial.into_tensor_arg(),
             p_out.clone().into_tensor_arg(),
             buf_out.clone().into_tensor_arg(),
             step.lr as f32,

@@ -16,7 +16,7 @@
 //!   cubek's tiled tensor-core matmul.
 //! - [`batch_norm`]: [`batch_norm_train`], training-mode batch norm (and a ReLU after it)
 //!   as one autodiff operation of four kernel launches on the GPU.
-//! - [`lars`]: one LARC + momentum-SGD parameter step in three launches.
+//! - [`lars`]: one LARC + momentum-SGD parameter step in two launches.
 //! - [`layout`]: NCHW ↔ NHWC copies by tiles, for cubek's channels-last convolutions.
 //! - [`topk`]: [`top_k`], each row's k largest entries selected on the GPU (Burn's CubeCL
 //!   backends sort on the host).

@@ -12,7 +12,7 @@
 //! p = p − lr · buf                         # SGD's own weight decay is 0: LARC absorbed it
 //! ```
 //!
-//! On the CUDA backend each step is three kernel launches (`sca_kernels::lars`), the same
+//! On the CUDA backend each step is two kernel launches (`sca_kernels::lars`), the same
 //! arithmetic in the same order; elsewhere it is the tensor operations below.
 //!
 //! With `lars: false` the same type is plain momentum SGD in PyTorch's form
@@ -154,7 +154,7 @@ impl<B: Backend> SimpleOptimizer<B> for Lars<B> {
         let excluded = c.exclude_bias_and_bn && D == 1;
         let wd = if excluded { 0.0 } else { c.weight_decay };
 
-        // On the GPU backends: the same step in three kernel launches instead of ~30.
+        // On the GPU backends: the same step in two kernel launches instead of ~30.
         let fused = LarsStep {
             lr,
             weight_decay: wd,

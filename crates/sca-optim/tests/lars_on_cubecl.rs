@@ -1,4 +1,4 @@
-//! The fused LARS step (`sca_kernels::lars`, three kernel launches on CubeCL backends)
+//! The fused LARS step (`sca_kernels::lars`, two kernel launches on CubeCL backends)
 //! against the tensor-operation step on Flex, through `Lars::step` on both: wgpu over Mesa's
 //! software Vulkan (lavapipe), the runtime the CUDA backend shares its CubeCL code with.
 //! Skipped without Vulkan unless `SCA_REQUIRE_VULKAN` is set (CI sets it).
@@ -40,12 +40,14 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
 #[test]
 fn the_fused_step_matches_the_tensor_operations() {
     let Some(device) = sca_kernels::cubecl_test_device::<W>() else { return };
-    // A 2-D weight larger than one cube's share (several cubes of partial norms) and a 1-D one.
-    let n = 70_000;
-    let p = TensorData::new(values(n, 1, 0.2), [350, 200]);
-    let g = TensorData::new(values(n, 2, 0.01), [350, 200]);
-    let buf = TensorData::new(values(n, 3, 0.005), [350, 200]);
-    let zero = TensorData::new(vec![0.0f32; n], [350, 200]);
+    // A 2-D weight larger than one cube's share (several cubes of partial norms) and than
+    // one pass of the update kernel's cubes (each cube then steps several elements), and a
+    // 1-D one.
+    let n = 300_000;
+    let p = TensorData::new(values(n, 1, 0.2), [600, 500]);
+    let g = TensorData::new(values(n, 2, 0.01), [600, 500]);
+    let buf = TensorData::new(values(n, 3, 0.005), [600, 500]);
+    let zero = TensorData::new(vec![0.0f32; n], [600, 500]);
     let configs: Vec<(&str, LarsConfig, f64)> = vec![
         ("SwAV LARC", LarsConfig::new(), 0.6),
         ("LARC, clip", LarsConfig::new().with_clip(true).with_weight_decay(1e-4), 0.6),
