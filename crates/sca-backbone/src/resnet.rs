@@ -2,7 +2,6 @@ use burn::module::{Initializer, Module};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
@@ -82,7 +81,8 @@ impl<B: Backend> Block<B> {
             }
             _ => batch_norm_forward(&self.bn2, conv_forward(&self.conv2, out)),
         };
-        relu(out + identity)
+        // One kernel each way on the GPU (three and two as tensor operations).
+        sca_kernels::add_relu(out, identity)
     }
 }
 

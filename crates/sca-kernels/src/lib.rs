@@ -16,6 +16,7 @@
 //!   cubek's tiled tensor-core matmul.
 //! - [`batch_norm`]: [`batch_norm_train`], training-mode batch norm (and a ReLU after it)
 //!   as one autodiff operation of four kernel launches on the GPU.
+//! - [`residual`]: [`add_relu`], a residual block's `relu(a + b)` as one kernel each way.
 //! - [`lars`]: one LARC + momentum-SGD parameter step in two launches.
 //! - [`layout`]: NCHW ↔ NHWC copies by tiles, for cubek's channels-last convolutions.
 //! - [`topk`]: [`top_k`], each row's k largest entries selected on the GPU (Burn's CubeCL
@@ -43,6 +44,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 
 use conv::ConvKernels;
 use matmul::MatmulKernels;
+use residual::ResidualKernels;
 
 pub mod batch_norm;
 pub mod im2col;
@@ -53,11 +55,13 @@ pub mod as_matmul;
 pub mod lars;
 pub mod layout;
 pub mod plan;
+pub mod residual;
 pub mod topk;
 
 pub use batch_norm::batch_norm_train;
 pub use conv::gemm_conv2d;
 pub use matmul::{gemm_linear, gemm_matmul};
+pub use residual::add_relu;
 pub use topk::top_k;
 
 /// The CUDA backend the binaries run on: CubeCL without Burn's operation fusion, so that
@@ -75,6 +79,7 @@ pub type WgpuBackend = CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 pub trait ExplicitOps: Backend {
     fn gemm_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self>;
     fn gemm_mm(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn fused_add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ExplicitOps for CubeBackend<R, F, I, BT> {
@@ -83,6 +88,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ExplicitOp
     }
     fn gemm_mm(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::mm(a, b)
+    }
+    fn fused_add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as ResidualKernels>::add_relu(a, b)
     }
 }
 
@@ -93,14 +101,20 @@ impl ExplicitOps for Flex {
     fn gemm_mm(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::mm(a, b)
     }
+    fn fused_add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as ResidualKernels>::add_relu(a, b)
+    }
 }
 
-impl<B: ConvKernels + MatmulKernels, C: CheckpointStrategy> ExplicitOps for Autodiff<B, C> {
+impl<B: ConvKernels + MatmulKernels + ResidualKernels, C: CheckpointStrategy> ExplicitOps for Autodiff<B, C> {
     fn gemm_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
         conv::autodiff_conv::<B, C>(x, weight, options)
     }
     fn gemm_mm(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         matmul::autodiff_mm::<B, C>(a, b)
+    }
+    fn fused_add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        residual::autodiff_add_relu::<B, C>(a, b)
     }
 }
 

@@ -370,6 +370,48 @@ fn im2col_kernel_matches_the_tensor_operations() {
     }
 }
 
+/// `relu(a + b)` as one operation on the CubeCL kernels against Burn's `relu(a + b)` on Flex:
+/// output and both inputs' gradients, with sums exactly 0 (the ReLU passes no gradient
+/// there) and an odd size; and the forward kernel alone in f16.
+#[test]
+fn add_relu_kernels_match_relu_of_the_sum() {
+    let Some(device) = device() else { return };
+    let shape = [2, 3, 7, 5];
+    let a = random(shape, 600);
+    // Every third value of b is −a: sums of exactly 0.
+    let b = random(shape, 601);
+    let n = a.shape().num_elements();
+    let third = Tensor::<Flex, 1>::from_floats(&(0..n).map(|i| (i % 3 == 0) as i32 as f32).collect::<Vec<_>>()[..], &Default::default()).reshape(shape);
+    let b = b.clone() * (third.clone().neg() + 1.0) - a.clone() * third;
+    let dy = random(shape, 602);
+    fn run<T: Backend>(a: &Tensor<Flex, 4>, b: &Tensor<Flex, 4>, dy: &Tensor<Flex, 4>, fused: bool, device: &T::Device) -> [Tensor<Flex, 4>; 3] {
+        let on = |t: &Tensor<Flex, 4>| Tensor::<Autodiff<T>, 4>::from_data(t.to_data(), device).require_grad();
+        let (a, b) = (on(a), on(b));
+        let y = if fused { sca_kernels::add_relu(a.clone(), b.clone()) } else { burn::tensor::activation::relu(a.clone() + b.clone()) };
+        let grads = (y.clone() * Tensor::<Autodiff<T>, 4>::from_data(dy.to_data(), device)).sum().backward();
+        let flex = |t: Tensor<T, 4>| Tensor::<Flex, 4>::from_data(t.into_data(), &Default::default());
+        [flex(y.inner()), flex(a.grad(&grads).unwrap()), flex(b.grad(&grads).unwrap())]
+    }
+    let want = run::<Flex>(&a, &b, &dy, false, &Default::default());
+    let zeros = want[1].clone().equal_elem(0.0).int().sum().into_scalar();
+    assert!(zeros as usize >= n / 3, "the exact zeros pass no gradient");
+    let on_flex = run::<Flex>(&a, &b, &dy, true, &Default::default());
+    for ((g, w), part) in on_flex.iter().zip(&want).zip(["output", "a grad", "b grad"]) {
+        assert_eq!(g.to_data(), w.to_data(), "fused on Flex: {part}");
+    }
+    for (fused, what) in [(true, "fused on wgpu"), (false, "Burn's on wgpu")] {
+        let got = run::<W>(&a, &b, &dy, fused, &device);
+        for ((g, w), part) in got.iter().zip(&want).zip(["output", "a grad", "b grad"]) {
+            assert_eq!(g.to_data(), w.to_data(), "{what}: {part}");
+        }
+    }
+    let half = |t: &Tensor<Flex, 4>| Tensor::<W, 4>::from_data(t.to_data(), &device).cast(FloatDType::F16);
+    let got = sca_kernels::add_relu(half(&a), half(&b));
+    let want = burn::tensor::activation::relu(half(&a) + half(&b));
+    assert_eq!(got.dtype(), want.dtype());
+    assert_eq!(got.into_data(), want.into_data(), "f16 forward");
+}
+
 #[test]
 fn layout_copies_match_permutes() {
     use burn::tensor::TensorMetadata;

@@ -1,0 +1,189 @@
+//! The end of a residual block, `relu(a + b)`, as one operation.
+//!
+//! As tensor operations on a CubeCL backend without Burn's fusion, the sum and the ReLU are
+//! three launches forward (the addition, the `≤ 0` comparison, the masked fill) and two
+//! backward (comparison and fill again), each a full pass over the block's output; ResNet-50
+//! has sixteen such ends, the largest `[B, 256, 56, 56]`. [`add_relu`] is one kernel
+//! forward and one backward (`g` where the output is positive, else 0, handed to both
+//! inputs). On Flex it is the tensor operations, which the kernels are tested against.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
+use burn_cubecl::cubecl::prelude::CubeDim;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+use crate::cube_util::grid_2d;
+use crate::{dispatch, BinaryOp, ExplicitOps};
+
+/// The two passes of `relu(a + b)` on tensors of one shape and float type.
+pub trait ResidualKernels: Backend {
+    /// `relu(a + b)`.
+    fn add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The gradient of either input: `g` where `out > 0`, else 0.
+    fn relu_grad(out: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// The passes as tensor operations, on any backend.
+mod ops {
+    use super::*;
+
+    fn t<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 1> {
+        let n = x.shape().num_elements();
+        Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(x.clone())).reshape([n])
+    }
+
+    /// `[n]` back to `like`'s shape.
+    fn shaped<B: Backend>(x: Tensor<B, 1>, like: &FloatTensor<B>) -> FloatTensor<B> {
+        let x: FloatTensor<B> = x.into_primitive().tensor();
+        B::float_reshape(x, like.shape())
+    }
+
+    pub(super) fn add_relu<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTensor<B> {
+        shaped(relu(t::<B>(a.clone()) + t::<B>(b)), &a)
+    }
+
+    pub(super) fn relu_grad<B: Backend>(out: FloatTensor<B>, g: FloatTensor<B>) -> FloatTensor<B> {
+        shaped(t::<B>(g.clone()).mask_fill(t::<B>(out).lower_equal_elem(0.0), 0.0), &g)
+    }
+}
+
+impl ResidualKernels for Flex {
+    fn add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        ops::add_relu::<Self>(a, b)
+    }
+    fn relu_grad(out: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        ops::relu_grad::<Self>(out, g)
+    }
+}
+
+/// The CubeCL kernels (their own module: CubeCL's `Tensor` is not Burn's), one unit per
+/// element over a 2-D grid of cubes.
+mod kernel {
+    use burn_cubecl::cubecl;
+    use burn_cubecl::cubecl::prelude::*;
+
+    use crate::cube_util::cube_index;
+
+    pub(super) const UNITS: usize = 256;
+
+    /// `out = max(a + b, 0)`.
+    #[cube(launch)]
+    pub(super) fn add_relu_kernel<F: Numeric>(a: &Tensor<F>, b: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype: StorageType) {
+        let i = cube_index() * UNITS + UNIT_POS_X as usize;
+        if i >= out.len() {
+            terminate!();
+        }
+        let s = a[i] + b[i];
+        let zero = F::from_int(0);
+        out[i] = select(s > zero, s, zero);
+    }
+
+    /// `dx = g` where `out > 0`, else 0.
+    #[cube(launch)]
+    pub(super) fn relu_grad_kernel<F: Numeric>(out: &Tensor<F>, g: &Tensor<F>, dx: &mut Tensor<F>, #[define(F)] _dtype: StorageType) {
+        let i = cube_index() * UNITS + UNIT_POS_X as usize;
+        if i >= dx.len() {
+            terminate!();
+        }
+        let zero = F::from_int(0);
+        dx[i] = select(out[i] > zero, g[i], zero);
+    }
+}
+
+/// Two contiguous operands' `kernel` into a new tensor of their shape.
+fn elementwise<R: CubeRuntime>(
+    a: CubeTensor<R>,
+    b: CubeTensor<R>,
+    launch: impl FnOnce(&CubeTensor<R>, CubeTensor<R>, CubeTensor<R>, CubeTensor<R>),
+) -> CubeTensor<R> {
+    let (a, b) = (into_contiguous(a), into_contiguous(b));
+    let out = empty_device_dtype(a.client.clone(), a.device.clone(), a.shape(), a.dtype);
+    if out.shape().num_elements() > 0 {
+        launch(&out.clone(), a, b, out.clone());
+    }
+    out
+}
+
+fn cubes<R: CubeRuntime>(t: &CubeTensor<R>) -> burn_cubecl::cubecl::prelude::CubeCount {
+    grid_2d(t.shape().num_elements().div_ceil(kernel::UNITS))
+}
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ResidualKernels for CubeBackend<R, F, I, BT> {
+    fn add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        if a.shape() != b.shape() || a.dtype != b.dtype {
+            return ops::add_relu::<Self>(a, b);
+        }
+        elementwise(a, b, |like, a, b, out| {
+            let dtype = a.dtype;
+            kernel::add_relu_kernel::launch::<R>(&a.client.clone(), cubes(like), CubeDim::new_1d(kernel::UNITS as u32), a.into_tensor_arg(), b.into_tensor_arg(), out.into_tensor_arg(), dtype.into());
+        })
+    }
+
+    fn relu_grad(out: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        if out.shape() != g.shape() || out.dtype != g.dtype {
+            return ops::relu_grad::<Self>(out, g);
+        }
+        elementwise(out, g, |like, out, g, dx| {
+            let dtype = g.dtype;
+            kernel::relu_grad_kernel::launch::<R>(&g.client.clone(), cubes(like), CubeDim::new_1d(kernel::UNITS as u32), out.into_tensor_arg(), g.into_tensor_arg(), dx.into_tensor_arg(), dtype.into());
+        })
+    }
+}
+
+/// `relu(a + b)` as one autodiff operation whose passes run on `B`'s [`ResidualKernels`].
+pub(crate) fn autodiff_add_relu<B: ResidualKernels, C: CheckpointStrategy>(a: FloatTensor<Autodiff<B, C>>, b: FloatTensor<Autodiff<B, C>>) -> FloatTensor<Autodiff<B, C>> {
+    #[derive(Debug)]
+    struct AddReluBackward;
+
+    impl<B: ResidualKernels> Backward<B, 2> for AddReluBackward {
+        /// The output: its sign is the ReLU's mask.
+        type State = FloatTensor<B>;
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node_a, node_b] = ops.parents;
+            let g = B::relu_grad(ops.state, grads.consume::<B>(&ops.node));
+            if let Some(node) = node_a {
+                grads.register::<B>(node.id, g.clone());
+            }
+            if let Some(node) = node_b {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+
+    let out = B::add_relu(a.primitive, b.primitive);
+    match AddReluBackward.prepare::<C>([a.node, b.node]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(out.clone(), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// `relu(a + b)` for operands of one shape, as one kernel each way on the binaries'
+/// backends ([`crate::runs_explicitly`]); Burn's operations otherwise.
+pub fn add_relu<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    if a.dims() != b.dims() {
+        return relu(a + b);
+    }
+    dispatch(a, b, &AddRelu)
+}
+
+struct AddRelu;
+
+impl<const D: usize> BinaryOp<D> for AddRelu {
+    fn explicit<T: ExplicitOps>(&self, a: FloatTensor<T>, b: FloatTensor<T>) -> FloatTensor<T> {
+        T::fused_add_relu(a, b)
+    }
+    fn fallback<B: Backend>(&self, a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+        relu(a + b)
+    }
+}
