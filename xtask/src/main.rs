@@ -29,7 +29,7 @@ enum Task {
     Pipeline(pipeline::Args),
     /// SwAV / SimSiam with and without the add-on, same budget and seeds; table to docs/RESULTS.md.
     Ablation(ablation::Args),
-    /// Benchmarks (`bench data`, `bench pretrain`, `bench kmeans`, `bench addon`, `bench gpu`, `bench convs`, `bench distributed`).
+    /// Benchmarks (`bench data`, `bench pretrain`, `bench kmeans`, `bench addon`, `bench gpu`, `bench convs`, `bench distributed`, `bench launches`).
     Bench(sca::StageArgs),
 }
 

@@ -33,8 +33,14 @@ pub fn stage(sh: &Shell, stage: &str, a: StageArgs) -> anyhow::Result<()> {
 
 /// `bench data ...` is `sca data bench ...`; every other benchmark is `sca bench <what> ...`.
 pub fn bench(sh: &Shell, a: StageArgs) -> anyhow::Result<()> {
-    let sca = build(sh)?;
     let mut args = a.args;
+    if args.first().map(String::as_str) == Some("launches") {
+        // Kernel launches per training step, counted on wgpu (Mesa's lavapipe will do).
+        args.remove(0);
+        cmd!(sh, "cargo run --release -p sca-train --example launch_count -- {args...}").run()?;
+        return Ok(());
+    }
+    let sca = build(sh)?;
     if args.first().map(String::as_str) == Some("data") {
         args.remove(0);
         cmd!(sh, "{sca} data bench {args...}").run()?;
