@@ -6,7 +6,8 @@
 //! data gradient handles stride 1 only (burn-cubecl sends strided ones to a transposed
 //! convolution, autotuned, whose col2im path autotunes a matmul too); [`strided_data_grad`]
 //! turns a strided data gradient into a stride-1 one by spreading the output gradient with
-//! zeros, at the price of s² more multiply-adds in the few strided layers. A kernel that
+//! zeros, at the price of s² more multiply-adds in the few strided layers (but for 1 × 1
+//! ones, whose gradient is spread after the product instead). A kernel that
 //! refuses a shape (a `ConvSetupError`) gives way to the default kernel, and that to the
 //! direct kernel (forward) or Burn's own choice (gradients), reported once.
 
@@ -107,7 +108,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ConvKernel
                 .unwrap_or_else(|| <Self as ModuleOps<Self>>::conv2d_x_backward(x, weight, grad, options))
         };
         if options.stride != [1, 1] && options.groups == 1 {
-            return strided_data_grad::<Self, _>(x, weight, grad, options, stride1);
+            let stride1 = |x, weight, grad, options| Ok::<_, std::convert::Infallible>(stride1(x, weight, grad, options));
+            let Ok(dx) = strided_data_grad::<Self, _>(x, weight, grad, options, stride1);
+            return dx;
         }
         stride1(x, weight, grad, options)
     }
@@ -242,14 +245,26 @@ fn launch_nchw<R: CubeRuntime>(
 /// `j = o·s`: the stride-1 convolution's relation, whose output has `H + 2p − d(k−1)` rows;
 /// the spread gradient is cut or zero-extended to that size (its rows past `(H'−1)·s` are
 /// zeros either way).
-pub fn strided_data_grad<B: Backend, T>(
+///
+/// A 1 × 1 unpadded convolution (a ResNet downsample) needs none of the spread's zero
+/// products: `x[i·s]` feeds `y[i]` alone, so `dx` is the stride-1 data gradient at the
+/// output's size (`Wᵀ·dy`), spread with zeros to the input's: s² fewer multiply-adds.
+pub fn strided_data_grad<B: Backend, E>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     grad: FloatTensor<B>,
     options: ConvOptions<2>,
-    stride1: impl Fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, ConvOptions<2>) -> T,
-) -> T {
+    stride1: impl Fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, ConvOptions<2>) -> Result<FloatTensor<B>, E>,
+) -> Result<FloatTensor<B>, E> {
     let (xs, ws) = (x.shape(), weight.shape());
+    if ws[2] == 1 && ws[3] == 1 && options.padding == [0, 0] {
+        let gs = grad.shape();
+        // Only its shape is read: the stride-1 problem's input, `[N, C, H', W']`.
+        let small_x = B::float_empty(Shape::new([xs[0], xs[1], gs[2], gs[3]]), &B::float_device(&x), x.dtype().into());
+        let stride_1 = ConvOptions::new([1, 1], [0, 0], options.dilation, options.groups);
+        let dx = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(stride1(small_x, weight, grad, stride_1)?));
+        return Ok(spread_with_zeros(dx, options.stride, [xs[2], xs[3]]).into_primitive().tensor());
+    }
     let size = |i: usize| xs[2 + i] + 2 * options.padding[i] - options.dilation[i] * (ws[2 + i] - 1);
     let grad = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(grad));
     let spread = spread_with_zeros(grad, options.stride, [size(0), size(1)]);
@@ -388,7 +403,7 @@ pub fn conv_pass_on<B: Backend>(kernel: &str, pass: Pass, x: Tensor<B, 4>, weigh
         let y = match pass {
             Pass::Forward => forward_on(k, x, weight, &options),
             Pass::Data if options.stride != [1, 1] => {
-                strided_data_grad::<crate::CudaBackend, _>(x, weight, grad, options, |_, w, g, o| data_on(k, g, w, xs.clone(), &o))
+                strided_data_grad::<crate::CudaBackend, _>(x, weight, grad, options, |x, w, g, o| data_on(k, g, w, x.shape(), &o))
             }
             Pass::Data => data_on(k, grad, weight, xs, &options),
             Pass::Weight => weight_on(k, x, grad, ws, &options),
