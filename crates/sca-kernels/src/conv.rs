@@ -6,8 +6,8 @@
 //! data gradient handles stride 1 only (burn-cubecl sends strided ones to a transposed
 //! convolution, autotuned, whose col2im path autotunes a matmul too); [`strided_data_grad`]
 //! turns a strided data gradient into a stride-1 one by spreading the output gradient with
-//! zeros, at the price of s² more multiply-adds in the few strided layers (but for 1 × 1
-//! ones, whose gradient is spread after the product instead). A kernel that
+//! zeros, or, for undilated convolutions (ResNet's), as one stride-1 data gradient per
+//! phase of the input positions, interleaved (no more multiply-adds than forward). A kernel that
 //! refuses a shape (a `ConvSetupError`) gives way to the default kernel, and that to the
 //! direct kernel (forward) or Burn's own choice (gradients), reported once.
 
@@ -19,7 +19,7 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
-use burn::tensor::{DType, FloatDType, Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, Shape, Slice, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::ops::{permute_nchw_to_nhwc_shape, permute_nhwc_to_nchw};
@@ -238,17 +238,19 @@ fn launch_nchw<R: CubeRuntime>(
     Ok(to_channels_first(out))
 }
 
-/// The data gradient of a strided convolution as that of a stride-1 one (`stride1`).
+/// The data gradient of a strided convolution from stride-1 ones (`stride1`).
 ///
-/// With stride s, `x[i]` feeds `y[o]` through tap t when `o·s + t·d − p = i`. Spreading the
-/// output gradient to `g[o·s] = dy[o]` (zeros between) makes that `j + t·d − p = i` with
-/// `j = o·s`: the stride-1 convolution's relation, whose output has `H + 2p − d(k−1)` rows;
-/// the spread gradient is cut or zero-extended to that size (its rows past `(H'−1)·s` are
-/// zeros either way).
+/// With stride s, `x[i]` feeds `y[o]` through tap t when `o·s + t·d − p = i`. Undilated
+/// convolutions (ResNet's) split by the input's phase `i mod s` ([`Phase`]): the inputs of
+/// one phase are fed by one tap in s, so each phase's gradient is a stride-1 data gradient
+/// with those taps as its kernel, at `1/s²` of the input's size; the phases are then
+/// interleaved. That does the forward pass's multiply-adds, where the general form below does
+/// s² times as many.
 ///
-/// A 1 × 1 unpadded convolution (a ResNet downsample) needs none of the spread's zero
-/// products: `x[i·s]` feeds `y[i]` alone, so `dx` is the stride-1 data gradient at the
-/// output's size (`Wᵀ·dy`), spread with zeros to the input's: s² fewer multiply-adds.
+/// General form: spreading the output gradient to `g[o·s] = dy[o]` (zeros between) makes the
+/// relation `j + t·d − p = i` with `j = o·s`: the stride-1 convolution's, whose output has
+/// `H + 2p − d(k−1)` rows; the spread gradient is cut or zero-extended to that size (its
+/// rows past `(H'−1)·s` are zeros either way).
 pub fn strided_data_grad<B: Backend, E>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
@@ -257,19 +259,85 @@ pub fn strided_data_grad<B: Backend, E>(
     stride1: impl Fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, ConvOptions<2>) -> Result<FloatTensor<B>, E>,
 ) -> Result<FloatTensor<B>, E> {
     let (xs, ws) = (x.shape(), weight.shape());
-    if ws[2] == 1 && ws[3] == 1 && options.padding == [0, 0] {
-        let gs = grad.shape();
-        // Only its shape is read: the stride-1 problem's input, `[N, C, H', W']`.
-        let small_x = B::float_empty(Shape::new([xs[0], xs[1], gs[2], gs[3]]), &B::float_device(&x), x.dtype().into());
-        let stride_1 = ConvOptions::new([1, 1], [0, 0], options.dilation, options.groups);
-        let dx = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(stride1(small_x, weight, grad, stride_1)?));
-        return Ok(spread_with_zeros(dx, options.stride, [xs[2], xs[3]]).into_primitive().tensor());
+    if let Some(phases) = Phase::all(&xs, &ws, &options) {
+        return phased_data_grad::<B, E>(&x, weight, grad, &options, &phases, stride1);
     }
     let size = |i: usize| xs[2 + i] + 2 * options.padding[i] - options.dilation[i] * (ws[2 + i] - 1);
     let grad = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(grad));
     let spread = spread_with_zeros(grad, options.stride, [size(0), size(1)]);
     let options = ConvOptions::new([1, 1], options.padding, options.dilation, options.groups);
     stride1(x, weight, spread.into_primitive().tensor(), options)
+}
+
+/// One phase `r` of one spatial dimension of a strided convolution's data gradient: the
+/// inputs `i = s·m + r`. They are fed by the taps `t = first + s·u` (`u < taps`), from
+/// `dy[m + pad − u]`, so their gradient is the stride-1 data gradient of the kernel of those
+/// taps with padding `pad`, over `len` inputs (from `len + pad` rows of `dy`, cut or
+/// zero-extended to that).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Phase {
+    pub first: usize,
+    pub taps: usize,
+    pub pad: usize,
+    pub len: usize,
+}
+
+impl Phase {
+    /// Phase `r` of a dimension of `n` inputs, kernel `k`, stride `s`, padding `p`
+    /// (dilation 1).
+    pub fn new(n: usize, k: usize, s: usize, p: usize, r: usize) -> Phase {
+        let first = (r + p) % s;
+        Phase { first, taps: if first < k { (k - first).div_ceil(s) } else { 0 }, pad: (r + p - first) / s, len: n.saturating_sub(r).div_ceil(s) }
+    }
+
+    /// Each dimension's phases, when every one fits the stride-1 relation (padding one less
+    /// than its taps: ResNet's strided 3 × 3 and 1 × 1 convolutions) or has no taps, and
+    /// every one has inputs; `None` otherwise (dilation, the 7 × 7 stem, tiny inputs).
+    pub fn all(x: &Shape, weight: &Shape, o: &ConvOptions<2>) -> Option<[Vec<Phase>; 2]> {
+        if o.dilation != [1, 1] || o.groups != 1 {
+            return None;
+        }
+        let dim = |i: usize| -> Option<Vec<Phase>> {
+            let phases: Vec<Phase> = (0..o.stride[i]).map(|r| Phase::new(x[2 + i], weight[2 + i], o.stride[i], o.padding[i], r)).collect();
+            phases.iter().all(|ph| ph.len > 0 && (ph.taps == 0 || ph.taps == ph.pad + 1)).then_some(phases)
+        };
+        Some([dim(0)?, dim(1)?])
+    }
+}
+
+/// [`strided_data_grad`] by phases: one stride-1 data gradient per pair of row and column
+/// phases that has taps, written into every s-th row and column of the gradient from the
+/// phase's own; zeros for the others.
+fn phased_data_grad<B: Backend, E>(
+    x: &FloatTensor<B>,
+    weight: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    options: &ConvOptions<2>,
+    [rows, cols]: &[Vec<Phase>; 2],
+    stride1: impl Fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, ConvOptions<2>) -> Result<FloatTensor<B>, E>,
+) -> Result<FloatTensor<B>, E> {
+    let xs = x.shape();
+    let (n, c) = (xs[0], xs[1]);
+    let (dtype, device) = (FloatDType::from(x.dtype()), B::float_device(x));
+    let t4 = |t: FloatTensor<B>| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
+    let (weight, grad) = (t4(weight), t4(grad));
+    let [sh, sw] = options.stride;
+    let all = Slice::new(0, None, 1);
+    let every = |start: usize, step: usize| Slice::new(start as isize, None, step as isize);
+    // Phases without taps get no gradient: they stay zero.
+    let mut dx = t4(B::float_zeros(xs.clone(), &device, dtype));
+    for (r, ph) in rows.iter().enumerate().filter(|(_, p)| p.taps > 0) {
+        for (q, pw) in cols.iter().enumerate().filter(|(_, p)| p.taps > 0) {
+            let w = weight.clone().slice([all, all, every(ph.first, sh), every(pw.first, sw)]);
+            let dy = fit(fit(grad.clone(), 2, ph.len + ph.pad), 3, pw.len + pw.pad);
+            // Only its shape is read: the stride-1 problem's input.
+            let x = B::float_empty(Shape::new([n, c, ph.len, pw.len]), &device, dtype);
+            let o = ConvOptions::new([1, 1], [ph.pad, pw.pad], [1, 1], 1);
+            let phase = t4(stride1(x, w.into_primitive().tensor(), dy.into_primitive().tensor(), o)?);
+            dx = dx.slice_assign([all, all, every(r, sh), every(q, sw)], phase);
+        }
+    }
+    Ok(dx.into_primitive().tensor())
 }
 
 /// `[B, C, H, W]` → `[B, C, size]` with `out[.., h·sh, w·sw] = t[.., h, w]` and zeros elsewhere.
