@@ -5,10 +5,12 @@
 //! node's gradient its own kernels), plus a dozen on per-channel vectors, and without Burn's
 //! operation fusion each is a launch and each full-size one reads and writes the whole
 //! tensor: ResNet-50 has 53 of these layers. [`batch_norm_train`] computes the same function
-//! in four launches: forward, the per-channel mean and variance (one cube per channel, which
-//! also updates the running statistics: six more launches otherwise) and the
-//! normalisation; backward, the two per-channel gradient sums (one cube per channel) and
-//! the input gradient. The per-channel factors are derived inside the kernels:
+//! in four passes: forward, the per-channel mean and variance (which also update the running
+//! statistics: six more launches otherwise) and the normalisation; backward, the two
+//! per-channel gradient sums and the input gradient. The per-channel sums run on about a
+//! thousand cubes in all: a channel with many values is split over several cubes, whose
+//! parts a small kernel merges (one more launch each way), so that at 64 channels every SM
+//! reads. The per-channel factors are derived inside the kernels:
 //!
 //! `y = a·x + β − a·μ` with `a = γ/σ`; `dγ = Σ(g·(x−μ))/σ`, `dβ = Σg`;
 //! `dx = a·g + b·x + d` with `b = −a·dγ/(σ·N)`, `d = −a·dβ/N − b·μ`
@@ -166,8 +168,9 @@ impl BatchNormKernels for Flex {
 }
 
 /// The CubeCL kernels (their own module: CubeCL's `Tensor` is not Burn's). Per-channel
-/// kernels run one cube per channel over the channel's `B·L` values of a contiguous
-/// `[B, C, L]` tensor; element-wise ones one unit per element over a 2-D grid of cubes.
+/// sums run a row of cubes per channel over parts of the channel's `B·L` values of a
+/// contiguous `[B, C, L]` tensor; element-wise ones and the merges one unit per element
+/// (channel) over a 2-D grid of cubes.
 mod kernel {
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
@@ -197,14 +200,18 @@ mod kernel {
         g
     }
 
-    /// Cube `c`: the mean and biased variance of channel `c` (two passes over its values),
-    /// and the running statistics updated with them (`keep·running + momentum·batch`).
+    /// Cube `(c, k)` of `splits` per channel: the count, mean and sum of squared deviations
+    /// of part `k` of channel `c`'s values (two passes over them), in `partial[0..3]` at
+    /// `c·splits + k`. With one split it writes the mean, biased variance and updated running
+    /// statistics (`keep·running + momentum·batch`) itself; else [`merge_moments_kernel`]
+    /// does, from the parts.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn moments_kernel(
         x: &Tensor<f32>,
         running_mean: &Tensor<f32>,
         running_var: &Tensor<f32>,
+        partial: &mut Tensor<f32>,
         mean: &mut Tensor<f32>,
         var: &mut Tensor<f32>,
         new_running_mean: &mut Tensor<f32>,
@@ -214,33 +221,95 @@ mod kernel {
         channels: u32,
         per_channel: u32,
         len: u32,
+        #[comptime] split: bool,
     ) {
         let c = CUBE_POS_X as usize;
+        let splits = CUBE_COUNT_Y as usize;
         let channels = channels as usize;
-        let count = per_channel as usize;
         let len = len as usize;
+        let chunk = (per_channel as usize + splits - 1) / splits;
+        let start = CUBE_POS_Y as usize * chunk;
+        let mut end = start + chunk;
+        if end > per_channel as usize {
+            end = per_channel as usize;
+        }
         let mut shared = SharedMemory::<f32>::new(UNITS);
         let mut s = 0.0f32;
-        let mut e = UNIT_POS_X as usize;
-        while e < count {
+        let mut e = start + UNIT_POS_X as usize;
+        while e < end {
             s += x[at(e, c, channels, len)];
             e += UNITS;
         }
-        let m = cube_sum(s, &mut shared) / f32::cast_from(per_channel);
+        let n = f32::cast_from(end - start);
+        let m = cube_sum(s, &mut shared) / n;
         let mut q = 0.0f32;
-        let mut e = UNIT_POS_X as usize;
-        while e < count {
+        let mut e = start + UNIT_POS_X as usize;
+        while e < end {
             let d = x[at(e, c, channels, len)] - m;
             q += d * d;
             e += UNITS;
         }
-        let v = cube_sum(q, &mut shared) / f32::cast_from(per_channel);
+        let m2 = cube_sum(q, &mut shared);
         if UNIT_POS_X == 0 {
-            mean[c] = m;
-            var[c] = v;
-            new_running_mean[c] = running_mean[c] * keep + m * momentum;
-            new_running_var[c] = running_var[c] * keep + v * momentum;
+            if split {
+                let slot = c * splits + CUBE_POS_Y as usize;
+                let parts = channels * splits;
+                partial[slot] = n;
+                partial[parts + slot] = m;
+                partial[2 * parts + slot] = m2;
+            } else {
+                let v = m2 / n;
+                mean[c] = m;
+                var[c] = v;
+                new_running_mean[c] = running_mean[c] * keep + m * momentum;
+                new_running_var[c] = running_var[c] * keep + v * momentum;
+            }
         }
+    }
+
+    /// Unit `c`: channel `c`'s mean and biased variance from its `splits` parts (Chan's
+    /// pairwise update, in order), and the running statistics updated with them.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn merge_moments_kernel(
+        partial: &Tensor<f32>,
+        running_mean: &Tensor<f32>,
+        running_var: &Tensor<f32>,
+        mean: &mut Tensor<f32>,
+        var: &mut Tensor<f32>,
+        new_running_mean: &mut Tensor<f32>,
+        new_running_var: &mut Tensor<f32>,
+        keep: f32,
+        momentum: f32,
+        splits: u32,
+    ) {
+        let c = cube_index() * UNITS + UNIT_POS_X as usize;
+        if c >= mean.len() {
+            terminate!();
+        }
+        let splits = splits as usize;
+        let parts = mean.len() * splits;
+        let mut n = 0.0f32;
+        let mut m = 0.0f32;
+        let mut m2 = 0.0f32;
+        let mut k = 0usize;
+        while k < splits {
+            let slot = c * splits + k;
+            let nb = partial[slot];
+            if nb > 0.0 {
+                let total = n + nb;
+                let delta = partial[parts + slot] - m;
+                m += delta * (nb / total);
+                m2 += partial[2 * parts + slot] + delta * delta * (n * nb / total);
+                n = total;
+            }
+            k += 1;
+        }
+        let v = m2 / n;
+        mean[c] = m;
+        var[c] = v;
+        new_running_mean[c] = running_mean[c] * keep + m * momentum;
+        new_running_var[c] = running_var[c] * keep + v * momentum;
     }
 
     /// `out = (x − μ)·γ/σ + β` (with `relu`, at least 0).
@@ -273,7 +342,10 @@ mod kernel {
         out[i] = y;
     }
 
-    /// Cube `c`: `dγ[c] = Σ g·(x − μ)/σ` and `dβ[c] = Σ g` over channel `c`.
+    /// Cube `(c, k)` of `splits` per channel: `Σ g` and `Σ g·(x − μ)` over part `k` of
+    /// channel `c`'s values, in `partial[0..2]` at `c·splits + k`. With one split it writes
+    /// `dβ[c] = Σ g` and `dγ[c] = Σ g·(x − μ)/σ` itself; else [`merge_affine_grads_kernel`]
+    /// does, from the parts.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn affine_grads_kernel(
@@ -282,6 +354,7 @@ mod kernel {
         relu_out: &Tensor<f32>,
         mean: &Tensor<f32>,
         var: &Tensor<f32>,
+        partial: &mut Tensor<f32>,
         d_gamma: &mut Tensor<f32>,
         d_beta: &mut Tensor<f32>,
         epsilon: f32,
@@ -289,16 +362,23 @@ mod kernel {
         per_channel: u32,
         len: u32,
         #[comptime] masked: bool,
+        #[comptime] split: bool,
     ) {
         let c = CUBE_POS_X as usize;
+        let splits = CUBE_COUNT_Y as usize;
         let channels = channels as usize;
-        let count = per_channel as usize;
         let len = len as usize;
+        let chunk = (per_channel as usize + splits - 1) / splits;
+        let start = CUBE_POS_Y as usize * chunk;
+        let mut end = start + chunk;
+        if end > per_channel as usize {
+            end = per_channel as usize;
+        }
         let m = mean[c];
         let mut sg = 0.0f32;
         let mut sgx = 0.0f32;
-        let mut e = UNIT_POS_X as usize;
-        while e < count {
+        let mut e = start + UNIT_POS_X as usize;
+        while e < end {
             let i = at(e, c, channels, len);
             let g = grad_at(dy, relu_out, i, masked);
             sg += g;
@@ -309,9 +389,36 @@ mod kernel {
         let total_g = cube_sum(sg, &mut shared);
         let total_gx = cube_sum(sgx, &mut shared);
         if UNIT_POS_X == 0 {
-            d_gamma[c] = total_gx * (1.0 / f32::sqrt(var[c] + epsilon));
-            d_beta[c] = total_g;
+            if split {
+                let slot = c * splits + CUBE_POS_Y as usize;
+                partial[slot] = total_g;
+                partial[channels * splits + slot] = total_gx;
+            } else {
+                d_gamma[c] = total_gx * (1.0 / f32::sqrt(var[c] + epsilon));
+                d_beta[c] = total_g;
+            }
         }
+    }
+
+    /// Unit `c`: `dβ[c]` and `dγ[c]` from channel `c`'s `splits` parts, added in order.
+    #[cube(launch)]
+    pub(super) fn merge_affine_grads_kernel(partial: &Tensor<f32>, var: &Tensor<f32>, d_gamma: &mut Tensor<f32>, d_beta: &mut Tensor<f32>, epsilon: f32, splits: u32) {
+        let c = cube_index() * UNITS + UNIT_POS_X as usize;
+        if c >= d_beta.len() {
+            terminate!();
+        }
+        let splits = splits as usize;
+        let parts = d_beta.len() * splits;
+        let mut g = 0.0f32;
+        let mut gx = 0.0f32;
+        let mut k = 0usize;
+        while k < splits {
+            g += partial[c * splits + k];
+            gx += partial[parts + c * splits + k];
+            k += 1;
+        }
+        d_gamma[c] = gx * (1.0 / f32::sqrt(var[c] + epsilon));
+        d_beta[c] = g;
     }
 
     /// `out = a·g + b·x + d` with `a = γ/σ`, `b = −a·dγ/(σ·N)`, `d = −a·dβ/N − b·μ`.
@@ -360,6 +467,19 @@ fn elementwise_cubes(n: usize) -> CubeCount {
     grid_2d(n.div_ceil(kernel::UNITS).max(1))
 }
 
+/// Cubes per channel for the per-channel sums: one cube per channel leaves most SMs idle
+/// at ResNet's 64 channels and reads a 1.6M-value channel (the stem's, at batch 128) with
+/// 256 units; about [`SUM_CUBES`] cubes in all, each over at least [`MIN_PART`] values.
+fn splits(channels: usize, per_channel: usize) -> usize {
+    (SUM_CUBES / channels.max(1)).clamp(1, per_channel.div_ceil(MIN_PART).max(1))
+}
+
+/// Cubes the per-channel sums aim at: several per SM of an H100/H200 (132).
+const SUM_CUBES: usize = 1024;
+
+/// The fewest values a cube sums over when a channel is split (16 per unit).
+const MIN_PART: usize = 16 * kernel::UNITS;
+
 fn per_channel<R: CubeRuntime>(like: &CubeTensor<R>, channels: usize) -> CubeTensor<R> {
     empty_device_dtype(like.client.clone(), like.device.clone(), Shape::new([channels]), DType::F32)
 }
@@ -371,24 +491,48 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         }
         let x = into_contiguous(x);
         let [images, channels, len] = dims(&x);
+        let splits = splits(channels, images * len);
         let [mean, var, new_mean, new_var] = std::array::from_fn(|_| per_channel(&x, channels));
+        let partial = per_channel(&x, if splits > 1 { 3 * channels * splits } else { 1 });
+        let (running_mean, running_var) = (into_contiguous(running.mean.clone()), into_contiguous(running.var.clone()));
+        let (keep, momentum) = ((1.0 - running.momentum) as f32, running.momentum as f32);
+        let client = x.client.clone();
         kernel::moments_kernel::launch::<R>(
-            &x.client.clone(),
-            CubeCount::Static(channels as u32, 1, 1),
+            &client,
+            CubeCount::Static(channels as u32, splits as u32, 1),
             CubeDim::new_1d(kernel::UNITS as u32),
             x.into_tensor_arg(),
-            into_contiguous(running.mean.clone()).into_tensor_arg(),
-            into_contiguous(running.var.clone()).into_tensor_arg(),
+            running_mean.clone().into_tensor_arg(),
+            running_var.clone().into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
             mean.clone().into_tensor_arg(),
             var.clone().into_tensor_arg(),
             new_mean.clone().into_tensor_arg(),
             new_var.clone().into_tensor_arg(),
-            (1.0 - running.momentum) as f32,
-            running.momentum as f32,
+            keep,
+            momentum,
             channels as u32,
             (images * len) as u32,
             len as u32,
+            splits > 1,
         );
+        if splits > 1 {
+            kernel::merge_moments_kernel::launch::<R>(
+                &client,
+                elementwise_cubes(channels),
+                CubeDim::new_1d(kernel::UNITS as u32),
+                partial.into_tensor_arg(),
+                running_mean.into_tensor_arg(),
+                running_var.into_tensor_arg(),
+                mean.clone().into_tensor_arg(),
+                var.clone().into_tensor_arg(),
+                new_mean.clone().into_tensor_arg(),
+                new_var.clone().into_tensor_arg(),
+                keep,
+                momentum,
+                splits as u32,
+            );
+        }
         (mean, var, Running { mean: new_mean, var: new_var, momentum: running.momentum })
     }
 
@@ -426,15 +570,20 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         let masked = relu_out.is_some();
         let relu_out = relu_out.map(into_contiguous).unwrap_or_else(|| x.clone());
         let (d_gamma, d_beta) = (per_channel(&x, channels), per_channel(&x, channels));
+        let splits = splits(channels, images * len);
+        let partial = per_channel(&x, if splits > 1 { 2 * channels * splits } else { 1 });
+        let var = into_contiguous(s.var.clone());
+        let client = x.client.clone();
         kernel::affine_grads_kernel::launch::<R>(
-            &x.client.clone(),
-            CubeCount::Static(channels as u32, 1, 1),
+            &client,
+            CubeCount::Static(channels as u32, splits as u32, 1),
             CubeDim::new_1d(kernel::UNITS as u32),
             x.into_tensor_arg(),
             dy.into_tensor_arg(),
             relu_out.into_tensor_arg(),
             into_contiguous(s.mean.clone()).into_tensor_arg(),
-            into_contiguous(s.var.clone()).into_tensor_arg(),
+            var.clone().into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
             d_gamma.clone().into_tensor_arg(),
             d_beta.clone().into_tensor_arg(),
             s.epsilon,
@@ -442,7 +591,21 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
             (images * len) as u32,
             len as u32,
             masked,
+            splits > 1,
         );
+        if splits > 1 {
+            kernel::merge_affine_grads_kernel::launch::<R>(
+                &client,
+                elementwise_cubes(channels),
+                CubeDim::new_1d(kernel::UNITS as u32),
+                partial.into_tensor_arg(),
+                var.into_tensor_arg(),
+                d_gamma.clone().into_tensor_arg(),
+                d_beta.clone().into_tensor_arg(),
+                s.epsilon,
+                splits as u32,
+            );
+        }
         (d_gamma, d_beta)
     }
 

@@ -447,14 +447,15 @@ fn layout_copies_match_permutes() {
 
 /// Training-mode batch norm on the CubeCL kernels against the same operation on Flex
 /// (itself held to Burn's `BatchNorm` in sca-backbone's tests): output, updated running statistics and
-/// the gradients of x, γ and β; channels of fewer values than a cube has units (3 × 12) and
-/// of more (2 × 300: several per unit, across images), offset and scaled so that centring
-/// matters; with and without the ReLU inside the operation.
+/// the gradients of x, γ and β; channels of fewer values than a cube has units (3 × 12), of
+/// more (2 × 300: several per unit, across images), and of enough to be split over cubes
+/// (5 × 1,763: three unequal parts, merged), offset and scaled so that centring matters;
+/// with and without the ReLU inside the operation.
 #[test]
 fn batch_norm_kernels_match_the_tensor_operations() {
     use sca_kernels::batch_norm::{batch_norm_on, BatchNormKernels};
     let Some(device) = device() else { return };
-    for (i, shape) in [[3, 5, 3, 4], [2, 3, 15, 20]].into_iter().enumerate() {
+    for (i, shape) in [[3, 5, 3, 4], [2, 3, 15, 20], [5, 2, 41, 43]].into_iter().enumerate() {
         let c = shape[1];
         let x = random(shape, 500 + i as u64) * Tensor::<Flex, 1>::from_floats(&[0.5f32, 2.0, 3.0, 0.7, 1.3][..c], &Default::default()).reshape([1, c, 1, 1]) + 2.0;
         let dy = random(shape, 510 + i as u64);
