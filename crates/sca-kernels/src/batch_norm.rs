@@ -200,6 +200,48 @@ mod kernel {
         g
     }
 
+    /// The first of the values of a channel (of `per_channel`) that this cube's part
+    /// covers: part `CUBE_POS_Y` of `CUBE_COUNT_Y` equal ones (the last may be shorter).
+    #[cube]
+    fn part_start(per_channel: u32) -> usize {
+        let splits = CUBE_COUNT_Y as usize;
+        CUBE_POS_Y as usize * ((per_channel as usize + splits - 1) / splits)
+    }
+
+    /// One past the last value of this cube's part (see [`part_start`]).
+    #[cube]
+    fn part_end(per_channel: u32) -> usize {
+        let splits = CUBE_COUNT_Y as usize;
+        let mut end = (CUBE_POS_Y as usize + 1) * ((per_channel as usize + splits - 1) / splits);
+        if end > per_channel as usize {
+            end = per_channel as usize;
+        }
+        end
+    }
+
+    /// Channel `c`'s mean `m` and biased variance `v`, and the running statistics updated
+    /// with them (`keep·running + momentum·batch`).
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn write_moments(
+        c: usize,
+        m: f32,
+        v: f32,
+        running_mean: &Tensor<f32>,
+        running_var: &Tensor<f32>,
+        mean: &mut Tensor<f32>,
+        var: &mut Tensor<f32>,
+        new_running_mean: &mut Tensor<f32>,
+        new_running_var: &mut Tensor<f32>,
+        keep: f32,
+        momentum: f32,
+    ) {
+        mean[c] = m;
+        var[c] = v;
+        new_running_mean[c] = running_mean[c] * keep + m * momentum;
+        new_running_var[c] = running_var[c] * keep + v * momentum;
+    }
+
     /// Cube `(c, k)` of `splits` per channel: the count, mean and sum of squared deviations
     /// of part `k` of channel `c`'s values (two passes over them), in `partial[0..3]` at
     /// `c·splits + k`. With one split it writes the mean, biased variance and updated running
@@ -227,12 +269,8 @@ mod kernel {
         let splits = CUBE_COUNT_Y as usize;
         let channels = channels as usize;
         let len = len as usize;
-        let chunk = (per_channel as usize + splits - 1) / splits;
-        let start = CUBE_POS_Y as usize * chunk;
-        let mut end = start + chunk;
-        if end > per_channel as usize {
-            end = per_channel as usize;
-        }
+        let start = part_start(per_channel);
+        let end = part_end(per_channel);
         let mut shared = SharedMemory::<f32>::new(UNITS);
         let mut s = 0.0f32;
         let mut e = start + UNIT_POS_X as usize;
@@ -258,11 +296,7 @@ mod kernel {
                 partial[parts + slot] = m;
                 partial[2 * parts + slot] = m2;
             } else {
-                let v = m2 / n;
-                mean[c] = m;
-                var[c] = v;
-                new_running_mean[c] = running_mean[c] * keep + m * momentum;
-                new_running_var[c] = running_var[c] * keep + v * momentum;
+                write_moments(c, m, m2 / n, running_mean, running_var, mean, var, new_running_mean, new_running_var, keep, momentum);
             }
         }
     }
@@ -305,11 +339,7 @@ mod kernel {
             }
             k += 1;
         }
-        let v = m2 / n;
-        mean[c] = m;
-        var[c] = v;
-        new_running_mean[c] = running_mean[c] * keep + m * momentum;
-        new_running_var[c] = running_var[c] * keep + v * momentum;
+        write_moments(c, m, m2 / n, running_mean, running_var, mean, var, new_running_mean, new_running_var, keep, momentum);
     }
 
     /// `out = (x − μ)·γ/σ + β` (with `relu`, at least 0).
@@ -368,12 +398,8 @@ mod kernel {
         let splits = CUBE_COUNT_Y as usize;
         let channels = channels as usize;
         let len = len as usize;
-        let chunk = (per_channel as usize + splits - 1) / splits;
-        let start = CUBE_POS_Y as usize * chunk;
-        let mut end = start + chunk;
-        if end > per_channel as usize {
-            end = per_channel as usize;
-        }
+        let start = part_start(per_channel);
+        let end = part_end(per_channel);
         let m = mean[c];
         let mut sg = 0.0f32;
         let mut sgx = 0.0f32;
