@@ -204,19 +204,25 @@ mod kernel {
     /// covers: part `CUBE_POS_Y` of `CUBE_COUNT_Y` equal ones (the last may be shorter).
     #[cube]
     fn part_start(per_channel: u32) -> usize {
-        let splits = CUBE_COUNT_Y as usize;
-        CUBE_POS_Y as usize * ((per_channel as usize + splits - 1) / splits)
+        CUBE_POS_Y as usize * part_len(per_channel)
     }
 
     /// One past the last value of this cube's part (see [`part_start`]).
     #[cube]
     fn part_end(per_channel: u32) -> usize {
-        let splits = CUBE_COUNT_Y as usize;
-        let mut end = (CUBE_POS_Y as usize + 1) * ((per_channel as usize + splits - 1) / splits);
+        let mut end = (CUBE_POS_Y as usize + 1) * part_len(per_channel);
         if end > per_channel as usize {
             end = per_channel as usize;
         }
         end
+    }
+
+    /// The values in a full part: a channel's over `CUBE_COUNT_Y` parts, rounded up.
+    #[cube]
+    #[allow(clippy::manual_div_ceil)] // `div_ceil` does not expand in CubeCL kernels
+    fn part_len(per_channel: u32) -> usize {
+        let splits = CUBE_COUNT_Y as usize;
+        (per_channel as usize + splits - 1) / splits
     }
 
     /// Channel `c`'s mean `m` and biased variance `v`, and the running statistics updated

@@ -150,7 +150,7 @@ mod kernel {
 const UPDATE_CUBES: usize = 1024;
 
 /// [`lars_step`] on f32 CubeCL tensors of the same shape.
-fn lars_step_on<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+fn lars_step_on<R: CubeRuntime>(
     p: CubeTensor<R>,
     g: CubeTensor<R>,
     buf: Option<CubeTensor<R>>,
@@ -255,7 +255,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> CubeLars f
     fn lars_step<const D: usize>(p: Tensor<Self, D>, g: Tensor<Self, D>, buf: Option<Tensor<Self, D>>, step: &LarsStep) -> (Tensor<Self, D>, Option<Tensor<Self, D>>) {
         let shape = p.shape();
         let prim = |t: Tensor<Self, D>| t.into_primitive().tensor();
-        let (p, buf) = lars_step_on::<R, F, I, BT>(prim(p), prim(g), buf.map(prim), step);
+        let (p, buf) = lars_step_on::<R>(prim(p), prim(g), buf.map(prim), step);
         let back = |t: CubeTensor<R>| Tensor::<Self, D>::from_primitive(TensorPrimitive::Float(t)).reshape(shape.clone());
         (back(p), buf.map(back))
     }
