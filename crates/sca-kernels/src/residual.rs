@@ -39,7 +39,7 @@ mod ops {
 
     fn t<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 1> {
         let n = x.shape().num_elements();
-        Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(x.clone())).reshape([n])
+        Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(x)).reshape([n])
     }
 
     /// `[n]` back to `like`'s shape.
