@@ -23,7 +23,7 @@ use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{FloatDType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 
 use crate::conv::output_size;
-use crate::im2col::Im2col;
+use crate::im2col::{pointwise, Im2col};
 use crate::matmul::MatmulKernels;
 use crate::plan::{ConvKernel, Pass};
 
@@ -40,10 +40,6 @@ fn check_groups(options: &ConvOptions<2>) -> Result<(), String> {
         1 => Ok(()),
         g => Err(format!("{} takes ungrouped convolutions only ({g} groups)", ConvKernel::Matmul)),
     }
-}
-
-fn pointwise(k: [usize; 2], options: &ConvOptions<2>) -> bool {
-    k == [1, 1] && options.stride == [1, 1] && options.padding == [0, 0]
 }
 
 /// `[N, C, H, W]` → `[N, C·kh·kw, H'·W']` (one patch matrix per image).

@@ -38,7 +38,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use crate::cube_util::grid_2d;
+use crate::cube_util::grid_for;
 use crate::{is, same_type, CudaBackend};
 
 /// The passes of batch norm over `[B, C, L]` tensors (`L` = positions); per-channel
@@ -494,9 +494,9 @@ fn dims<R: CubeRuntime>(x: &CubeTensor<R>) -> [usize; 3] {
     x.shape().dims::<3>()
 }
 
-/// Cubes for an element-wise kernel over `n` values: a 2-D grid (65,535 per dimension).
+/// Cubes for an element-wise kernel over `n` values.
 fn elementwise_cubes(n: usize) -> CubeCount {
-    grid_2d(n.div_ceil(kernel::UNITS).max(1))
+    grid_for(n, kernel::UNITS)
 }
 
 /// Cubes per channel for the per-channel sums: one cube per channel leaves most SMs idle

@@ -13,6 +13,11 @@ pub(crate) fn grid_2d(cubes: usize) -> CubeCount {
     CubeCount::Static(cubes.min(GRID_SIDE) as u32, cubes.div_ceil(GRID_SIDE) as u32, 1)
 }
 
+/// A [`grid_2d`] grid for `n` values, one per unit of `units`-unit cubes (at least one cube).
+pub(crate) fn grid_for(n: usize, units: usize) -> CubeCount {
+    grid_2d(n.div_ceil(units).max(1))
+}
+
 /// This cube's index in a [`grid_2d`] grid.
 #[cube]
 pub(crate) fn cube_index() -> usize {

@@ -21,7 +21,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::conv::output_size;
-use crate::cube_util::grid_2d;
+use crate::cube_util::grid_for;
 use crate::matmul::MatmulKernels;
 
 /// A backend's im2col (and its matmul, which the patches feed).
@@ -32,7 +32,8 @@ pub trait Im2col: MatmulKernels {
     fn im2col(x: FloatTensor<Self>, kernel: [usize; 2], options: &ConvOptions<2>, groups: usize) -> FloatTensor<Self>;
 }
 
-fn pointwise(k: [usize; 2], options: &ConvOptions<2>) -> bool {
+/// A 1 × 1, stride-1, unpadded convolution: its patches are its input.
+pub(crate) fn pointwise(k: [usize; 2], options: &ConvOptions<2>) -> bool {
     k == [1, 1] && options.stride == [1, 1] && options.padding == [0, 0]
 }
 
@@ -172,7 +173,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Im2col for
         let dtype = x.dtype;
         kernel::im2col_kernel::launch::<R>(
             &x.client.clone(),
-            grid_2d(out.shape().num_elements().div_ceil(kernel::UNITS)),
+            grid_for(out.shape().num_elements(), kernel::UNITS),
             CubeDim::new_1d(kernel::UNITS as u32),
             x.into_tensor_arg(),
             out.clone().into_tensor_arg(),

@@ -16,13 +16,13 @@ use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
-use burn_cubecl::cubecl::prelude::CubeDim;
+use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use crate::cube_util::grid_2d;
+use crate::cube_util::grid_for;
 use crate::{dispatch, BinaryOp, ExplicitOps};
 
 /// The two passes of `relu(a + b)` on tensors of one shape and float type.
@@ -100,22 +100,16 @@ mod kernel {
     }
 }
 
-/// Two contiguous operands' `kernel` into a new tensor of their shape.
-fn elementwise<R: CubeRuntime>(
-    a: CubeTensor<R>,
-    b: CubeTensor<R>,
-    launch: impl FnOnce(&CubeTensor<R>, CubeTensor<R>, CubeTensor<R>, CubeTensor<R>),
-) -> CubeTensor<R> {
+/// `launch(cubes, a, b, out)`: a kernel of two contiguous operands into a new tensor of
+/// their shape, one unit per value.
+fn elementwise<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>, launch: impl FnOnce(CubeCount, CubeTensor<R>, CubeTensor<R>, CubeTensor<R>)) -> CubeTensor<R> {
     let (a, b) = (into_contiguous(a), into_contiguous(b));
     let out = empty_device_dtype(a.client.clone(), a.device.clone(), a.shape(), a.dtype);
-    if out.shape().num_elements() > 0 {
-        launch(&out.clone(), a, b, out.clone());
+    let n = out.shape().num_elements();
+    if n > 0 {
+        launch(grid_for(n, kernel::UNITS), a, b, out.clone());
     }
     out
-}
-
-fn cubes<R: CubeRuntime>(t: &CubeTensor<R>) -> burn_cubecl::cubecl::prelude::CubeCount {
-    grid_2d(t.shape().num_elements().div_ceil(kernel::UNITS))
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ResidualKernels for CubeBackend<R, F, I, BT> {
@@ -123,9 +117,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ResidualKe
         if a.shape() != b.shape() || a.dtype != b.dtype {
             return ops::add_relu::<Self>(a, b);
         }
-        elementwise(a, b, |like, a, b, out| {
+        elementwise(a, b, |cubes, a, b, out| {
             let dtype = a.dtype;
-            kernel::add_relu_kernel::launch::<R>(&a.client.clone(), cubes(like), CubeDim::new_1d(kernel::UNITS as u32), a.into_tensor_arg(), b.into_tensor_arg(), out.into_tensor_arg(), dtype.into());
+            kernel::add_relu_kernel::launch::<R>(&a.client.clone(), cubes, CubeDim::new_1d(kernel::UNITS as u32), a.into_tensor_arg(), b.into_tensor_arg(), out.into_tensor_arg(), dtype.into());
         })
     }
 
@@ -133,9 +127,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ResidualKe
         if out.shape() != g.shape() || out.dtype != g.dtype {
             return ops::relu_grad::<Self>(out, g);
         }
-        elementwise(out, g, |like, out, g, dx| {
+        elementwise(out, g, |cubes, out, g, dx| {
             let dtype = g.dtype;
-            kernel::relu_grad_kernel::launch::<R>(&g.client.clone(), cubes(like), CubeDim::new_1d(kernel::UNITS as u32), out.into_tensor_arg(), g.into_tensor_arg(), dx.into_tensor_arg(), dtype.into());
+            kernel::relu_grad_kernel::launch::<R>(&g.client.clone(), cubes, CubeDim::new_1d(kernel::UNITS as u32), out.into_tensor_arg(), g.into_tensor_arg(), dx.into_tensor_arg(), dtype.into());
         })
     }
 }
