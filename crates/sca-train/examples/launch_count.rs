@@ -63,23 +63,21 @@ fn main() {
     let end = settled_lines(&log);
 
     let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_string).collect();
+    // The phases' spans, and what follows the last one ("rest").
+    let mut phases: Vec<(String, usize)> = marks.lock().unwrap().clone();
+    phases.push(("rest".into(), end));
     let mut from = start;
     let mut table: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    let phases: Vec<(String, usize)> = marks.lock().unwrap().clone();
     for (i, (_, to)) in phases.iter().enumerate() {
         for l in &lines[from..*to] {
             let name = l.strip_prefix("Executing ").unwrap_or(l);
-            table.entry(short(name)).or_insert_with(|| vec![0; phases.len() + 1])[i] += 1;
+            table.entry(short(name)).or_insert_with(|| vec![0; phases.len()])[i] += 1;
         }
         from = *to;
     }
-    for l in &lines[from..end] {
-        let name = l.strip_prefix("Executing ").unwrap_or(l);
-        table.entry(short(name)).or_insert_with(|| vec![0; phases.len() + 1])[phases.len()] += 1;
-    }
     let mut rows: Vec<(String, Vec<usize>)> = table.into_iter().collect();
     rows.sort_by_key(|(_, n)| std::cmp::Reverse(n.iter().sum::<usize>()));
-    let heads: Vec<&str> = phases.iter().map(|(p, _)| p.as_str()).chain(["rest"]).collect();
+    let heads: Vec<&str> = phases.iter().map(|(p, _)| p.as_str()).collect();
     println!("kernel launches in one warm SwAV step, {arch}, batch {batch}, 2 crops at {SIZE} px, wgpu");
     println!("{:>7} {} kernel", "total", heads.iter().map(|h| format!("{h:>9}")).collect::<String>());
     for (name, n) in &rows {
