@@ -169,6 +169,8 @@ fn gpu_benchmark_runs_scaled_down_on_the_cpu() {
     let v: serde_json::Value = serde_json::from_slice(&read(json.clone())).unwrap();
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 5);
+    // Explicit kernels that refused a shape are listed: none on the CPU (it has no plan).
+    assert_eq!(v["fallbacks"].as_array().map(Vec::len), Some(0), "{v}");
     assert!(rows.iter().all(|r| r["ms_per_step"].as_f64().is_some_and(|t| t > 0.0)), "{rows:?}");
     // The training-step cases break a warm step down by phase.
     for r in &rows[..2] {

@@ -8,8 +8,9 @@
 //! turns a strided data gradient into a stride-1 one by spreading the output gradient with
 //! zeros, or, for undilated convolutions (ResNet's), as one stride-1 data gradient per
 //! phase of the input positions, interleaved (no more multiply-adds than forward). A kernel that
-//! refuses a shape (a `ConvSetupError`) gives way to the default kernel, and that to the
-//! direct kernel (forward) or Burn's own choice (gradients), reported once.
+//! refuses a shape (a `ConvSetupError`) gives way to the default kernel, that to the
+//! `matmul` kernel, and that to the direct kernel (forward) or Burn's own choice
+//! (gradients), reported once.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -77,20 +78,24 @@ fn dtype_name(dtype: DType) -> String {
     }
 }
 
-/// `launch` on the kernel the plan names for `pass` of `shape`, then on the default kernel
-/// if that one refuses; `None` (reported once) when both refuse.
+/// `launch` on the kernel the plan names for `pass` of `shape`; where it refuses, on the
+/// default kernel, then on `matmul` (im2col and the explicit matmul: it takes every
+/// ungrouped convolution and needs no tuning, where the backend's own gradient kernels are
+/// autotuned: minutes on a cold CUDA cache); `None` (reported once) when all refuse.
 fn on_planned<T>(pass: Pass, shape: &ConvShape, launch: impl Fn(ConvKernel) -> Result<T, ConvSetupError>) -> Option<T> {
     let planned = planned_kernel(pass, shape);
-    let what = |k: ConvKernel| format!("convolution {pass} pass of {shape} on {k}");
-    match launch(planned) {
-        Ok(y) => return Some(y),
-        Err(e) if planned != ConvKernel::DEFAULT => report_fallback(what(planned), &ConvKernel::DEFAULT.to_string(), &e),
-        Err(e) => {
-            report_fallback(what(planned), "the backend's own kernel", &e);
-            return None;
+    let mut chain = vec![planned];
+    chain.extend([ConvKernel::DEFAULT, ConvKernel::Matmul].into_iter().filter(|&k| k != planned));
+    for (i, &kernel) in chain.iter().enumerate() {
+        match launch(kernel) {
+            Ok(y) => return Some(y),
+            Err(e) => {
+                let instead = chain.get(i + 1).map_or_else(|| "the backend's own kernel".to_string(), ToString::to_string);
+                report_fallback(format!("convolution {pass} pass of {shape} on {kernel}"), &instead, &e);
+            }
         }
     }
-    launch(ConvKernel::DEFAULT).map_err(|e| report_fallback(what(ConvKernel::DEFAULT), "the backend's own kernel", &e)).ok()
+    None
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ConvKernels for CubeBackend<R, F, I, BT> {

@@ -31,7 +31,6 @@
 //! ([`runs_explicitly`]) and fall back to Burn's own operation for any other.
 
 use std::any::{Any, TypeId};
-use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -202,10 +201,28 @@ pub fn cubecl_test_device<B: Backend>() -> Option<burn::tensor::Device<B>> {
     }
 }
 
+/// What explicit kernels refused so far and what ran instead, in order of first refusal.
+static FALLBACKS: Mutex<Vec<Fallback>> = Mutex::new(Vec::new());
+
+/// An explicit kernel's refusal: `what` (the operation, its shape and the kernel) and the
+/// kernel that ran `instead`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    pub what: String,
+    pub instead: String,
+}
+
+/// Every distinct refusal so far in this process (`sca bench gpu` lists them with its
+/// figures: a fallback is slower, or tuned on a cold cache).
+pub fn fallbacks() -> Vec<Fallback> {
+    FALLBACKS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// Says once per distinct `what` that an explicit kernel refused it and what runs instead.
 fn report_fallback(what: String, instead: &str, error: &impl std::fmt::Debug) {
-    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-    if SEEN.lock().unwrap_or_else(|p| p.into_inner()).insert(what.clone()) {
+    let mut seen = FALLBACKS.lock().unwrap_or_else(|p| p.into_inner());
+    if !seen.iter().any(|f| f.what == what) {
         eprintln!("note: {what}: refused ({}); runs on {instead}", format!("{error:?}").trim());
+        seen.push(Fallback { what, instead: instead.to_string() });
     }
 }

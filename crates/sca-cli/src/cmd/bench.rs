@@ -131,8 +131,13 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         let f = |k: &str| r.get(k).and_then(|v| v.as_f64()).map(|v| format!("{v:.2}")).unwrap_or("-".into());
         println!("{:<64} {:>12} {:>12} {:>14}", r["case"].as_str().unwrap_or("?"), f("images_per_s"), f("ms_per_step"), f("first_step_s"));
     }
+    // Explicit kernels that refused a shape: the step ran on a slower or autotuned one there.
+    let fallbacks: Vec<_> = sca_kernels::fallbacks().into_iter().map(|f| json!({ "what": f.what, "instead": f.instead })).collect();
+    if !fallbacks.is_empty() {
+        println!("\n{} explicit-kernel refusals (listed in the JSON, `fallbacks`)", fallbacks.len());
+    }
     if let Some(path) = common.json {
-        let doc = json!({ "device": device_name, "rows": rows });
+        let doc = json!({ "device": device_name, "rows": rows, "fallbacks": fallbacks });
         files::write_atomic(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
     Ok(())
