@@ -24,6 +24,7 @@ struct Case {
     w: usize,
 }
 
+#[allow(clippy::too_many_arguments)] // one per field of a table row
 const fn case(cin: usize, cout: usize, k: usize, stride: usize, p: usize, batch: usize, h: usize, w: usize) -> Case {
     Case { cin, cout, k, stride, pad: (p, p, p, p), dilation: 1, bias: false, batch, h, w }
 }
@@ -75,7 +76,8 @@ fn check(c: Case) {
     let x = Tensor::<B, 4>::random([c.batch, c.cin, c.h, c.w], Distribution::Normal(0.0, 1.0), &device);
     let want = run(&conv, &x, |m, x| m.forward(x));
     let names = ["output", "input grad", "weight grad", "bias grad"];
-    let mut paths: Vec<(&str, &dyn Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>)> = vec![
+    type Path<'a, B> = (&'a str, &'a dyn Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>);
+    let mut paths: Vec<Path<B>> = vec![
         ("matmul (automatic layout)", &|m, x| conv_forward(m, x, ConvImpl::Matmul)),
         ("rows", &|m, x| conv_matmul_with_layout(m, x, Layout::Rows)),
         // The explicit-kernel autodiff operation (on Flex: the backend's kernels underneath).

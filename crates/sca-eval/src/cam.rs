@@ -362,7 +362,7 @@ mod tests {
         let bb = |x0, y0, x1, y1| BBox { x0, y0, x1, y1 };
         // 4×4 map, maximum 9 at (x 2, y 1), total 9 + 1 + 2 = 12.
         let mut cam = vec![0.0f32; 16];
-        cam[1 * 4 + 2] = 9.0;
+        cam[4 + 2] = 9.0; // row 1, column 2
         cam[0] = 1.0;
         cam[3 * 4 + 3] = 2.0;
         let check = |b: BBox, hit: bool, energy: f64| {

@@ -13,6 +13,8 @@ use sca_engine::swav::{SwavHead, SwavHeadConfig};
 
 use crate::config::{EngineConfig, TrainConfig};
 
+// One per model, never moved in bulk: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Engine<B: Backend> {
     Swav(SwavHead<B>),

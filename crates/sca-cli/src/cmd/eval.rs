@@ -25,6 +25,9 @@ use serde_json::{json, Value};
 use crate::device::DeviceArg;
 use crate::{datasets, files, with_backend};
 
+/// Training split, validation split, dataset name.
+type Splits = (Arc<dyn Dataset>, Arc<dyn Dataset>, String);
+
 /// Where the backbone and the data come from, and where results go.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Source {
@@ -243,7 +246,8 @@ impl Setup {
         crate::cmd::weights::load_backbone(model, &self.weights)
     }
 
-    fn open(&self) -> anyhow::Result<(Arc<dyn Dataset>, Arc<dyn Dataset>, String)> {
+    /// The training and validation splits and the dataset's name.
+    fn open(&self) -> anyhow::Result<Splits> {
         let data = datasets::open(&self.spec, self.train_size, self.test_size, self.seed)?;
         let test = data.test.with_context(|| format!("{} has no validation split to evaluate on", data.name))?;
         Ok((data.train, test, data.name))
