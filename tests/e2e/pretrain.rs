@@ -308,6 +308,10 @@ fn convolution_benchmark_resumes_where_a_run_ended() {
     c.arg("--resume");
     let log = run_ok(c);
     assert!(log.contains("6 rows kept (1 of them the kernel running when that run ended"), "{log}");
+    // The ETA comes from what this run measures, not from the rows it passed over.
+    let progress = |n: usize| log.lines().find(|l| l.starts_with(&format!("round 1/2 (matmul): [{n}/11] "))).unwrap_or_else(|| panic!("{log}"));
+    assert!(progress(6).ends_with("nothing measured yet"), "{log}");
+    assert!(progress(7).ends_with(" s left"), "{log}");
     let resumed: serde_json::Value = serde_json::from_slice(&read(cut.clone())).unwrap();
     let resumed = resumed["rows"].as_array().unwrap();
     assert_eq!(resumed.len(), 22, "{resumed:?}");

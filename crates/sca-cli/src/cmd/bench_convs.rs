@@ -127,15 +127,22 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
     order.sort_by(|a, b| weight(b).total_cmp(&weight(a)));
     let rounds = rounds(&kernels);
     let t_start = Instant::now();
-    let mut units_done = 0;
+    // Units of (shape, kernel): all passed so far, and those this run measured (a resumed
+    // run passes over the ones its rows hold in no time; the ETA is from the others).
+    let (mut units_done, mut units_measured) = (0, 0);
     for (r, round) in rounds.iter().enumerate() {
         for (i, p) in order.iter().enumerate() {
-            run.shape(p, round, &args.passes, compute)?;
+            if run.shape(p, round, &args.passes, compute)? {
+                units_measured += round.len();
+            }
             units_done += round.len();
             let done = t_start.elapsed().as_secs_f64();
-            let eta = done / units_done as f64 * (kernels.len() * problems.len() - units_done) as f64;
+            let left = match units_measured {
+                0 => "nothing measured yet".to_string(),
+                m => format!("about {:.0} s left", done / m as f64 * (kernels.len() * problems.len() - units_done) as f64),
+            };
             let round = if rounds.len() > 1 { format!("round {}/{} ({}): ", r + 1, rounds.len(), round.join(", ")) } else { String::new() };
-            eprintln!("{round}[{}/{}] {} ({} layers) measured; {:.0} s so far, about {:.0} s left", i + 1, problems.len(), p.shape, p.names.len(), done, eta);
+            eprintln!("{round}[{}/{}] {} ({} layers) measured; {:.0} s so far, {left}", i + 1, problems.len(), p.shape, p.names.len(), done);
             // Written as the run goes: a session that runs out of time keeps what it measured.
             save_rows(json_path, device_name, &run.rows)?;
             if let Some(path) = &plan_path {
@@ -262,8 +269,9 @@ struct Measurement<'a, B: Backend> {
 }
 
 impl<B: Backend> Measurement<'_, B> {
-    /// Every pass of one shape on each of `kernels`, skipping what the rows already hold.
-    fn shape(&mut self, p: &Problem, kernels: &[String], passes: &[Pass], compute: Option<FloatDType>) -> anyhow::Result<()> {
+    /// Every pass of one shape on each of `kernels`, skipping what the rows already hold;
+    /// whether anything was left to measure.
+    fn shape(&mut self, p: &Problem, kernels: &[String], passes: &[Pass], compute: Option<FloatDType>) -> anyhow::Result<bool> {
         let key = p.shape.to_string();
         let held = |pass: Pass, kernel: &String| self.rows.iter().any(|r| r["shape"] == key && r["pass"] == json!(pass) && r["kernel"] == kernel.as_str());
         let todo: Vec<(Pass, &String)> = passes
@@ -275,7 +283,7 @@ impl<B: Backend> Measurement<'_, B> {
             .filter(|&(pass, kernel)| !held(pass, kernel))
             .collect();
         if todo.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let (batch, device) = (self.batch, self.device.clone());
         let [c, h, w] = p.layer.input;
@@ -315,7 +323,7 @@ impl<B: Backend> Measurement<'_, B> {
                 Err(why) => row["refused"] = json!(why),
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
