@@ -1,4 +1,5 @@
-//! Kernel launches per ResNet-50 SwAV training step on a CubeCL runtime, by kernel and phase.
+//! Kernel launches per ResNet-50 SwAV training step on a CubeCL runtime, by kernel and phase,
+//! and what a cold first step compiles and autotunes.
 //!
 //! On a GPU each launch costs a few microseconds of host time however small the kernel, and
 //! PyTorch trains this step in ~128 ms (H200, fp32), so the launch count is a figure of its
@@ -36,6 +37,14 @@ fn main() {
     let mut c = CubeClRuntimeConfig::default();
     c.profiling.logger.level = ProfilingLogLevel::Minimal;
     c.profiling.logger.file = Some(log.clone());
+    let compile_log = log.with_extension("compile.log");
+    c.compilation.logger.level = cubecl_runtime::config::compilation::CompilationLogLevel::Basic;
+    c.compilation.logger.file = Some(compile_log.clone());
+    let tune_log = log.with_extension("tune.log");
+    c.autotune.logger.level = cubecl_runtime::config::autotune::AutotuneLogLevel::Full;
+    c.autotune.logger.file = Some(tune_log.clone());
+    let tune_cache = log.with_extension("autotune");
+    c.autotune.cache = cubecl_runtime::config::cache::CacheConfig::File(tune_cache.clone());
     CubeClRuntimeConfig::set(c);
 
     let Some(device) = sca_kernels::cubecl_test_device::<WgpuBackend>() else { std::process::exit(1) };
@@ -56,6 +65,10 @@ fn main() {
     trainer.time_phases(Some(Box::new(move |phase, _| into.lock().unwrap().push((phase.to_string(), settled_lines(&path))))));
     trainer.step_batch(random_batch(batch)).unwrap(); // warm-up: first-use launches (weights' copies, buffers)
     Gpu::sync(&device).unwrap();
+    // What a cold start pays for before the first step ends (model set-up included):
+    // every kernel compiled once, every autotuned operation's candidates timed.
+    let compiled = read_lines(&compile_log, settled_lines(&compile_log));
+    let tuned = read_lines(&tune_log, settled_lines(&tune_log));
     let start = settled_lines(&log);
     marks.lock().unwrap().clear();
     trainer.step_batch(random_batch(batch)).unwrap();
@@ -85,11 +98,39 @@ fn main() {
     }
     let totals: Vec<usize> = (0..heads.len()).map(|i| rows.iter().map(|(_, n)| n[i]).sum()).collect();
     println!("{:>7} {} all", end - start, totals.iter().map(|v| format!("{v:>9}")).collect::<String>());
+    print_cold_start(&compiled, &tuned);
     if std::env::var_os("SCA_KEEP_LOG").is_some() {
         eprintln!("execution log: {} (lines {start}..{end} are the counted step)", log.display());
+        eprintln!("compilation and autotune logs: {}, {}", compile_log.display(), tune_log.display());
     } else {
-        let _ = std::fs::remove_file(&log);
+        for f in [&log, &compile_log, &tune_log] {
+            let _ = std::fs::remove_file(f);
+        }
     }
+    let _ = std::fs::remove_dir_all(&tune_cache);
+}
+
+/// Kernels compiled and autotune keys tuned up to the end of the first step, with empty
+/// caches: what the cold start compiles (on CUDA with NVRTC) besides the convolutions'
+/// kernels, which differ there (cubek's implicit GEMM instead of the `matmul` kernel).
+fn print_cold_start(compiled: &[String], tuned: &[String]) {
+    let mut by_crate: BTreeMap<String, usize> = BTreeMap::new();
+    for l in compiled.iter().filter_map(|l| l.strip_prefix("[Compiling kernel] ")) {
+        *by_crate.entry(l.split("::").next().unwrap_or(l).to_string()).or_default() += 1;
+    }
+    let mut by_crate: Vec<(String, usize)> = by_crate.into_iter().collect();
+    by_crate.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let total: usize = by_crate.iter().map(|(_, n)| n).sum();
+    let keys = tuned.iter().filter(|l| l.starts_with("Fastest result")).count();
+    let timed = tuned.iter().filter(|l| l.starts_with("Autotune[")).count();
+    println!("\nfirst step with empty caches (model set-up included): {total} kernels compiled, {keys} autotuned operations ({timed} candidates timed)");
+    for (krate, n) in by_crate {
+        println!("{n:>7} {krate}");
+    }
+}
+
+fn read_lines(path: &Path, n: usize) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().take(n).map(str::to_string).collect()
 }
 
 /// The log's line count once the asynchronous logger has caught up.
