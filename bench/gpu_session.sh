@@ -109,10 +109,14 @@ out = sys.argv[1]
 print(f"\n{'run':<7} {'case':<66} {'images/s':>9} {'ms/step':>9} {'first s':>8}  fwd/bwd/opt ms")
 for path in sorted(glob.glob(os.path.join(out, "sca-*.json"))):
     run = os.path.basename(path)[4:-5]
-    for r in json.load(open(path))["rows"]:
+    doc = json.load(open(path))
+    for r in doc["rows"]:
         f = lambda k: f"{r[k]:.1f}" if isinstance(r.get(k), (int, float)) else "-"
         phases = "/".join(f(k) for k in ("forward_ms", "backward_ms", "optimiser_ms"))
         print(f"{run:<7} {r.get('case', '?')[:66]:<66} {f('images_per_s'):>9} {f('ms_per_step'):>9} {f('first_step_s'):>8}  {phases}")
+    # Shapes an explicit kernel refused ran on a fallback: slower, or tuned on a cold cache.
+    for fb in doc.get("fallbacks", []):
+        print(f"{run:<7}   refused: {fb['what']} -> {fb['instead']}")
 for path in sorted(glob.glob(os.path.join(out, "torch*.json"))):
     doc = json.load(open(path))
     for r in doc.get("rows", doc if isinstance(doc, list) else []):
