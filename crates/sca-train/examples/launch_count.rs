@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
+use cubecl_runtime::config::autotune::AutotuneLogLevel;
+use cubecl_runtime::config::cache::CacheConfig;
+use cubecl_runtime::config::compilation::CompilationLogLevel;
 use cubecl_runtime::config::profiling::ProfilingLogLevel;
 use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
 use sca_data::{ImageBatch, TrainBatch};
@@ -38,13 +41,13 @@ fn main() {
     c.profiling.logger.level = ProfilingLogLevel::Minimal;
     c.profiling.logger.file = Some(log.clone());
     let compile_log = log.with_extension("compile.log");
-    c.compilation.logger.level = cubecl_runtime::config::compilation::CompilationLogLevel::Basic;
+    c.compilation.logger.level = CompilationLogLevel::Basic;
     c.compilation.logger.file = Some(compile_log.clone());
     let tune_log = log.with_extension("tune.log");
-    c.autotune.logger.level = cubecl_runtime::config::autotune::AutotuneLogLevel::Full;
+    c.autotune.logger.level = AutotuneLogLevel::Full;
     c.autotune.logger.file = Some(tune_log.clone());
     let tune_cache = log.with_extension("autotune");
-    c.autotune.cache = cubecl_runtime::config::cache::CacheConfig::File(tune_cache.clone());
+    c.autotune.cache = CacheConfig::File(tune_cache.clone());
     CubeClRuntimeConfig::set(c);
 
     let Some(device) = sca_kernels::cubecl_test_device::<WgpuBackend>() else { std::process::exit(1) };
@@ -67,15 +70,14 @@ fn main() {
     Gpu::sync(&device).unwrap();
     // What a cold start pays for before the first step ends (model set-up included):
     // every kernel compiled once, every autotuned operation's candidates timed.
-    let compiled = read_lines(&compile_log, settled_lines(&compile_log));
-    let tuned = read_lines(&tune_log, settled_lines(&tune_log));
+    let compiled = settled_log(&compile_log);
+    let tuned = settled_log(&tune_log);
     let start = settled_lines(&log);
     marks.lock().unwrap().clear();
     trainer.step_batch(random_batch(batch)).unwrap();
     Gpu::sync(&device).unwrap();
-    let end = settled_lines(&log);
-
-    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_string).collect();
+    let lines = settled_log(&log);
+    let end = lines.len();
     // The phases' spans, and what follows the last one ("rest").
     let mut phases: Vec<(String, usize)> = marks.lock().unwrap().clone();
     phases.push(("rest".into(), end));
@@ -129,7 +131,9 @@ fn print_cold_start(compiled: &[String], tuned: &[String]) {
     }
 }
 
-fn read_lines(path: &Path, n: usize) -> Vec<String> {
+/// The log's lines once the asynchronous logger has caught up.
+fn settled_log(path: &Path) -> Vec<String> {
+    let n = settled_lines(path);
     std::fs::read_to_string(path).unwrap_or_default().lines().take(n).map(str::to_string).collect()
 }
 
