@@ -39,9 +39,11 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::cube_util::grid_for;
+use crate::layout::{empty_in, into_layout, layout_of, Layout};
 use crate::{is, same_type, CudaBackend};
 
-/// The passes of batch norm over `[B, C, L]` tensors (`L` = positions); per-channel
+/// The passes of batch norm over `[B, C, S...]` tensors (`S`: the positions' dimensions, `L`
+/// positions in all), channels-first or (on CubeCL) channels-last in memory; per-channel
 /// vectors are `[C]`; `relu_out`, where given, is the output of a ReLU ending the forward map.
 pub trait BatchNormKernels: Backend {
     /// Per-channel mean and biased variance, and the running statistics updated with them.
@@ -83,6 +85,17 @@ mod ops {
         x.into_primitive().tensor()
     }
 
+    /// `[B, C, S...]` as `[B, C, L]` (`L` positions).
+    fn t3<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 3> {
+        let [images, channels, len] = super::flat_dims(&x.shape());
+        t::<B, 3>(B::float_reshape(x, Shape::new([images, channels, len])))
+    }
+
+    /// `[B, C, L]` back in `like`'s shape.
+    fn shaped<B: Backend>(x: Tensor<B, 3>, like: Shape) -> FloatTensor<B> {
+        B::float_reshape(p(x), like)
+    }
+
     /// `[C]` → `[B, C, 1]`: a value per row of `[B, C, L]` (the broadcast Flex is fast at).
     fn per_row<B: Backend>(v: Tensor<B, 1>, images: usize) -> Tensor<B, 3> {
         let c = v.dims()[0];
@@ -102,9 +115,9 @@ mod ops {
 
     /// `dy`, zeroed where `relu_out ≤ 0` when given.
     fn through_relu<B: Backend>(dy: FloatTensor<B>, relu_out: Option<FloatTensor<B>>) -> Tensor<B, 3> {
-        let dy = t::<B, 3>(dy);
+        let dy = t3::<B>(dy);
         match relu_out {
-            Some(y) => dy.mask_fill(t::<B, 3>(y).lower_equal_elem(0.0), 0.0),
+            Some(y) => dy.mask_fill(t3::<B>(y).lower_equal_elem(0.0), 0.0),
             None => dy,
         }
     }
@@ -115,7 +128,7 @@ mod ops {
     }
 
     pub(super) fn channel_moments<B: Backend>(x: FloatTensor<B>, running: &Running<B>) -> (FloatTensor<B>, FloatTensor<B>, Running<B>) {
-        let x = t::<B, 3>(x);
+        let x = t3::<B>(x);
         let (images, n) = (x.dims()[0], count(&x));
         let mean = sum(x.clone()).div_scalar(n);
         let var = sum((x - per_row(mean.clone(), images)).square()).div_scalar(n);
@@ -126,16 +139,17 @@ mod ops {
     }
 
     pub(super) fn normalize<B: Backend>(x: FloatTensor<B>, s: &Stats<B>, beta: FloatTensor<B>, relu: bool) -> FloatTensor<B> {
-        let x = t::<B, 3>(x);
+        let shape = x.shape();
+        let x = t3::<B>(x);
         let images = x.dims()[0];
         let (_, a) = inv_std_and_scale(s);
         let b = t::<B, 1>(beta) - t::<B, 1>(s.mean.clone()) * a.clone();
         let y = x * per_row(a, images) + per_row(b, images);
-        p(if relu { burn::tensor::activation::relu(y) } else { y })
+        shaped(if relu { burn::tensor::activation::relu(y) } else { y }, shape)
     }
 
     pub(super) fn affine_grads<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, s: &Stats<B>, relu_out: Option<FloatTensor<B>>) -> (FloatTensor<B>, FloatTensor<B>) {
-        let (x, g) = (t::<B, 3>(x), through_relu::<B>(dy, relu_out));
+        let (x, g) = (t3::<B>(x), through_relu::<B>(dy, relu_out));
         let images = x.dims()[0];
         let (inv_std, _) = inv_std_and_scale(s);
         let centred = x - per_row(t::<B, 1>(s.mean.clone()), images);
@@ -143,12 +157,13 @@ mod ops {
     }
 
     pub(super) fn input_grad<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, s: &Stats<B>, d_gamma: FloatTensor<B>, d_beta: FloatTensor<B>, relu_out: Option<FloatTensor<B>>) -> FloatTensor<B> {
-        let (x, g) = (t::<B, 3>(x), through_relu::<B>(dy, relu_out));
+        let shape = x.shape();
+        let (x, g) = (t3::<B>(x), through_relu::<B>(dy, relu_out));
         let (images, n) = (x.dims()[0], count(&x));
         let (inv_std, a) = inv_std_and_scale(s);
         let b = (a.clone() * t::<B, 1>(d_gamma) * inv_std).div_scalar(-n);
         let d = (a.clone() * t::<B, 1>(d_beta)).div_scalar(-n) - b.clone() * t::<B, 1>(s.mean.clone());
-        p(g * per_row(a, images) + x * per_row(b, images) + per_row(d, images))
+        shaped(g * per_row(a, images) + x * per_row(b, images) + per_row(d, images), shape)
     }
 }
 
@@ -169,7 +184,8 @@ impl BatchNormKernels for Flex {
 
 /// The CubeCL kernels (their own module: CubeCL's `Tensor` is not Burn's). Per-channel
 /// sums run a row of cubes per channel over parts of the channel's `B·L` values of a
-/// contiguous `[B, C, L]` tensor; element-wise ones and the merges one unit per element
+/// contiguous `[B, C, L]` tensor, or, channels-last, a row of cubes per 32 channels over
+/// parts of the `B·L` rows; element-wise ones and the merges one unit per element
 /// (channel) over a 2-D grid of cubes.
 mod kernel {
     use burn_cubecl::cubecl;
@@ -348,6 +364,149 @@ mod kernel {
         write_moments(c, m, m2 / n, running_mean, running_var, mean, var, new_running_mean, new_running_var, keep, momentum);
     }
 
+    /// Channels per cube of the channels-last sums: a warp reads 32 neighbouring channels of
+    /// one position, one whole 128-byte line; the cube's 8 warps take every 8th position.
+    pub(super) const LANES: usize = 32;
+    const ROW_LANES: usize = UNITS / LANES;
+
+    /// This unit's channel in a channels-last sum (past the last one in the last cube of a
+    /// layer whose channels are not a multiple of [`LANES`]).
+    #[cube]
+    fn lane_channel() -> usize {
+        CUBE_POS_X as usize * LANES + UNIT_POS_X as usize
+    }
+
+    /// The sum of `v` over the cube's units that share this unit's channel
+    /// (`UNIT_POS_X`), on every unit; `shared` may be written again at once.
+    #[cube]
+    fn lane_sum(v: f32, shared: &mut SharedMemory<f32>) -> f32 {
+        let lane = UNIT_POS_X as usize;
+        shared[UNIT_POS_Y as usize * LANES + lane] = v;
+        sync_cube();
+        let mut total = 0.0f32;
+        for k in 0..ROW_LANES {
+            total += shared[k * LANES + lane];
+        }
+        sync_cube();
+        total
+    }
+
+    /// [`moments_kernel`] over channels-last memory (`[rows, C]`, a row per image and
+    /// position): cube `(t, k)` sums part `k` of the rows for the [`LANES`] channels of tile `t`.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn moments_last_kernel(
+        x: &Tensor<f32>,
+        running_mean: &Tensor<f32>,
+        running_var: &Tensor<f32>,
+        partial: &mut Tensor<f32>,
+        mean: &mut Tensor<f32>,
+        var: &mut Tensor<f32>,
+        new_running_mean: &mut Tensor<f32>,
+        new_running_var: &mut Tensor<f32>,
+        keep: f32,
+        momentum: f32,
+        channels: u32,
+        rows: u32,
+        #[comptime] split: bool,
+    ) {
+        let c = lane_channel();
+        let channels = channels as usize;
+        let live = c < channels;
+        let splits = CUBE_COUNT_Y as usize;
+        let start = part_start(rows);
+        let end = part_end(rows);
+        let mut shared = SharedMemory::<f32>::new(UNITS);
+        let mut s = 0.0f32;
+        let mut r = start + UNIT_POS_Y as usize;
+        while r < end && live {
+            s += x[r * channels + c];
+            r += ROW_LANES;
+        }
+        let n = f32::cast_from(end - start);
+        let m = lane_sum(s, &mut shared) / n;
+        let mut q = 0.0f32;
+        let mut r = start + UNIT_POS_Y as usize;
+        while r < end && live {
+            let d = x[r * channels + c] - m;
+            q += d * d;
+            r += ROW_LANES;
+        }
+        let m2 = lane_sum(q, &mut shared);
+        if UNIT_POS_Y == 0 && live {
+            if split {
+                let slot = c * splits + CUBE_POS_Y as usize;
+                let parts = channels * splits;
+                partial[slot] = n;
+                partial[parts + slot] = m;
+                partial[2 * parts + slot] = m2;
+            } else {
+                write_moments(c, m, m2 / n, running_mean, running_var, mean, var, new_running_mean, new_running_var, keep, momentum);
+            }
+        }
+    }
+
+    /// [`affine_grads_kernel`] over channels-last memory (see [`moments_last_kernel`]).
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn affine_grads_last_kernel(
+        x: &Tensor<f32>,
+        dy: &Tensor<f32>,
+        relu_out: &Tensor<f32>,
+        mean: &Tensor<f32>,
+        var: &Tensor<f32>,
+        partial: &mut Tensor<f32>,
+        d_gamma: &mut Tensor<f32>,
+        d_beta: &mut Tensor<f32>,
+        epsilon: f32,
+        channels: u32,
+        rows: u32,
+        #[comptime] masked: bool,
+        #[comptime] split: bool,
+    ) {
+        let c = lane_channel();
+        let channels = channels as usize;
+        let live = c < channels;
+        let splits = CUBE_COUNT_Y as usize;
+        let start = part_start(rows);
+        let end = part_end(rows);
+        let m = mean[select(live, c, 0)];
+        let mut sg = 0.0f32;
+        let mut sgx = 0.0f32;
+        let mut r = start + UNIT_POS_Y as usize;
+        while r < end && live {
+            let i = r * channels + c;
+            let g = grad_at(dy, relu_out, i, masked);
+            sg += g;
+            sgx += g * (x[i] - m);
+            r += ROW_LANES;
+        }
+        let mut shared = SharedMemory::<f32>::new(UNITS);
+        let total_g = lane_sum(sg, &mut shared);
+        let total_gx = lane_sum(sgx, &mut shared);
+        if UNIT_POS_Y == 0 && live {
+            if split {
+                let slot = c * splits + CUBE_POS_Y as usize;
+                partial[slot] = total_g;
+                partial[channels * splits + slot] = total_gx;
+            } else {
+                d_gamma[c] = total_gx * (1.0 / f32::sqrt(var[c] + epsilon));
+                d_beta[c] = total_g;
+            }
+        }
+    }
+
+    /// The channel of the `i`-th value in memory of `[B, C, len]` (channels-first) or of its
+    /// channels-last layout.
+    #[cube]
+    fn channel_of(i: usize, channels: u32, len: u32, #[comptime] channels_last: bool) -> usize {
+        let mut c = (i / len as usize) % channels as usize;
+        if channels_last {
+            c = i % channels as usize;
+        }
+        c
+    }
+
     /// `out = (x − μ)·γ/σ + β` (with `relu`, at least 0).
     #[allow(clippy::collapsible_if)] // a comptime flag around a run-time test
     #[cube(launch)]
@@ -362,12 +521,13 @@ mod kernel {
         channels: u32,
         len: u32,
         #[comptime] relu: bool,
+        #[comptime] channels_last: bool,
     ) {
         let i = cube_index() * UNITS + UNIT_POS_X as usize;
         if i >= out.len() {
             terminate!();
         }
-        let c = (i / len as usize) % channels as usize;
+        let c = channel_of(i, channels, len, channels_last);
         let a = gamma[c] / f32::sqrt(var[c] + epsilon);
         let mut y = a * x[i] + (beta[c] - mean[c] * a);
         if relu {
@@ -471,12 +631,13 @@ mod kernel {
         channels: u32,
         len: u32,
         #[comptime] masked: bool,
+        #[comptime] channels_last: bool,
     ) {
         let i = cube_index() * UNITS + UNIT_POS_X as usize;
         if i >= out.len() {
             terminate!();
         }
-        let c = (i / len as usize) % channels as usize;
+        let c = channel_of(i, channels, len, channels_last);
         let inv_std = 1.0 / f32::sqrt(var[c] + epsilon);
         let a = gamma[c] * inv_std;
         let b = -(a * d_gamma[c] * inv_std) / per_channel;
@@ -489,9 +650,13 @@ fn f32s<R: CubeRuntime>(tensors: &[&CubeTensor<R>]) -> bool {
     tensors.iter().all(|t| t.dtype == DType::F32)
 }
 
-/// `[B, C, L]` sizes.
+/// `[B, C, L]`: images, channels and positions of a `[B, C, S...]` shape.
+fn flat_dims(shape: &Shape) -> [usize; 3] {
+    [shape[0], shape[1], (2..shape.num_dims()).map(|d| shape[d]).product()]
+}
+
 fn dims<R: CubeRuntime>(x: &CubeTensor<R>) -> [usize; 3] {
-    x.shape().dims::<3>()
+    flat_dims(&x.shape())
 }
 
 /// Cubes for an element-wise kernel over `n` values.
@@ -512,6 +677,19 @@ const SUM_CUBES: usize = 1024;
 /// The fewest values a cube sums over when a channel is split (16 per unit).
 const MIN_PART: usize = 16 * kernel::UNITS;
 
+/// [`splits`] for channels-last memory, whose cubes sum [`kernel::LANES`] channels each.
+fn splits_last(channels: usize, rows: usize) -> usize {
+    (SUM_CUBES / channels.div_ceil(kernel::LANES)).clamp(1, rows.div_ceil(MIN_PART / kernel::LANES).max(1))
+}
+
+/// `x` in its own layout (channels-first unless its memory is channels-last; copied when it
+/// is neither), and whether that is channels-last. The outputs are made in the same layout,
+/// and the other operands brought to it, so the kernels read all of them in one order.
+fn in_own_layout<R: CubeRuntime>(x: CubeTensor<R>) -> (CubeTensor<R>, Layout) {
+    let layout = layout_of(&x).unwrap_or(Layout::ChannelsFirst);
+    (into_layout(x, layout), layout)
+}
+
 fn per_channel<R: CubeRuntime>(like: &CubeTensor<R>, channels: usize) -> CubeTensor<R> {
     empty_device_dtype(like.client.clone(), like.device.clone(), Shape::new([channels]), DType::F32)
 }
@@ -521,33 +699,55 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         if !f32s(&[&x, &running.mean, &running.var]) {
             return ops::channel_moments::<Self>(x, running);
         }
-        let x = into_contiguous(x);
+        let (x, layout) = in_own_layout(x);
+        let last = layout == Layout::ChannelsLast;
         let [images, channels, len] = dims(&x);
-        let splits = splits(channels, images * len);
+        let splits = if last { splits_last(channels, images * len) } else { splits(channels, images * len) };
         let [mean, var, new_mean, new_var] = std::array::from_fn(|_| per_channel(&x, channels));
         let partial = per_channel(&x, if splits > 1 { 3 * channels * splits } else { 1 });
         let (running_mean, running_var) = (into_contiguous(running.mean.clone()), into_contiguous(running.var.clone()));
         let (keep, momentum) = ((1.0 - running.momentum) as f32, running.momentum as f32);
         let client = x.client.clone();
-        kernel::moments_kernel::launch::<R>(
-            &client,
-            CubeCount::Static(channels as u32, splits as u32, 1),
-            CubeDim::new_1d(kernel::UNITS as u32),
-            x.into_tensor_arg(),
-            running_mean.clone().into_tensor_arg(),
-            running_var.clone().into_tensor_arg(),
-            partial.clone().into_tensor_arg(),
-            mean.clone().into_tensor_arg(),
-            var.clone().into_tensor_arg(),
-            new_mean.clone().into_tensor_arg(),
-            new_var.clone().into_tensor_arg(),
-            keep,
-            momentum,
-            channels as u32,
-            (images * len) as u32,
-            len as u32,
-            splits > 1,
-        );
+        if last {
+            kernel::moments_last_kernel::launch::<R>(
+                &client,
+                CubeCount::Static(channels.div_ceil(kernel::LANES) as u32, splits as u32, 1),
+                CubeDim::new_2d(kernel::LANES as u32, (kernel::UNITS / kernel::LANES) as u32),
+                x.into_tensor_arg(),
+                running_mean.clone().into_tensor_arg(),
+                running_var.clone().into_tensor_arg(),
+                partial.clone().into_tensor_arg(),
+                mean.clone().into_tensor_arg(),
+                var.clone().into_tensor_arg(),
+                new_mean.clone().into_tensor_arg(),
+                new_var.clone().into_tensor_arg(),
+                keep,
+                momentum,
+                channels as u32,
+                (images * len) as u32,
+                splits > 1,
+            );
+        } else {
+            kernel::moments_kernel::launch::<R>(
+                &client,
+                CubeCount::Static(channels as u32, splits as u32, 1),
+                CubeDim::new_1d(kernel::UNITS as u32),
+                x.into_tensor_arg(),
+                running_mean.clone().into_tensor_arg(),
+                running_var.clone().into_tensor_arg(),
+                partial.clone().into_tensor_arg(),
+                mean.clone().into_tensor_arg(),
+                var.clone().into_tensor_arg(),
+                new_mean.clone().into_tensor_arg(),
+                new_var.clone().into_tensor_arg(),
+                keep,
+                momentum,
+                channels as u32,
+                (images * len) as u32,
+                len as u32,
+                splits > 1,
+            );
+        }
         if splits > 1 {
             kernel::merge_moments_kernel::launch::<R>(
                 &client,
@@ -572,9 +772,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         if !f32s(&[&x, &s.mean, &s.var, &s.gamma, &beta]) {
             return ops::normalize::<Self>(x, s, beta, relu);
         }
-        let x = into_contiguous(x);
+        let (x, layout) = in_own_layout(x);
         let [_, channels, len] = dims(&x);
-        let out = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), DType::F32);
+        let out = empty_in(layout, &x, x.shape(), DType::F32);
         kernel::normalize_kernel::launch::<R>(
             &x.client.clone(),
             elementwise_cubes(x.shape().num_elements()),
@@ -589,6 +789,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
             channels as u32,
             len as u32,
             relu,
+            layout == Layout::ChannelsLast,
         );
         out
     }
@@ -597,34 +798,57 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         if !f32s(&[&x, &dy, &s.mean, &s.var]) || relu_out.as_ref().is_some_and(|y| !f32s(&[y])) {
             return ops::affine_grads::<Self>(x, dy, s, relu_out);
         }
-        let (x, dy) = (into_contiguous(x), into_contiguous(dy));
+        let (x, layout) = in_own_layout(x);
+        let last = layout == Layout::ChannelsLast;
+        let dy = into_layout(dy, layout);
         let [images, channels, len] = dims(&x);
         let masked = relu_out.is_some();
-        let relu_out = relu_out.map(into_contiguous).unwrap_or_else(|| x.clone());
+        let relu_out = relu_out.map(|y| into_layout(y, layout)).unwrap_or_else(|| x.clone());
         let (d_gamma, d_beta) = (per_channel(&x, channels), per_channel(&x, channels));
-        let splits = splits(channels, images * len);
+        let splits = if last { splits_last(channels, images * len) } else { splits(channels, images * len) };
         let partial = per_channel(&x, if splits > 1 { 2 * channels * splits } else { 1 });
         let var = into_contiguous(s.var.clone());
         let client = x.client.clone();
-        kernel::affine_grads_kernel::launch::<R>(
-            &client,
-            CubeCount::Static(channels as u32, splits as u32, 1),
-            CubeDim::new_1d(kernel::UNITS as u32),
-            x.into_tensor_arg(),
-            dy.into_tensor_arg(),
-            relu_out.into_tensor_arg(),
-            into_contiguous(s.mean.clone()).into_tensor_arg(),
-            var.clone().into_tensor_arg(),
-            partial.clone().into_tensor_arg(),
-            d_gamma.clone().into_tensor_arg(),
-            d_beta.clone().into_tensor_arg(),
-            s.epsilon,
-            channels as u32,
-            (images * len) as u32,
-            len as u32,
-            masked,
-            splits > 1,
-        );
+        if last {
+            kernel::affine_grads_last_kernel::launch::<R>(
+                &client,
+                CubeCount::Static(channels.div_ceil(kernel::LANES) as u32, splits as u32, 1),
+                CubeDim::new_2d(kernel::LANES as u32, (kernel::UNITS / kernel::LANES) as u32),
+                x.into_tensor_arg(),
+                dy.into_tensor_arg(),
+                relu_out.into_tensor_arg(),
+                into_contiguous(s.mean.clone()).into_tensor_arg(),
+                var.clone().into_tensor_arg(),
+                partial.clone().into_tensor_arg(),
+                d_gamma.clone().into_tensor_arg(),
+                d_beta.clone().into_tensor_arg(),
+                s.epsilon,
+                channels as u32,
+                (images * len) as u32,
+                masked,
+                splits > 1,
+            );
+        } else {
+            kernel::affine_grads_kernel::launch::<R>(
+                &client,
+                CubeCount::Static(channels as u32, splits as u32, 1),
+                CubeDim::new_1d(kernel::UNITS as u32),
+                x.into_tensor_arg(),
+                dy.into_tensor_arg(),
+                relu_out.into_tensor_arg(),
+                into_contiguous(s.mean.clone()).into_tensor_arg(),
+                var.clone().into_tensor_arg(),
+                partial.clone().into_tensor_arg(),
+                d_gamma.clone().into_tensor_arg(),
+                d_beta.clone().into_tensor_arg(),
+                s.epsilon,
+                channels as u32,
+                (images * len) as u32,
+                len as u32,
+                masked,
+                splits > 1,
+            );
+        }
         if splits > 1 {
             kernel::merge_affine_grads_kernel::launch::<R>(
                 &client,
@@ -645,11 +869,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         if !f32s(&[&x, &dy, &s.mean, &s.var, &s.gamma, &d_gamma, &d_beta]) || relu_out.as_ref().is_some_and(|y| !f32s(&[y])) {
             return ops::input_grad::<Self>(x, dy, s, d_gamma, d_beta, relu_out);
         }
-        let (x, dy) = (into_contiguous(x), into_contiguous(dy));
+        let (x, layout) = in_own_layout(x);
+        let dy = into_layout(dy, layout);
         let [images, channels, len] = dims(&x);
         let masked = relu_out.is_some();
-        let relu_out = relu_out.map(into_contiguous).unwrap_or_else(|| x.clone());
-        let out = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), DType::F32);
+        let relu_out = relu_out.map(|y| into_layout(y, layout)).unwrap_or_else(|| x.clone());
+        let out = empty_in(layout, &x, x.shape(), DType::F32);
         kernel::input_grad_kernel::launch::<R>(
             &x.client.clone(),
             elementwise_cubes(x.shape().num_elements()),
@@ -668,12 +893,13 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
             channels as u32,
             len as u32,
             masked,
+            layout == Layout::ChannelsLast,
         );
         out
     }
 }
 
-/// Batch norm over `[B, C, L]` (followed by a ReLU with `relu`) as one autodiff operation
+/// Batch norm over `[B, C, S...]` (followed by a ReLU with `relu`) as one autodiff operation
 /// of `x`, `γ` and `β`; also the running statistics updated with the batch's.
 fn autodiff_batch_norm<B: BatchNormKernels, C: CheckpointStrategy>(
     x: FloatTensor<Autodiff<B, C>>,
@@ -779,12 +1005,12 @@ pub fn batch_norm_on<T: BatchNormKernels>(
     momentum: f64,
     relu: bool,
 ) -> (Tensor<Autodiff<T>, 4>, Tensor<T, 1>, Tensor<T, 1>) {
-    let [images, channels, h, w] = x.dims();
     let prim = |t: Tensor<Autodiff<T>, 1>| t.into_primitive().tensor();
     let running = Running { mean: running_mean.into_primitive().tensor(), var: running_var.into_primitive().tensor(), momentum };
-    let x = x.reshape([images, channels, h * w]).into_primitive().tensor();
+    // Four-dimensional throughout: merging H and W of a channels-last tensor would copy it.
+    let x = x.into_primitive().tensor();
     let (y, running) = autodiff_batch_norm::<T, NoCheckpointing>(x, prim(gamma), prim(beta), epsilon, relu, &running);
-    let y = Tensor::<Autodiff<T>, 3>::from_primitive(TensorPrimitive::Float(y)).reshape([images, channels, h, w]);
+    let y = Tensor::<Autodiff<T>, 4>::from_primitive(TensorPrimitive::Float(y));
     let stat = |s: FloatTensor<T>| Tensor::<T, 1>::from_primitive(TensorPrimitive::Float(s));
     (y, stat(running.mean), stat(running.var))
 }

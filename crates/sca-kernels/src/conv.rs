@@ -34,7 +34,7 @@ use cubek::std::InputBinding;
 
 use crate::plan::{planned_kernel, ConvKernel, ConvShape, Pass};
 use crate::as_matmul;
-use crate::layout::{to_channels_first, to_channels_last};
+use crate::layout::{channels_last, to_channels_first, to_channels_last};
 use crate::{dispatch, report_fallback, BinaryOp, ExplicitOps};
 
 /// The three passes of a bias-free convolution on kernels the backend chooses explicitly.
@@ -143,7 +143,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ConvKernel
 /// cubek's convolutions take channels-last operands: NCHW tensors are handed over as
 /// contiguous NHWC tensors ([`to_channels_last`]: a tiled copy, or a view where the memory
 /// is laid out so already), and the NHWC result comes back as a contiguous NCHW tensor
-/// ([`to_channels_first`]), so that the element-wise kernels after it read whole vectors.
+/// ([`to_channels_first`]), so that the element-wise kernels after it read whole vectors;
+/// with [`crate::layout::set_channels_last`] as an NCHW view of the NHWC result, which the
+/// batch-norm and residual kernels after it read and keep in that order.
 fn binding<R: CubeRuntime>(t: CubeTensor<R>) -> InputBinding<R> {
     let t = to_channels_last(t);
     let dtype = t.dtype;
@@ -229,7 +231,7 @@ pub fn weight_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: Cub
 
 /// Launches `kernel` on the inputs `inputs` builds around the output's binding: a new
 /// channels-last tensor for the NCHW shape `out_shape`, with `like`'s type and device,
-/// returned as a contiguous NCHW tensor.
+/// returned as a contiguous NCHW tensor (as an NCHW view of it with channels-last on).
 fn launch_nchw<R: CubeRuntime>(
     kernel: ConvKernel,
     like: &CubeTensor<R>,
@@ -240,7 +242,7 @@ fn launch_nchw<R: CubeRuntime>(
 ) -> Result<CubeTensor<R>, ConvSetupError> {
     let out = empty_device_dtype(like.client.clone(), like.device.clone(), permute_nchw_to_nhwc_shape(out_shape), like.dtype);
     launch(kernel, &like.client, inputs(out.clone().binding()), options, dtypes)?;
-    Ok(to_channels_first(out))
+    Ok(if channels_last() { permute_nhwc_to_nchw(out) } else { to_channels_first(out) })
 }
 
 /// The data gradient of a strided convolution from stride-1 ones (`stride1`).

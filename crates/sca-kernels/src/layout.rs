@@ -11,12 +11,20 @@
 //! matrix transposes ([`transpose_on`]): a cube loads a 32 × 32 tile with reads along rows
 //! and writes it transposed, along the other matrix's rows, so both sides go by whole
 //! sectors. Tensors already in the wanted layout pass through as views, without a copy.
+//!
+//! With [`set_channels_last`] on, the convolutions hand on cubek's NHWC results as NCHW views
+//! instead of copying them back, and the kernels after them keep that memory order: batch
+//! norm and the residual ends read and write in the [`Layout`] of their input
+//! ([`layout_of`], [`into_layout`], [`empty_in`]), so activations and their gradients stay
+//! channels-last from one convolution to the next, as PyTorch's `channels_last` keeps them.
 
-use burn::tensor::{Shape, TensorMetadata};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
-use burn_cubecl::ops::{permute_nchw_to_nhwc, permute_nhwc_to_nchw};
+use burn_cubecl::ops::{permute, permute_nchw_to_nhwc, permute_nhwc_to_nchw};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 
@@ -119,4 +127,98 @@ pub fn to_channels_first<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     }
     let [n, h, w, c] = t.shape().dims::<4>();
     transpose_on(into_contiguous(t), [n, h * w, c], Shape::new([n, c, h, w]))
+}
+
+/// Whether convolutions hand on their channels-last results as they are (see the module's
+/// documentation); off by default.
+static CHANNELS_LAST: AtomicBool = AtomicBool::new(false);
+
+/// Keeps activations channels-last between convolutions (on) or hands every convolution's
+/// result on as a contiguous NCHW tensor (off, the default). Either gives the same values.
+pub fn set_channels_last(on: bool) {
+    CHANNELS_LAST.store(on, Ordering::Relaxed);
+}
+
+/// See [`set_channels_last`].
+pub fn channels_last() -> bool {
+    CHANNELS_LAST.load(Ordering::Relaxed)
+}
+
+/// The memory order of a `[B, C, S...]` tensor (S: one or more positions' dimensions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Row-major: `[B, C, S...]` contiguous.
+    ChannelsFirst,
+    /// `[B, S..., C]` contiguous, seen as `[B, C, S...]`.
+    ChannelsLast,
+}
+
+/// The dimensions from outermost to innermost in memory.
+fn memory_order(layout: Layout, rank: usize) -> Vec<usize> {
+    match layout {
+        Layout::ChannelsFirst => (0..rank).collect(),
+        Layout::ChannelsLast => [0].into_iter().chain(2..rank).chain([1]).collect(),
+    }
+}
+
+/// Whether `t`'s memory is `layout`, densely (strides of dimensions of size 1 do not count).
+pub fn has_layout<R: CubeRuntime>(t: &CubeTensor<R>, layout: Layout) -> bool {
+    let (shape, strides) = (t.shape(), t.meta.strides());
+    if layout == Layout::ChannelsLast && shape.num_dims() < 3 {
+        return false;
+    }
+    let mut expected = 1;
+    memory_order(layout, shape.num_dims()).into_iter().rev().all(|d| {
+        let ok = shape[d] == 1 || strides[d] == expected;
+        expected *= shape[d];
+        ok
+    })
+}
+
+/// `t`'s layout, channels-first where both fit (one channel, or one position); `None` for
+/// any other memory order.
+pub fn layout_of<R: CubeRuntime>(t: &CubeTensor<R>) -> Option<Layout> {
+    [Layout::ChannelsFirst, Layout::ChannelsLast].into_iter().find(|&l| has_layout(t, l))
+}
+
+/// `t` with its memory in `layout`: itself when it is already, else a copy (tiled between
+/// the two layouts).
+pub fn into_layout<R: CubeRuntime>(t: CubeTensor<R>, layout: Layout) -> CubeTensor<R> {
+    if has_layout(&t, layout) {
+        return t;
+    }
+    let shape = t.shape();
+    let rank = shape.num_dims();
+    let (images, channels) = (shape[0], shape[1]);
+    let positions: usize = (2..rank).map(|d| shape[d]).product();
+    match layout {
+        Layout::ChannelsFirst if has_layout(&t, Layout::ChannelsLast) => {
+            // Seen in memory order, the tensor is a contiguous [B, S..., C].
+            let stored = permute(t, &memory_order(Layout::ChannelsLast, rank));
+            transpose_on(stored, [images, positions, channels], shape)
+        }
+        Layout::ChannelsFirst => into_contiguous(t),
+        Layout::ChannelsLast => {
+            let order = memory_order(Layout::ChannelsLast, rank);
+            let stored = Shape::from(order.iter().map(|&d| shape[d]).collect::<Vec<_>>());
+            let out = transpose_on(into_contiguous(t), [images, channels, positions], stored);
+            permute(out, &inverse(&order))
+        }
+    }
+}
+
+/// A new tensor of `shape` and `dtype` on `like`'s device, its memory in `layout`.
+pub fn empty_in<R: CubeRuntime>(layout: Layout, like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
+    let order = memory_order(layout, shape.num_dims());
+    let stored = Shape::from(order.iter().map(|&d| shape[d]).collect::<Vec<_>>());
+    permute(empty_device_dtype(like.client.clone(), like.device.clone(), stored, dtype), &inverse(&order))
+}
+
+/// The permutation that undoes `order`.
+fn inverse(order: &[usize]) -> Vec<usize> {
+    let mut inv = vec![0; order.len()];
+    for (i, &d) in order.iter().enumerate() {
+        inv[d] = i;
+    }
+    inv
 }

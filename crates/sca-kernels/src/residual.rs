@@ -17,12 +17,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
-use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::cube_util::grid_for;
+use crate::layout::{empty_in, into_layout, layout_of, Layout};
 use crate::{dispatch, BinaryOp, ExplicitOps};
 
 /// The two passes of `relu(a + b)` on tensors of one shape and float type.
@@ -100,11 +99,13 @@ mod kernel {
     }
 }
 
-/// `launch(cubes, a, b, out)`: a kernel of two contiguous operands into a new tensor of
-/// their shape, one unit per value.
+/// `launch(cubes, a, b, out)`: a kernel of two operands into a new tensor of their shape, one
+/// unit per value, all three in `a`'s memory order (channels-first or channels-last; see
+/// [`crate::layout`]), so that the kernel pairs values by their place in memory.
 fn elementwise<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>, launch: impl FnOnce(CubeCount, CubeTensor<R>, CubeTensor<R>, CubeTensor<R>)) -> CubeTensor<R> {
-    let (a, b) = (into_contiguous(a), into_contiguous(b));
-    let out = empty_device_dtype(a.client.clone(), a.device.clone(), a.shape(), a.dtype);
+    let layout = layout_of(&a).unwrap_or(Layout::ChannelsFirst);
+    let (a, b) = (into_layout(a, layout), into_layout(b, layout));
+    let out = empty_in(layout, &a, a.shape(), a.dtype);
     let n = out.shape().num_elements();
     if n > 0 {
         launch(grid_for(n, kernel::UNITS), a, b, out.clone());

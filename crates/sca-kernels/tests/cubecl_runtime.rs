@@ -413,6 +413,25 @@ fn add_relu_kernels_match_relu_of_the_sum() {
             assert_eq!(g.to_data(), w.to_data(), "{what}: {part}");
         }
     }
+    // `a` channels-last in memory, `b` not: the output and both gradients keep `a`'s order.
+    {
+        use sca_kernels::layout::{has_layout, Layout};
+        let on = |t: &Tensor<Flex, 4>, last: bool| match last {
+            false => Tensor::<Autodiff<W>, 4>::from_data(t.to_data(), &device),
+            true => Tensor::<Autodiff<W>, 4>::from_data(t.clone().permute([0, 2, 3, 1]).to_data(), &device).permute([0, 3, 1, 2]),
+        }
+        .require_grad();
+        let (al, bf) = (on(&a, true), on(&b, false));
+        let y = sca_kernels::add_relu(al.clone(), bf.clone());
+        let grads = (y.clone() * Tensor::<Autodiff<W>, 4>::from_data(dy.to_data(), &device)).sum().backward();
+        let memory = |t: Tensor<W, 4>| t.into_primitive().tensor();
+        let out = memory(y.clone().inner());
+        assert!(has_layout(&out, Layout::ChannelsLast), "the output left a's channels-last order");
+        let flex = |t: Tensor<W, 4>| Tensor::<Flex, 4>::from_data(t.into_data(), &Default::default());
+        for (got, (w, part)) in [flex(y.inner()), flex(al.grad(&grads).unwrap()), flex(bf.grad(&grads).unwrap())].iter().zip(want.iter().zip(["output", "a grad", "b grad"])) {
+            assert_eq!(got.to_data(), w.to_data(), "channels-last a: {part}");
+        }
+    }
     let half = |t: &Tensor<Flex, 4>| Tensor::<W, 4>::from_data(t.to_data(), &device).cast(FloatDType::F16);
     let got = sca_kernels::add_relu(half(&a), half(&b));
     let want = burn::tensor::activation::relu(half(&a) + half(&b));
@@ -453,27 +472,74 @@ fn layout_copies_match_permutes() {
     assert_eq!(first.shape().dims::<4>(), [2, 4, 5, 6]);
 }
 
+/// The layout helpers that keep activations channels-last: which order a tensor's memory
+/// has, copies into either (4-D and 3-D, one position, one channel), new tensors in either.
+#[test]
+fn tensors_move_between_channels_first_and_channels_last_memory() {
+    use burn::tensor::TensorMetadata;
+    use burn::tensor::ops::FloatTensorOps;
+    use sca_kernels::layout::{empty_in, has_layout, into_layout, layout_of, Layout};
+    let Some(device) = device() else { return };
+    let memory = |t: &FloatTensor<W>| format!("{:?}", t.handle.memory);
+    for (i, shape) in [vec![2, 5, 3, 4], vec![3, 7, 11], vec![2, 6, 1, 1], vec![2, 1, 3, 4]].into_iter().enumerate() {
+        let values: Vec<f32> = (0..shape.iter().product::<usize>()).map(|v| (v * 7 % 23) as f32 + 0.1 * i as f32).collect();
+        let x: FloatTensor<W> = Tensor::<W, 1>::from_floats(&values[..], &device).into_primitive().tensor();
+        let x = W::float_reshape(x, shape.clone().into());
+        // In logical order (a reshape to one dimension reads through the strides).
+        let read = |t: FloatTensor<W>| Tensor::<W, 1>::from_primitive(TensorPrimitive::Float(W::float_reshape(t, [values.len()].into()))).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(layout_of(&x), Some(Layout::ChannelsFirst), "{shape:?}: a contiguous tensor");
+        let last = into_layout(x.clone(), Layout::ChannelsLast);
+        assert!(has_layout(&last, Layout::ChannelsLast), "{shape:?}: not channels-last after the copy");
+        assert_eq!(last.shape(), shape.clone().into(), "{shape:?}: the shape changed");
+        assert_eq!(read(last.clone()), values, "{shape:?}: values moved");
+        // One channel or one position: both orders are the same memory, no copy.
+        let trivial = shape[1] == 1 || shape[2..].iter().product::<usize>() == 1;
+        assert_eq!(memory(&last) == memory(&x), trivial, "{shape:?}: copied iff the orders differ");
+        let back = into_layout(last.clone(), Layout::ChannelsFirst);
+        assert!(back.is_contiguous(), "{shape:?}: back to channels-first");
+        assert_eq!(read(back), values, "{shape:?}: values moved on the way back");
+        assert_eq!(memory(&into_layout(last.clone(), Layout::ChannelsLast)), memory(&last), "{shape:?}: already channels-last, yet copied");
+        let empty = empty_in(Layout::ChannelsLast, &x, x.shape(), DType::F32);
+        assert!(has_layout(&empty, Layout::ChannelsLast) && empty.shape() == x.shape(), "{shape:?}: empty_in");
+    }
+    // A transposed matrix's memory is neither order.
+    let m: FloatTensor<W> = Tensor::<W, 3>::from_data(random([1, 2, 3, 4], 420).reshape([2, 3, 4]).to_data(), &device).swap_dims(0, 2).into_primitive().tensor();
+    assert_eq!(layout_of(&m), None);
+}
+
 /// Training-mode batch norm on the CubeCL kernels against the same operation on Flex
 /// (itself held to Burn's `BatchNorm` in sca-backbone's tests): output, updated running statistics and
 /// the gradients of x, γ and β; channels of fewer values than a cube has units (3 × 12), of
 /// more (2 × 300: several per unit, across images), and of enough to be split over cubes
 /// (5 × 1,763: three unequal parts, merged), offset and scaled so that centring matters;
-/// with and without the ReLU inside the operation.
+/// with and without the ReLU inside the operation. Each also with `x` channels-last in
+/// memory (the channels-last kernels: a cube per 32 channels, here fewer, and 40 channels
+/// over two cubes, the second part-filled, whose 3,720 values each are split over 30 cubes),
+/// where the output and the gradient of `x` must keep that memory order.
 #[test]
 fn batch_norm_kernels_match_the_tensor_operations() {
+    use burn::tensor::TensorMetadata;
     use sca_kernels::batch_norm::{batch_norm_on, BatchNormKernels};
+    use sca_kernels::layout::{has_layout, Layout};
     let Some(device) = device() else { return };
-    for (i, shape) in [[3, 5, 3, 4], [2, 3, 15, 20], [5, 2, 41, 43]].into_iter().enumerate() {
+    for (i, shape) in [[3, 5, 3, 4], [2, 3, 15, 20], [5, 2, 41, 43], [4, 40, 30, 31]].into_iter().enumerate() {
         let c = shape[1];
-        let x = random(shape, 500 + i as u64) * Tensor::<Flex, 1>::from_floats(&[0.5f32, 2.0, 3.0, 0.7, 1.3][..c], &Default::default()).reshape([1, c, 1, 1]) + 2.0;
+        let spread = Tensor::<Flex, 1>::from_floats(&(0..c).map(|j| [0.5f32, 2.0, 3.0, 0.7, 1.3][j % 5]).collect::<Vec<_>>()[..], &Default::default());
+        let x = random(shape, 500 + i as u64) * spread.reshape([1, c, 1, 1]) + 2.0;
         let dy = random(shape, 510 + i as u64);
         let ramp = |a: f32, s: f32| (0..c).map(|j| a + s * j as f32).collect::<Vec<f32>>();
         let (gamma, beta) = (ramp(0.5, 0.25), ramp(-0.3, 0.1));
-        fn run<T: BatchNormKernels>(x: &Tensor<Flex, 4>, dy: &Tensor<Flex, 4>, gamma: &[f32], beta: &[f32], relu: bool, device: &T::Device) -> Vec<Tensor<Flex, 1>> {
+        /// The results, and the output's and x gradient's memory (`None` off CubeCL).
+        #[allow(clippy::type_complexity)]
+        fn run<T: BatchNormKernels>(x: &Tensor<Flex, 4>, dy: &Tensor<Flex, 4>, gamma: &[f32], beta: &[f32], relu: bool, last: bool, device: &T::Device) -> (Vec<Tensor<Flex, 1>>, [FloatTensor<T>; 2]) {
             let c = gamma.len();
             let ramp = |a: f32, s: f32| (0..c).map(|j| a + s * j as f32).collect::<Vec<f32>>();
             type B<T> = Autodiff<T>;
-            let xa = Tensor::<B<T>, 4>::from_data(x.to_data(), device).require_grad();
+            let xa = match last {
+                false => Tensor::<B<T>, 4>::from_data(x.to_data(), device),
+                true => Tensor::<B<T>, 4>::from_data(x.clone().permute([0, 2, 3, 1]).to_data(), device).permute([0, 3, 1, 2]),
+            }
+            .require_grad();
             let g = Tensor::<B<T>, 1>::from_floats(gamma, device).require_grad();
             let b = Tensor::<B<T>, 1>::from_floats(beta, device).require_grad();
             // Running statistics away from their initial 0 and 1, so both terms of the update count.
@@ -483,23 +549,33 @@ fn batch_norm_kernels_match_the_tensor_operations() {
             let grads = (y.clone() * Tensor::<B<T>, 4>::from_data(dy.to_data(), device)).sum().backward();
             let flat = |t: Tensor<T, 1>| Tensor::<Flex, 1>::from_data(t.into_data(), &Default::default());
             let n = y.shape().num_elements();
-            vec![
+            let x_grad = xa.grad(&grads).unwrap();
+            let memory = [y.clone().inner().into_primitive().tensor(), x_grad.clone().into_primitive().tensor()];
+            let values = vec![
                 flat(y.inner().reshape([n])),
                 flat(mean),
                 flat(var),
-                flat(xa.grad(&grads).unwrap().reshape([n])),
+                flat(x_grad.reshape([n])),
                 flat(g.grad(&grads).unwrap()),
                 flat(b.grad(&grads).unwrap()),
-            ]
+            ];
+            (values, memory)
         }
         for relu in [false, true] {
-            let want = run::<Flex>(&x, &dy, &gamma, &beta, relu, &Default::default());
-            let got = run::<W>(&x, &dy, &gamma, &beta, relu, &device);
+            let (want, _) = run::<Flex>(&x, &dy, &gamma, &beta, relu, false, &Default::default());
             let zeros = want[0].clone().equal_elem(0.0).int().sum().into_scalar();
             assert_eq!(zeros > 0, relu, "{shape:?}: the ReLU clamps outputs exactly when asked");
-            for ((g, w), what) in got.iter().zip(&want).zip(["output", "running mean", "running variance", "x grad", "gamma grad", "beta grad"]) {
-                let e = rel_err(g, w);
-                assert!(e < 1e-5, "{shape:?} relu={relu} {what}: off by {e}");
+            for last in [false, true] {
+                let (got, memory) = run::<W>(&x, &dy, &gamma, &beta, relu, last, &device);
+                for ((g, w), what) in got.iter().zip(&want).zip(["output", "running mean", "running variance", "x grad", "gamma grad", "beta grad"]) {
+                    let e = rel_err(g, w);
+                    assert!(e < 1e-5, "{shape:?} relu={relu} channels-last={last} {what}: off by {e}");
+                }
+                let layout = if last { Layout::ChannelsLast } else { Layout::ChannelsFirst };
+                for (t, what) in memory.iter().zip(["output", "x grad"]) {
+                    assert!(has_layout(t, layout), "{shape:?} channels-last={last}: the {what} is not {layout:?} in memory (strides {:?})", t.meta.strides());
+                    assert_eq!(t.shape().dims::<4>(), shape);
+                }
             }
         }
     }
