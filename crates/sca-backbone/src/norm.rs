@@ -40,7 +40,13 @@ pub fn batch_norm_relu_forward<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -
 fn batch_norm_maybe_relu<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
     let then_relu = |y: Tensor<B, 4>| if relu { burn::tensor::activation::relu(y) } else { y };
     if !B::ad_enabled(&x.device()) {
-        return then_relu(inference(bn, x));
+        // On the GPU one kernel (ReLU included) in x's memory order; tensor operations else.
+        let device = x.device();
+        let running = |r: &RunningState<Tensor<B, 1>>| r.value().to_device(&device);
+        return match sca_kernels::batch_norm_eval(x, bn.gamma.val(), bn.beta.val(), running(&bn.running_mean), running(&bn.running_var), bn.epsilon, relu) {
+            Ok(y) => y,
+            Err(x) => then_relu(inference(bn, x)),
+        };
     }
     let sync = sync_bn::get::<B>();
     // One replica: one autodiff operation (four passes) on the backends that have it.

@@ -1014,3 +1014,46 @@ pub fn batch_norm_on<T: BatchNormKernels>(
     let stat = |s: FloatTensor<T>| Tensor::<T, 1>::from_primitive(TensorPrimitive::Float(s));
     (y, stat(running.mean), stat(running.var))
 }
+
+/// Inference-mode batch norm of `x` (`[B, C, H, W]`) with the running statistics `mean` and
+/// `var`, followed by a ReLU with `relu`: one kernel on the CubeCL backends (CUDA and, with
+/// the `wgpu` feature, wgpu), in `x`'s memory order; `Err(x)` on any other backend, whose
+/// caller computes it with tensor operations.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_eval<B: Backend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    mean: Tensor<B, 1>,
+    var: Tensor<B, 1>,
+    epsilon: f64,
+    relu: bool,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let stats = (gamma, beta, mean, var);
+    let x = match eval_as::<B, CudaBackend>(x, &stats, epsilon, relu) {
+        Ok(y) => return Ok(y),
+        Err(x) => x,
+    };
+    #[cfg(feature = "wgpu")]
+    let x = match eval_as::<B, crate::WgpuBackend>(x, &stats, epsilon, relu) {
+        Ok(y) => return Ok(y),
+        Err(x) => x,
+    };
+    Err(x)
+}
+
+#[allow(clippy::type_complexity)]
+fn eval_as<B: Backend, T: BatchNormKernels>(
+    x: Tensor<B, 4>,
+    (gamma, beta, mean, var): &(Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>),
+    epsilon: f64,
+    relu: bool,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    if !is::<B, T>() {
+        return Err(x);
+    }
+    let prim = |t: &Tensor<B, 1>| same_type::<_, Tensor<T, 1>>(t.clone()).into_primitive().tensor();
+    let stats = Stats { mean: prim(mean), var: prim(var), gamma: prim(gamma), epsilon: epsilon as f32 };
+    let y = T::normalize(same_type::<_, Tensor<T, 4>>(x).into_primitive().tensor(), &stats, prim(beta), relu);
+    Ok(same_type(Tensor::<T, 4>::from_primitive(TensorPrimitive::Float(y))))
+}

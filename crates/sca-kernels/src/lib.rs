@@ -15,7 +15,8 @@
 //! - [`matmul`]: [`gemm_matmul`] and [`gemm_linear`], matmul and its two gradients on
 //!   cubek's tiled tensor-core matmul.
 //! - [`batch_norm`]: [`batch_norm_train`], training-mode batch norm (and a ReLU after it)
-//!   as one autodiff operation of four kernel launches on the GPU.
+//!   as one autodiff operation of four kernel launches on the GPU; [`batch_norm_eval`], the
+//!   inference-mode one as one kernel.
 //! - [`residual`]: [`add_relu`], a residual block's `relu(a + b)` as one kernel each way.
 //! - [`lars`]: one LARC + momentum-SGD parameter step in two launches.
 //! - [`layout`]: NCHW ↔ NHWC copies by tiles, for cubek's channels-last convolutions.
@@ -57,7 +58,7 @@ pub mod plan;
 pub mod residual;
 pub mod topk;
 
-pub use batch_norm::batch_norm_train;
+pub use batch_norm::{batch_norm_eval, batch_norm_train};
 pub use conv::gemm_conv2d;
 pub use matmul::{gemm_linear, gemm_matmul};
 pub use residual::add_relu;

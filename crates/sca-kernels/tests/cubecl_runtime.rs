@@ -580,3 +580,42 @@ fn batch_norm_kernels_match_the_tensor_operations() {
         }
     }
 }
+
+/// Inference-mode batch norm in one kernel: `γ·(x − μ)/√(σ² + ε) + β` with the running
+/// statistics, against the formula on Flex; channels-first and channels-last input (which it
+/// keeps), with and without the ReLU.
+#[test]
+fn inference_batch_norm_is_one_kernel_in_either_memory_order() {
+    use burn::tensor::TensorMetadata;
+    use sca_kernels::layout::{has_layout, Layout};
+    let Some(device) = device() else { return };
+    let shape = [3, 40, 5, 7];
+    let c = shape[1];
+    let x = random(shape, 700) * 2.0 + 0.5;
+    let ramp = |a: f32, s: f32| (0..c).map(|j| a + s * j as f32).collect::<Vec<f32>>();
+    let (gamma, beta, mean, var) = (ramp(0.5, 0.05), ramp(-0.3, 0.02), ramp(0.4, -0.03), ramp(0.8, 0.1));
+    let eps = 1e-5;
+    let flex = Default::default();
+    let per_channel = |v: &[f32]| Tensor::<Flex, 1>::from_floats(v, &flex).reshape([1, c, 1, 1]);
+    let normalised = (x.clone() - per_channel(&mean)) / (per_channel(&var) + eps as f32).sqrt() * per_channel(&gamma) + per_channel(&beta);
+    for relu in [false, true] {
+        let want = if relu { burn::tensor::activation::relu(normalised.clone()) } else { normalised.clone() };
+        for last in [false, true] {
+            let xw = match last {
+                false => Tensor::<W, 4>::from_data(x.to_data(), &device),
+                true => Tensor::<W, 4>::from_data(x.clone().permute([0, 2, 3, 1]).to_data(), &device).permute([0, 3, 1, 2]),
+            };
+            let v = |v: &[f32]| Tensor::<W, 1>::from_floats(v, &device);
+            let y = sca_kernels::batch_norm_eval(xw, v(&gamma), v(&beta), v(&mean), v(&var), eps, relu).expect("wgpu runs the kernel");
+            let layout = if last { Layout::ChannelsLast } else { Layout::ChannelsFirst };
+            let memory = y.clone().into_primitive().tensor();
+            assert!(has_layout(&memory, layout) && memory.shape().dims::<4>() == shape, "relu={relu} channels-last={last}: memory order lost");
+            let got = Tensor::<Flex, 4>::from_data(y.into_data(), &flex);
+            let e = rel_err(&got, &want);
+            assert!(e < 1e-6, "relu={relu} channels-last={last}: off by {e}");
+        }
+    }
+    // Off the CubeCL backends the caller gets its input back.
+    let back = sca_kernels::batch_norm_eval(x.clone(), per_channel(&gamma).reshape([c]), per_channel(&beta).reshape([c]), per_channel(&mean).reshape([c]), per_channel(&var).reshape([c]), eps, false);
+    assert!(back.is_err(), "Flex has no inference kernel");
+}

@@ -58,6 +58,12 @@ pub struct ModelConfig {
     /// or `native` (the backend's conv kernels, autotuned on CUDA).
     #[serde(default)]
     pub conv: ConvImpl,
+    /// CUDA, `gemm` convolutions: keep activations and their gradients channels-last (NHWC)
+    /// in memory from one convolution to the next, instead of copying each convolution's
+    /// result back to NCHW (see `sca_kernels::layout`). Same values either way; off by
+    /// default until measured against NCHW on a GPU (`sca bench gpu --channels-last`).
+    #[serde(default)]
+    pub channels_last: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

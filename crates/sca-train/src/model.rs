@@ -30,6 +30,8 @@ pub struct SslModel<B: Backend> {
 
 impl<B: Backend> SslModel<B> {
     pub fn new(cfg: &TrainConfig, device: &B::Device) -> Self {
+        // Process-wide, like the convolution plan: the kernels read it as they run.
+        sca_kernels::layout::set_channels_last(cfg.model.channels_last);
         let backbone = ResNetConfig::new(cfg.model.arch)
             .with_small_stem(cfg.model.small_stem)
             .with_zero_init_residual(cfg.model.zero_init_residual)

@@ -56,6 +56,10 @@ pub enum BenchCommand {
         /// Arithmetic of the convolutions: f32, bf16 or f16.
         #[arg(long, default_value = "f32")]
         precision: sca_backbone::Precision,
+        /// Keep activations channels-last (NHWC) between the convolutions
+        /// (`model.channels_last`; CUDA with gemm convolutions).
+        #[arg(long)]
+        channels_last: bool,
         /// Run only these cases (letters a-e, e.g. `--only a,c`).
         #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
         only: Vec<char>,
@@ -119,9 +123,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pretrain(c) => pretrain::<B>(&c, matches!(choice, crate::device::Choice::Cuda(_)), device)?,
         BenchCommand::Addon(c) => addon::<B>(&c, device)?,
         BenchCommand::Kmeans { n, d, c, iterations, .. } => kmeans::<B>(n, d, c, iterations, device)?,
-        BenchCommand::Gpu { common, scale, size, feature_batch, conv, precision, only } => {
+        BenchCommand::Gpu { common, scale, size, feature_batch, conv, precision, channels_last, only } => {
             let cuda = matches!(choice, crate::device::Choice::Cuda(_));
-            gpu::<B>(&common, cuda, GpuCases { scale, size, feature_batch, conv, precision, only }, device)?
+            gpu::<B>(&common, cuda, GpuCases { scale, size, feature_batch, conv, precision, channels_last, only }, device)?
         }
         BenchCommand::Distributed { common, replicas } => distributed::<B>(&common, replicas, device)?,
         BenchCommand::Convs { .. } => unreachable!("handled above"),
@@ -294,6 +298,7 @@ struct GpuCases {
     feature_batch: usize,
     conv: sca_backbone::ConvImpl,
     precision: sca_backbone::Precision,
+    channels_last: bool,
     only: Vec<char>,
 }
 
@@ -306,8 +311,9 @@ fn gpu<B: sca_dist::TrackedSum>(c: &Common, cuda: bool, g: GpuCases, device: B::
     let b = c.batch.unwrap_or(if cuda { 64 } else { 4 });
     let (size, run) = (g.size, |case: char| g.only.contains(&case));
     let (conv, precision) = (format!("model.conv={}", g.conv), format!("precision={}", g.precision));
-    let r50 = ["model.arch=resnet50", "model.small_stem=false", "engine.hidden_dim=2048", "engine.prototypes=3000", &conv, &precision];
-    let tag = format!("{} conv, {}", g.conv, g.precision);
+    let layout = format!("model.channels_last={}", g.channels_last);
+    let r50 = ["model.arch=resnet50", "model.small_stem=false", "engine.hidden_dim=2048", "engine.prototypes=3000", &conv, &precision, &layout];
+    let tag = format!("{} conv, {}{}", g.conv, g.precision, if g.channels_last { ", channels-last" } else { "" });
     let mut rows = Vec::new();
     if run('a') {
         let swav = config(&[&r50[..], &["addon.enabled=false"]].concat())?;
@@ -318,7 +324,8 @@ fn gpu<B: sca_dist::TrackedSum>(c: &Common, cuda: bool, g: GpuCases, device: B::
         push_row(&mut rows, time_steps::<B>(&format!("(b) SwAV + add-on (P=1) ResNet-50, batch {b}, {tag}"), addon, b, 2, size, c.steps, device.clone())?);
     }
     if run('c') {
-        push_row(&mut rows, features::<B>(g.feature_batch, size, c.steps, g.conv, g.precision, device.clone())?);
+        sca_kernels::layout::set_channels_last(g.channels_last);
+        push_row(&mut rows, features::<B>(g.feature_batch, size, c.steps, &tag, g.conv, g.precision, device.clone())?);
     }
     let n = ((1_280_000.0 * g.scale).round() as usize).max(1);
     if run('d') {
@@ -345,6 +352,7 @@ fn features<B: AutodiffBackend>(
     batch: usize,
     size: usize,
     steps: usize,
+    tag: &str,
     conv: sca_backbone::ConvImpl,
     precision: sca_backbone::Precision,
     device: B::Device,
@@ -364,7 +372,7 @@ fn features<B: AutodiffBackend>(
     }
     let per = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
     Ok(json!({
-        "case": format!("(c) ResNet-50 features, batch {batch} at {size} px, {conv} conv, {precision}"),
+        "case": format!("(c) ResNet-50 features, batch {batch} at {size} px, {tag}"),
         "images_per_s": batch as f64 / per, "ms_per_step": per * 1e3, "first_step_s": first, "batch": batch,
     }))
 }
