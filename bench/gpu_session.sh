@@ -12,10 +12,11 @@
 #         (caches empty: the first step includes compilation) on the built-in kernels; then
 #         `sca bench convs` (every ResNet-50 convolution shape × pass × candidate kernel,
 #         which writes the fastest per shape as the plan in the cache) and (a) again with
-#         that plan; then PyTorch's training step (a) in fp32, TF32 and bf16, and its
-#         convolutions layer by layer in TF32 (bench/compare_convs.py sets them against ours).
-#   more  bf16: convolutions (ours and PyTorch's), then (a) and (c) with the plan; the add-on
-#         step (b), k-means (d) and KNN (e); PyTorch's features (c).
+#         that plan, in NCHW and with activations kept channels-last (--channels-last);
+#         then PyTorch's training step (a) in fp32, TF32 and bf16.
+#   more  PyTorch's convolutions layer by layer in TF32 (bench/compare_convs.py sets them
+#         against ours); bf16: convolutions (ours and PyTorch's), then (a) and (c) with the
+#         plan; the add-on step (b), k-means (d) and KNN (e); PyTorch's features (c).
 #   profile  bench/profile_step.sh under OUT/profile: per-kernel time of the timed steps.
 #
 # PLAN=FILE starts the cache with that convolution plan (e.g. one an earlier session measured
@@ -85,12 +86,13 @@ convs() {
 
 if [ "$PART" = core ] || [ "$PART" = all ]; then
     ours cold 150 --only a --conv gemm --precision f32 --steps 3
-    convs f32 220 --precision f32 --steps 3
-    ours plan 80 --only a --conv gemm --precision f32 --steps 5
+    convs f32 200 --precision f32 --steps 3
+    ours plan 70 --only a --conv gemm --precision f32 --steps 5
+    ours nhwc 70 --only a --conv gemm --precision f32 --steps 5 --channels-last
     torch train 70 --cases train
-    torch convs-tf32 60 --cases convs --precisions tf32 --steps 5
 fi
 if [ "$PART" = more ] || [ "$PART" = all ]; then
+    torch convs-tf32 60 --cases convs --precisions tf32 --steps 5
     convs bf16 180 --precision bf16 --steps 3
     torch convs-bf16 60 --cases convs --precisions bf16 --steps 5
     ours bf16 120 --only a,c --conv gemm --precision bf16 --steps 5

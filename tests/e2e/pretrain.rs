@@ -183,15 +183,15 @@ fn gpu_benchmark_runs_scaled_down_on_the_cpu() {
     // A subset of the cases in another setting; the warm-up step reports its phases.
     let mut c = sca();
     c.args(["bench", "gpu", "--device", "cpu", "--size", "32", "--feature-batch", "2", "--batch", "2", "--steps", "1"]);
-    c.args(["--only", "a,c", "--conv", "native", "--precision", "bf16", "--json"]).arg(&json);
+    c.args(["--only", "a,c", "--conv", "native", "--precision", "bf16", "--channels-last", "--json"]).arg(&json);
     let log = run_ok(c);
     for phase in ["forward", "backward", "optimiser"] {
-        assert!(log.contains(&format!("native conv, bf16: warm-up {phase} ")), "{phase} not reported:\n{log}");
+        assert!(log.contains(&format!("native conv, bf16, channels-last: warm-up {phase} ")), "{phase} not reported:\n{log}");
     }
     let v: serde_json::Value = serde_json::from_slice(&read(json)).unwrap();
     let cases: Vec<&str> = v["rows"].as_array().unwrap().iter().map(|r| r["case"].as_str().unwrap()).collect();
     assert_eq!(cases.len(), 2, "{cases:?}");
-    assert!(cases[0].starts_with("(a)") && cases[1].starts_with("(c)") && cases.iter().all(|c| c.ends_with("native conv, bf16")), "{cases:?}");
+    assert!(cases[0].starts_with("(a)") && cases[1].starts_with("(c)") && cases.iter().all(|c| c.ends_with("native conv, bf16, channels-last")), "{cases:?}");
     let mut c = sca();
     c.args(["bench", "gpu", "--device", "cpu", "--only", "a,z"]);
     assert!(run_err(c).contains("--only: unknown case 'z'"));

@@ -402,6 +402,15 @@ mod tests {
         check(&["precision=bf16", "model.conv=native"], Ok(()));
         check(&["precision=fp8"], Err("default.json: key 'precision': unknown variant `fp8`, expected one of `f32`, `bf16`, `f16`"));
         check(&["model.conv=winograd"], Err("default.json: key 'model.conv': unknown variant `winograd`, expected one of `native`, `matmul`, `gemm`, `auto`"));
+        check(&["model.channels_last=yes"], Err("default.json: key 'model.channels_last': invalid type: string \"yes\", expected a boolean"));
+    }
+
+    #[test]
+    fn channels_last_is_off_by_default() {
+        // What it switches is process-wide (sca_kernels::layout), so the tests that run
+        // in parallel here do not read it back.
+        assert!(!parse(DEFAULT, "d", &[]).unwrap().model.channels_last);
+        assert!(parse(DEFAULT, "d", &["model.channels_last=true".into()]).unwrap().model.channels_last);
     }
 
     #[test]
