@@ -18,6 +18,13 @@
 //!   f32: the long reduction over the batch's pixels is split, so the small `O × C·k²`
 //!   output still spreads over every SM (cubek's weight-gradient kernels tile the output
 //!   only).
+//!
+//! With channels-last activations ([`crate::layout::set_channels_last`]) a 1 × 1 convolution
+//! whose input (or, for the data gradient, output gradient) is channels-last in memory runs
+//! on the rows of channels themselves, one per image and position, without a copy:
+//! `[N·H·W, C] · Wᵀ` forward (its result channels-last too), `dY · W` for the data gradient,
+//! and `dYᵀ · X` over groups of rows for the weight gradient (`dY` copied into rows if it is
+//! not channels-last).
 
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{FloatDType, Shape, Tensor, TensorMetadata, TensorPrimitive};
@@ -51,8 +58,13 @@ fn im2col<B: Im2col>(x: Tensor<B, 4>, k: [usize; 2], o: &ConvOptions<2>) -> Tens
 /// `y = conv(x, w)`.
 pub fn forward<B: Im2col>(x: FloatTensor<B>, weight: FloatTensor<B>, options: &ConvOptions<2>) -> Result<FloatTensor<B>, String> {
     check_groups(options)?;
+    let rows = B::channels_last_rows(&x);
     let (x, w) = (tensor::<B, 4>(x), tensor::<B, 4>(weight));
     let ([n, _, h, wd], [o, c, kh, kw]) = (x.dims(), w.dims());
+    if rows && pointwise([kh, kw], options) {
+        let y = mm(channel_rows(x).unsqueeze(), w.reshape([1, o, c]).swap_dims(1, 2)); // [1, N·H·W, O]
+        return Ok(from_channel_rows(y.squeeze_dim(0), [n, o, h, wd]).into_primitive().tensor());
+    }
     let [oh, ow] = output_size([h, wd], [kh, kw], options);
     let y = mm(w.reshape([1, o, c * kh * kw]), im2col(x, [kh, kw], options));
     Ok(y.reshape([n, o, oh, ow]).into_primitive().tensor())
@@ -64,8 +76,14 @@ pub fn data_grad<B: Im2col>(grad: FloatTensor<B>, weight: FloatTensor<B>, option
     if options.stride != [1, 1] {
         return Err(format!("{} takes stride-1 data gradients (strided ones go through strided_data_grad)", ConvKernel::Matmul));
     }
+    let rows = B::channels_last_rows(&grad);
     let (dy, w) = (tensor::<B, 4>(grad), tensor::<B, 4>(weight));
     let [o, c, kh, kw] = w.dims();
+    if rows && pointwise([kh, kw], options) {
+        let [n, _, h, wd] = dy.dims();
+        let dx = mm(channel_rows(dy).unsqueeze(), w.reshape([1, o, c])); // [1, N·H·W, C]
+        return Ok(from_channel_rows(dx.squeeze_dim(0), [n, c, h, wd]).into_primitive().tensor());
+    }
     if pointwise([kh, kw], options) {
         let [n, _, h, wd] = dy.dims();
         let dx = mm(w.reshape([1, o, c]).swap_dims(1, 2), dy.reshape([n, o, h * wd]));
@@ -81,14 +99,42 @@ pub fn data_grad<B: Im2col>(grad: FloatTensor<B>, weight: FloatTensor<B>, option
     forward::<B>(dy.into_primitive().tensor(), flipped.into_primitive().tensor(), &transposed)
 }
 
+/// `[N, C, H, W]` with channels-last memory as its `[N·H·W, C]` rows (a view).
+fn channel_rows<B: Im2col>(t: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [n, c, h, w] = t.dims();
+    t.permute([0, 2, 3, 1]).reshape([n * h * w, c])
+}
+
+/// `[N·H·W, C]` rows as the `[N, C, H, W]` tensor `shape`, channels-last in memory (a view).
+fn from_channel_rows<B: Im2col>(rows: Tensor<B, 2>, [n, c, h, w]: [usize; 4]) -> Tensor<B, 4> {
+    rows.reshape([n, h, w, c]).permute([0, 3, 1, 2])
+}
+
+/// The groups' partial products `[G, O, K]` added up (in f32, whatever their type).
+fn summed<B: Im2col>(partial: Tensor<B, 3>) -> Tensor<B, 3> {
+    let dtype = FloatDType::from(partial.dtype());
+    match partial.dims()[0] {
+        1 => partial,
+        _ => partial.cast(FloatDType::F32).sum_dim(0).cast(dtype),
+    }
+}
+
 /// `dW = Σ_g dY_g · cols(X_g)ᵀ` over `groups` groups of images.
 pub fn weight_grad<B: Im2col>(x: FloatTensor<B>, grad: FloatTensor<B>, weight_shape: &Shape, options: &ConvOptions<2>, groups: usize) -> Result<FloatTensor<B>, String> {
     check_groups(options)?;
+    let rows = B::channels_last_rows(&x);
     let (x, dy) = (tensor::<B, 4>(x), tensor::<B, 4>(grad));
     let (n, [_, o, oh, ow]) = (x.dims()[0], dy.dims());
     let (kh, kw) = (weight_shape[2], weight_shape[3]);
     if groups == 0 || !n.is_multiple_of(groups) {
         return Err(format!("{groups} groups do not divide a batch of {n}"));
+    }
+    if rows && pointwise([kh, kw], options) {
+        // Σ over groups of rows of dYᵀ · X: [G, O, R/G] · [G, R/G, C], R = N·H'·W' rows.
+        let (c, r) = (weight_shape[1], n * oh * ow);
+        let (xr, dyr) = (channel_rows(x).reshape([groups, r / groups, c]), channel_rows(dy).reshape([groups, r / groups, o]));
+        let dw = summed(mm(dyr.swap_dims(1, 2), xr));
+        return Ok(dw.reshape([o, c, 1, 1]).into_primitive().tensor());
     }
     let (per, l) = (n / groups, oh * ow);
     // [N, O, L] → [G, O, per·L] (a copy unless one image per group), as the patches are.
@@ -96,15 +142,9 @@ pub fn weight_grad<B: Im2col>(x: FloatTensor<B>, grad: FloatTensor<B>, weight_sh
         1 => t,
         _ => t.reshape([groups, per, rows, l]).swap_dims(1, 2).reshape([groups, rows, per * l]),
     };
-    let dtype = FloatDType::from(dy.dtype());
     let cols: Tensor<B, 3> = tensor(B::im2col(x.into_primitive().tensor(), [kh, kw], options, groups));
     let partial = mm(grouped(dy.reshape([n, o, l]), o), cols.swap_dims(1, 2)); // [G, O, C·k²]
-    let c = weight_shape[1];
-    let dw = match groups {
-        1 => partial,
-        _ => partial.cast(FloatDType::F32).sum_dim(0).cast(dtype),
-    };
-    let dw = dw.reshape([o, c, kh, kw]);
+    let dw = summed(partial).reshape([o, weight_shape[1], kh, kw]);
     Ok(dw.into_primitive().tensor())
 }
 

@@ -30,6 +30,13 @@ pub trait Im2col: MatmulKernels {
     /// `options` (stride, padding, dilation), image `n` in group `n / (N/G)`; `G` divides
     /// `N`. A 1 × 1, stride-1, unpadded convolution with `G = N` is a view of `x`.
     fn im2col(x: FloatTensor<Self>, kernel: [usize; 2], options: &ConvOptions<2>, groups: usize) -> FloatTensor<Self>;
+
+    /// Whether `x` is to be taken as rows of channels: channels-last activations are on
+    /// ([`crate::layout::set_channels_last`]) and `x`'s memory is channels-last. Never on
+    /// Flex, whose tensors are kept channels-first.
+    fn channels_last_rows(_x: &FloatTensor<Self>) -> bool {
+        false
+    }
 }
 
 /// A 1 × 1, stride-1, unpadded convolution: its patches are its input.
@@ -155,6 +162,10 @@ mod kernel {
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Im2col for CubeBackend<R, F, I, BT> {
+    fn channels_last_rows(x: &FloatTensor<Self>) -> bool {
+        crate::layout::channels_last() && crate::layout::layout_of(x) == Some(crate::layout::Layout::ChannelsLast)
+    }
+
     fn im2col(x: FloatTensor<Self>, k: [usize; 2], o: &ConvOptions<2>, groups: usize) -> FloatTensor<Self> {
         let [n, c, h, w] = x.shape().dims::<4>();
         assert!(groups > 0 && n.is_multiple_of(groups), "im2col: {groups} groups do not divide {n} images");

@@ -6,7 +6,8 @@
 //! loop (backbone, SwAV with its queue, the add-on with the multi-stage tap, the epoch-start
 //! feature pass and k-means, LARS) on wgpu over Mesa's software Vulkan (lavapipe), with the
 //! convolutions and matmuls on this project's explicit kernels as on CUDA, from the same
-//! start and on the same batches as on Flex, and the losses must agree.
+//! start and on the same batches as on Flex, and the losses must agree; then one epoch of
+//! ResNet-50 with channels-last activations (`model.channels_last`).
 //! Skipped without Vulkan unless `SCA_REQUIRE_VULKAN` is set (CI sets it).
 
 use std::sync::Arc;
@@ -63,19 +64,37 @@ fn a_run_on_cubecl_gives_the_cpu_runs_losses() {
     let all = r#"{"forward": "matmul", "data": "matmul", "weight": "matmul"}"#;
     use_plan(ConvPlan::parse(&format!(r#"{{"device": "lavapipe", "batch": 4, "default": {all}, "shapes": {{}}}}"#)).unwrap());
 
+    let got = same_losses(config(), device.clone());
+    assert_eq!(got, 4, "2 epochs of 8 images in batches of 4");
+
+    // Channels-last activations: ResNet-50 with its full stem, whose max pool hands on
+    // channels-last memory; the 1 × 1 convolutions of the first stage then run on rows of
+    // channels and leave their results channels-last, batch norm runs its channels-last
+    // kernels on them both ways, and the residual ends meet both layouts.
+    let mut cfg = config();
+    cfg.epochs = 1;
+    cfg.model.arch = sca_backbone::Arch::ResNet50;
+    cfg.model.small_stem = false;
+    cfg.model.channels_last = true;
+    let got = same_losses(cfg, device);
+    assert_eq!(got, 2, "1 epoch of 8 images in batches of 4");
+}
+
+/// Trains `cfg` on Flex and on wgpu from the same start, asserts that every step's loss
+/// terms agree to 1e-3, and returns the number of steps.
+fn same_losses(cfg: TrainConfig, device: burn::tensor::Device<WgpuBackend>) -> usize {
     Cpu::seed(&FlexDevice, 5);
-    let start = Trainer::<Cpu>::new(config(), data(), None, FlexDevice).checkpoint_bytes();
-    let mut cpu = Trainer::<Cpu>::new(config(), data(), None, FlexDevice);
+    let start = Trainer::<Cpu>::new(cfg.clone(), data(), None, FlexDevice).checkpoint_bytes();
+    let mut cpu = Trainer::<Cpu>::new(cfg.clone(), data(), None, FlexDevice);
     cpu.restore(&start).unwrap();
     let mut want = Log::default();
     assert_eq!(cpu.run(&mut want).unwrap(), RunEnd::Finished);
 
-    let mut gpu = Trainer::<Gpu>::new(config(), data(), None, device);
+    let mut gpu = Trainer::<Gpu>::new(cfg, data(), None, device);
     gpu.restore(&start).unwrap();
     let mut got = Log::default();
     assert_eq!(gpu.run(&mut got).unwrap(), RunEnd::Finished);
 
-    assert_eq!(got.0.len(), 4, "2 epochs of 8 images in batches of 4");
     assert_eq!(got.0.len(), want.0.len());
     assert!(got.0.iter().all(|m| m.loss_mu.is_some() && m.loss_cls.is_some()), "the add-on runs from the first epoch's clustering on");
     for (g, w) in got.0.iter().zip(&want.0) {
@@ -87,4 +106,5 @@ fn a_run_on_cubecl_gives_the_cpu_runs_losses() {
             assert!(rel < 1e-3, "step {}: {term} loss {got} on wgpu against {want} on the CPU", g.step);
         }
     }
+    got.0.len()
 }
