@@ -19,12 +19,14 @@
 //!   output still spreads over every SM (cubek's weight-gradient kernels tile the output
 //!   only).
 //!
-//! With channels-last activations ([`crate::layout::set_channels_last`]) a 1 × 1 convolution
-//! whose input (or, for the data gradient, output gradient) is channels-last in memory runs
-//! on the rows of channels themselves, one per image and position, without a copy:
-//! `[N·H·W, C] · Wᵀ` forward (its result channels-last too), `dY · W` for the data gradient,
-//! and `dYᵀ · X` over groups of rows for the weight gradient (`dY` copied into rows if it is
-//! not channels-last).
+//! With channels-last activations ([`crate::layout::set_channels_last`]) a convolution whose
+//! input (or, for the data gradient, output gradient) is channels-last in memory runs on
+//! rows of channels, one per image and output position: the patches as `[N·H'·W', kh·kw·C]`
+//! (a 1 × 1 convolution's input itself, no copy; else one copy, [`Im2col::im2col_rows`],
+//! reading along the channels), times the weight as `[kh·kw·C, O]` forward (the result
+//! channels-last too), `dY · W` for a 1 × 1 data gradient (k × k ones are forward
+//! convolutions of `dY`, so rows as well), and `dYᵀ · patches` over groups of rows for the
+//! weight gradient (`dY` copied into rows if it is not channels-last).
 
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{FloatDType, Shape, Tensor, TensorMetadata, TensorPrimitive};
@@ -61,11 +63,13 @@ pub fn forward<B: Im2col>(x: FloatTensor<B>, weight: FloatTensor<B>, options: &C
     let rows = B::channels_last_rows(&x);
     let (x, w) = (tensor::<B, 4>(x), tensor::<B, 4>(weight));
     let ([n, _, h, wd], [o, c, kh, kw]) = (x.dims(), w.dims());
-    if rows && pointwise([kh, kw], options) {
-        let y = mm(channel_rows(x).unsqueeze(), w.reshape([1, o, c]).swap_dims(1, 2)); // [1, N·H·W, O]
-        return Ok(from_channel_rows(y.squeeze_dim(0), [n, o, h, wd]).into_primitive().tensor());
-    }
     let [oh, ow] = output_size([h, wd], [kh, kw], options);
+    if rows {
+        // [N·H'·W', kh·kw·C] · [kh·kw·C, O], the weight's taps and channels in the patches' order.
+        let w = w.permute([0, 2, 3, 1]).reshape([1, o, kh * kw * c]).swap_dims(1, 2);
+        let y = mm(patch_rows(x, [kh, kw], options).unsqueeze(), w); // [1, N·H'·W', O]
+        return Ok(from_channel_rows(y.squeeze_dim(0), [n, o, oh, ow]).into_primitive().tensor());
+    }
     let y = mm(w.reshape([1, o, c * kh * kw]), im2col(x, [kh, kw], options));
     Ok(y.reshape([n, o, oh, ow]).into_primitive().tensor())
 }
@@ -105,6 +109,15 @@ fn channel_rows<B: Im2col>(t: Tensor<B, 4>) -> Tensor<B, 2> {
     t.permute([0, 2, 3, 1]).reshape([n * h * w, c])
 }
 
+/// The convolution's patches of channels-last `x` as rows, `[N·H'·W', kh·kw·C]`: `x`'s own
+/// rows for a 1 × 1 one, else one copy ([`Im2col::im2col_rows`]).
+fn patch_rows<B: Im2col>(x: Tensor<B, 4>, k: [usize; 2], o: &ConvOptions<2>) -> Tensor<B, 2> {
+    match pointwise(k, o) {
+        true => channel_rows(x),
+        false => tensor(B::im2col_rows(x.into_primitive().tensor(), k, o)),
+    }
+}
+
 /// `[N·H·W, C]` rows as the `[N, C, H, W]` tensor `shape`, channels-last in memory (a view).
 fn from_channel_rows<B: Im2col>(rows: Tensor<B, 2>, [n, c, h, w]: [usize; 4]) -> Tensor<B, 4> {
     rows.reshape([n, h, w, c]).permute([0, 3, 1, 2])
@@ -129,12 +142,13 @@ pub fn weight_grad<B: Im2col>(x: FloatTensor<B>, grad: FloatTensor<B>, weight_sh
     if groups == 0 || !n.is_multiple_of(groups) {
         return Err(format!("{groups} groups do not divide a batch of {n}"));
     }
-    if rows && pointwise([kh, kw], options) {
-        // Σ over groups of rows of dYᵀ · X: [G, O, R/G] · [G, R/G, C], R = N·H'·W' rows.
+    if rows {
+        // Σ over groups of rows of dYᵀ · patches: [G, O, R/G] · [G, R/G, kh·kw·C], R = N·H'·W'.
         let (c, r) = (weight_shape[1], n * oh * ow);
-        let (xr, dyr) = (channel_rows(x).reshape([groups, r / groups, c]), channel_rows(dy).reshape([groups, r / groups, o]));
-        let dw = summed(mm(dyr.swap_dims(1, 2), xr));
-        return Ok(dw.reshape([o, c, 1, 1]).into_primitive().tensor());
+        let patches = patch_rows(x, [kh, kw], options).reshape([groups, r / groups, kh * kw * c]);
+        let dyr = channel_rows(dy).reshape([groups, r / groups, o]);
+        let dw = summed(mm(dyr.swap_dims(1, 2), patches)); // [O, (kh, kw, C)]
+        return Ok(dw.reshape([o, kh, kw, c]).permute([0, 3, 1, 2]).into_primitive().tensor());
     }
     let (per, l) = (n / groups, oh * ow);
     // [N, O, L] → [G, O, per·L] (a copy unless one image per group), as the patches are.

@@ -37,6 +37,14 @@ pub trait Im2col: MatmulKernels {
     fn channels_last_rows(_x: &FloatTensor<Self>) -> bool {
         false
     }
+
+    /// The patches of a channels-last `[N, C, H, W]` tensor as rows: `[N·H'·W', kh·kw·C]`,
+    /// one row per image and output position, its taps in order and each tap's channels
+    /// contiguous (as the `[O, kh, kw, C]` weight is laid out). Only where
+    /// [`Im2col::channels_last_rows`] holds.
+    fn im2col_rows(_x: FloatTensor<Self>, _kernel: [usize; 2], _options: &ConvOptions<2>) -> FloatTensor<Self> {
+        unreachable!("im2col_rows: no channels-last rows on this backend")
+    }
 }
 
 /// A 1 × 1, stride-1, unpadded convolution: its patches are its input.
@@ -159,11 +167,95 @@ mod kernel {
         }
         out[i] = v;
     }
+
+    /// `out[(n, y, x), (i, j, c)] = x[n, y·sh + i·dh − ph, x·sw + j·dw − pw, c]` (0 outside
+    /// the input) from channels-last memory, one unit per output value, consecutive units
+    /// along a tap's channels (reads along the input's channels at stride 1).
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn im2col_rows_kernel<F: Numeric>(
+        x: &Tensor<F>,
+        out: &mut Tensor<F>,
+        channels: u32,
+        h: u32,
+        w: u32,
+        oh: u32,
+        ow: u32,
+        kw: u32,
+        sh: u32,
+        sw: u32,
+        ph: u32,
+        pw: u32,
+        dh: u32,
+        dw: u32,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let i = cube_index() * UNITS + UNIT_POS_X as usize;
+        if i >= out.len() {
+            terminate!();
+        }
+        let channels = channels as usize;
+        let h = h as usize;
+        let w = w as usize;
+        let ow = ow as usize;
+        let kw = kw as usize;
+        let cols = out.shape(1);
+        let row = i / cols;
+        let col = i % cols;
+        let tap = col / channels;
+        let c = col % channels;
+        let l = oh as usize * ow;
+        let image = row / l;
+        let p = row % l;
+        // Input coordinates plus the padding (no negative values in unsigned arithmetic).
+        let y = (p / ow) * sh as usize + (tap / kw) * dh as usize;
+        let xx = (p % ow) * sw as usize + (tap % kw) * dw as usize;
+        let ph = ph as usize;
+        let pw = pw as usize;
+        let mut v = F::from_int(0);
+        if y >= ph && y < h + ph && xx >= pw && xx < w + pw {
+            v = x[((image * h + (y - ph)) * w + (xx - pw)) * channels + c];
+        }
+        out[i] = v;
+    }
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Im2col for CubeBackend<R, F, I, BT> {
     fn channels_last_rows(x: &FloatTensor<Self>) -> bool {
         crate::layout::channels_last() && crate::layout::layout_of(x) == Some(crate::layout::Layout::ChannelsLast)
+    }
+
+    fn im2col_rows(x: FloatTensor<Self>, k: [usize; 2], o: &ConvOptions<2>) -> FloatTensor<Self> {
+        let [n, c, h, w] = x.shape().dims::<4>();
+        let [oh, ow] = output_size([h, w], k, o);
+        let x = crate::layout::into_layout(x, crate::layout::Layout::ChannelsLast);
+        let out = empty_device_dtype(x.client.clone(), x.device.clone(), Shape::new([n * oh * ow, k[0] * k[1] * c]), x.dtype);
+        if out.shape().num_elements() == 0 {
+            return out;
+        }
+        let u = |v: usize| u32::try_from(v).expect("im2col_rows: a size past u32");
+        let dtype = x.dtype;
+        kernel::im2col_rows_kernel::launch::<R>(
+            &x.client.clone(),
+            grid_for(out.shape().num_elements(), kernel::UNITS),
+            CubeDim::new_1d(kernel::UNITS as u32),
+            x.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            u(c),
+            u(h),
+            u(w),
+            u(oh),
+            u(ow),
+            u(k[1]),
+            u(o.stride[0]),
+            u(o.stride[1]),
+            u(o.padding[0]),
+            u(o.padding[1]),
+            u(o.dilation[0]),
+            u(o.dilation[1]),
+            dtype.into(),
+        );
+        out
     }
 
     fn im2col(x: FloatTensor<Self>, k: [usize; 2], o: &ConvOptions<2>, groups: usize) -> FloatTensor<Self> {

@@ -68,9 +68,9 @@ fn a_run_on_cubecl_gives_the_cpu_runs_losses() {
     assert_eq!(got, 4, "2 epochs of 8 images in batches of 4");
 
     // Channels-last activations: ResNet-50 with its full stem, whose max pool hands on
-    // channels-last memory; the 1 × 1 convolutions of the first stage then run on rows of
-    // channels and leave their results channels-last, batch norm runs its channels-last
-    // kernels on them both ways, and the residual ends meet both layouts.
+    // channels-last memory; from there every convolution runs on rows of channels and
+    // leaves its result channels-last, batch norm runs its channels-last kernels both ways,
+    // and the residual ends meet both layouts.
     let mut cfg = config();
     cfg.epochs = 1;
     cfg.model.arch = sca_backbone::Arch::ResNet50;
