@@ -9,7 +9,9 @@
 //! matmuls on the explicit kernels (the `matmul` convolution kernel, as lavapipe has no
 //! cooperative-matrix unit for cubek's implicit-GEMM ones), batch norm and LARS on theirs.
 //!
-//!   cargo run --release -p sca-train --example launch_count [-- ARCH [BATCH]]
+//!   cargo run --release -p sca-train --example launch_count [-- ARCH [BATCH [channels-last]]]
+//!
+//! `channels-last` counts the step with `model.channels_last` (activations kept NHWC).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,6 +38,11 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arch = args.first().map_or("resnet50", String::as_str).to_string();
     let batch: usize = args.get(1).map_or(4, |b| b.parse().expect("BATCH: a number"));
+    let channels_last = match args.get(2).map(String::as_str) {
+        None => false,
+        Some("channels-last") => true,
+        Some(other) => panic!("the third argument is `channels-last` or nothing, not `{other}`"),
+    };
     let log = std::env::temp_dir().join(format!("sca-launches-{}.log", std::process::id()));
     let mut c = CubeClRuntimeConfig::default();
     c.profiling.logger.level = ProfilingLogLevel::Minimal;
@@ -56,6 +63,7 @@ fn main() {
     let o: Vec<String> = [
         format!("model.arch={arch}"), "model.small_stem=false".into(), "model.conv=gemm".into(), "addon.enabled=false".into(),
         "engine.hidden_dim=2048".into(), format!("batch_size={batch}"), format!("data.image_size={SIZE}"),
+        format!("model.channels_last={channels_last}"),
     ]
     .into();
     let cfg = sca_train::config::parse(DEFAULT, "default.json", &o).unwrap();
@@ -93,7 +101,8 @@ fn main() {
     let mut rows: Vec<(String, Vec<usize>)> = table.into_iter().collect();
     rows.sort_by_key(|(_, n)| std::cmp::Reverse(n.iter().sum::<usize>()));
     let heads: Vec<&str> = phases.iter().map(|(p, _)| p.as_str()).collect();
-    println!("kernel launches in one warm SwAV step, {arch}, batch {batch}, 2 crops at {SIZE} px, wgpu");
+    let layout = if channels_last { ", channels-last" } else { "" };
+    println!("kernel launches in one warm SwAV step, {arch}, batch {batch}, 2 crops at {SIZE} px{layout}, wgpu");
     println!("{:>7} {} kernel", "total", heads.iter().map(|h| format!("{h:>9}")).collect::<String>());
     for (name, n) in &rows {
         println!("{:>7} {} {name}", n.iter().sum::<usize>(), n.iter().map(|v| format!("{v:>9}")).collect::<String>());
