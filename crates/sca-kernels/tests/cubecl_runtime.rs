@@ -627,7 +627,6 @@ fn inference_batch_norm_is_one_kernel_in_either_memory_order() {
 /// groups of rows, and from an output gradient that is not channels-last).
 #[test]
 fn convolutions_run_on_channels_last_rows() {
-    use burn::tensor::TensorMetadata;
     use sca_kernels::as_matmul::{data_grad, forward, weight_grad};
     use sca_kernels::layout::{has_layout, into_layout, set_channels_last, Layout};
     let Some(device) = device() else { return };
