@@ -193,8 +193,9 @@ pub fn into_layout<R: CubeRuntime>(t: CubeTensor<R>, layout: Layout) -> CubeTens
     let positions: usize = (2..rank).map(|d| shape[d]).product();
     match layout {
         Layout::ChannelsFirst if has_layout(&t, Layout::ChannelsLast) => {
-            // Seen in memory order, the tensor is a contiguous [B, S..., C].
-            let stored = permute(t, &memory_order(Layout::ChannelsLast, rank));
+            // Seen in memory order, the tensor is a contiguous [B, S..., C] (`into_contiguous`
+            // passes it as it is; it is there for odd strides of dimensions of size 1).
+            let stored = into_contiguous(permute(t, &memory_order(Layout::ChannelsLast, rank)));
             transpose_on(stored, [images, positions, channels], shape)
         }
         Layout::ChannelsFirst => into_contiguous(t),
