@@ -54,6 +54,11 @@ pub trait BatchNormKernels: Backend {
     fn affine_grads(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, relu_out: Option<FloatTensor<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// `dx` from `dγ` and `dβ`.
     fn input_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, d_gamma: FloatTensor<Self>, d_beta: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> FloatTensor<Self>;
+    /// `dy` in `x`'s memory order, which both backward passes read it in: brought there
+    /// once, not by each pass.
+    fn in_layout_of(dy: FloatTensor<Self>, _x: &FloatTensor<Self>) -> FloatTensor<Self> {
+        dy
+    }
 }
 
 /// What the passes after the statistics share: mean, biased variance, γ and ε.
@@ -264,9 +269,89 @@ mod kernel {
         new_running_var[c] = running_var[c] * keep + v * momentum;
     }
 
-    /// Cube `(c, k)` of `splits` per channel: the count, mean and sum of squared deviations
-    /// of part `k` of channel `c`'s values (two passes over them), in `partial[0..3]` at
-    /// `c·splits + k`. With one split it writes the mean, biased variance and updated running
+    /// Channels per cube of the channels-last sums: a warp reads 32 neighbouring channels of
+    /// one position, one whole 128-byte line; the cube's 8 warps take every 8th position.
+    pub(super) const LANES: usize = 32;
+    const ROW_LANES: usize = UNITS / LANES;
+
+    /// This unit's channel in a channels-last sum (past the last one in the last cube of a
+    /// layer whose channels are not a multiple of [`LANES`]).
+    #[cube]
+    fn lane_channel() -> usize {
+        CUBE_POS_X as usize * LANES + UNIT_POS_X as usize
+    }
+
+    /// The sum of `v` over the cube's units that share this unit's channel
+    /// (`UNIT_POS_X`), on every unit; `shared` may be written again at once.
+    #[cube]
+    fn lane_sum(v: f32, shared: &mut SharedMemory<f32>) -> f32 {
+        let lane = UNIT_POS_X as usize;
+        shared[UNIT_POS_Y as usize * LANES + lane] = v;
+        sync_cube();
+        let mut total = 0.0f32;
+        for k in 0..ROW_LANES {
+            total += shared[k * LANES + lane];
+        }
+        sync_cube();
+        total
+    }
+
+    /// The channel this unit sums: its cube's (channels-first), or its lane's of its cube's
+    /// [`LANES`] (channels-last; past the last channel in a part-filled last cube).
+    #[cube]
+    fn summed_channel(#[comptime] last: bool) -> usize {
+        let mut c = CUBE_POS_X as usize;
+        if last {
+            c = lane_channel();
+        }
+        c
+    }
+
+    /// This unit's first value of its channel's part: units side by side over the values
+    /// (channels-first), or over the rows, [`LANES`] units to a row (channels-last).
+    #[cube]
+    fn first_value(start: usize, #[comptime] last: bool) -> usize {
+        let mut e = start + UNIT_POS_X as usize;
+        if last {
+            e = start + UNIT_POS_Y as usize;
+        }
+        e
+    }
+
+    /// Where the `e`-th value of channel `c` lies: in `[B, C, len]`, or in `[rows, C]`.
+    #[cube]
+    fn value_at(e: usize, c: usize, channels: usize, len: usize, #[comptime] last: bool) -> usize {
+        let mut i = at(e, c, channels, len);
+        if last {
+            i = e * channels + c;
+        }
+        i
+    }
+
+    /// The sum of `v` over the units that sum this unit's channel, on every unit (see
+    /// [`cube_sum`] and [`lane_sum`]).
+    #[cube]
+    fn channel_sum(v: f32, shared: &mut SharedMemory<f32>, #[comptime] last: bool) -> f32 {
+        if last {
+            lane_sum(v, shared)
+        } else {
+            cube_sum(v, shared)
+        }
+    }
+
+    /// Whether this unit writes its channel's sums: one unit per channel.
+    #[cube]
+    fn writes_channel(c: usize, channels: usize, #[comptime] last: bool) -> bool {
+        let mut writes = UNIT_POS_X == 0;
+        if last {
+            writes = UNIT_POS_Y == 0 && c < channels;
+        }
+        writes
+    }
+
+    /// Cube `(c, k)` of `splits` per channel (channels-last: per [`LANES`] channels, `c` the
+    /// tile): the count, mean and sum of squared deviations of part `k` of channel `c`'s
+    /// values (two passes over them), in `partial[0..3]` at `c·splits + k`. With one split it writes the mean, biased variance and updated running
     /// statistics (`keep·running + momentum·batch`) itself; else [`merge_moments_kernel`]
     /// does, from the parts.
     #[cube(launch)]
@@ -286,31 +371,35 @@ mod kernel {
         per_channel: u32,
         len: u32,
         #[comptime] split: bool,
+        #[comptime] last: bool,
     ) {
-        let c = CUBE_POS_X as usize;
-        let splits = CUBE_COUNT_Y as usize;
         let channels = channels as usize;
         let len = len as usize;
+        let c = summed_channel(last);
+        let live = c < channels;
+        let splits = CUBE_COUNT_Y as usize;
         let start = part_start(per_channel);
         let end = part_end(per_channel);
+        // How many values of a channel one pass of the cube covers (see [`first_value`]).
+        let step = comptime!(if last { ROW_LANES } else { UNITS });
         let mut shared = SharedMemory::<f32>::new(UNITS);
         let mut s = 0.0f32;
-        let mut e = start + UNIT_POS_X as usize;
-        while e < end {
-            s += x[at(e, c, channels, len)];
-            e += UNITS;
+        let mut e = first_value(start, last);
+        while e < end && live {
+            s += x[value_at(e, c, channels, len, last)];
+            e += step;
         }
         let n = f32::cast_from(end - start);
-        let m = cube_sum(s, &mut shared) / n;
+        let m = channel_sum(s, &mut shared, last) / n;
         let mut q = 0.0f32;
-        let mut e = start + UNIT_POS_X as usize;
-        while e < end {
-            let d = x[at(e, c, channels, len)] - m;
+        let mut e = first_value(start, last);
+        while e < end && live {
+            let d = x[value_at(e, c, channels, len, last)] - m;
             q += d * d;
-            e += UNITS;
+            e += step;
         }
-        let m2 = cube_sum(q, &mut shared);
-        if UNIT_POS_X == 0 {
+        let m2 = channel_sum(q, &mut shared, last);
+        if writes_channel(c, channels, last) {
             if split {
                 let slot = c * splits + CUBE_POS_Y as usize;
                 let parts = channels * splits;
@@ -364,138 +453,6 @@ mod kernel {
         write_moments(c, m, m2 / n, running_mean, running_var, mean, var, new_running_mean, new_running_var, keep, momentum);
     }
 
-    /// Channels per cube of the channels-last sums: a warp reads 32 neighbouring channels of
-    /// one position, one whole 128-byte line; the cube's 8 warps take every 8th position.
-    pub(super) const LANES: usize = 32;
-    const ROW_LANES: usize = UNITS / LANES;
-
-    /// This unit's channel in a channels-last sum (past the last one in the last cube of a
-    /// layer whose channels are not a multiple of [`LANES`]).
-    #[cube]
-    fn lane_channel() -> usize {
-        CUBE_POS_X as usize * LANES + UNIT_POS_X as usize
-    }
-
-    /// The sum of `v` over the cube's units that share this unit's channel
-    /// (`UNIT_POS_X`), on every unit; `shared` may be written again at once.
-    #[cube]
-    fn lane_sum(v: f32, shared: &mut SharedMemory<f32>) -> f32 {
-        let lane = UNIT_POS_X as usize;
-        shared[UNIT_POS_Y as usize * LANES + lane] = v;
-        sync_cube();
-        let mut total = 0.0f32;
-        for k in 0..ROW_LANES {
-            total += shared[k * LANES + lane];
-        }
-        sync_cube();
-        total
-    }
-
-    /// [`moments_kernel`] over channels-last memory (`[rows, C]`, a row per image and
-    /// position): cube `(t, k)` sums part `k` of the rows for the [`LANES`] channels of tile `t`.
-    #[cube(launch)]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn moments_last_kernel(
-        x: &Tensor<f32>,
-        running_mean: &Tensor<f32>,
-        running_var: &Tensor<f32>,
-        partial: &mut Tensor<f32>,
-        mean: &mut Tensor<f32>,
-        var: &mut Tensor<f32>,
-        new_running_mean: &mut Tensor<f32>,
-        new_running_var: &mut Tensor<f32>,
-        keep: f32,
-        momentum: f32,
-        channels: u32,
-        rows: u32,
-        #[comptime] split: bool,
-    ) {
-        let c = lane_channel();
-        let channels = channels as usize;
-        let live = c < channels;
-        let splits = CUBE_COUNT_Y as usize;
-        let start = part_start(rows);
-        let end = part_end(rows);
-        let mut shared = SharedMemory::<f32>::new(UNITS);
-        let mut s = 0.0f32;
-        let mut r = start + UNIT_POS_Y as usize;
-        while r < end && live {
-            s += x[r * channels + c];
-            r += ROW_LANES;
-        }
-        let n = f32::cast_from(end - start);
-        let m = lane_sum(s, &mut shared) / n;
-        let mut q = 0.0f32;
-        let mut r = start + UNIT_POS_Y as usize;
-        while r < end && live {
-            let d = x[r * channels + c] - m;
-            q += d * d;
-            r += ROW_LANES;
-        }
-        let m2 = lane_sum(q, &mut shared);
-        if UNIT_POS_Y == 0 && live {
-            if split {
-                let slot = c * splits + CUBE_POS_Y as usize;
-                let parts = channels * splits;
-                partial[slot] = n;
-                partial[parts + slot] = m;
-                partial[2 * parts + slot] = m2;
-            } else {
-                write_moments(c, m, m2 / n, running_mean, running_var, mean, var, new_running_mean, new_running_var, keep, momentum);
-            }
-        }
-    }
-
-    /// [`affine_grads_kernel`] over channels-last memory (see [`moments_last_kernel`]).
-    #[cube(launch)]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn affine_grads_last_kernel(
-        x: &Tensor<f32>,
-        dy: &Tensor<f32>,
-        relu_out: &Tensor<f32>,
-        mean: &Tensor<f32>,
-        var: &Tensor<f32>,
-        partial: &mut Tensor<f32>,
-        d_gamma: &mut Tensor<f32>,
-        d_beta: &mut Tensor<f32>,
-        epsilon: f32,
-        channels: u32,
-        rows: u32,
-        #[comptime] masked: bool,
-        #[comptime] split: bool,
-    ) {
-        let c = lane_channel();
-        let channels = channels as usize;
-        let live = c < channels;
-        let splits = CUBE_COUNT_Y as usize;
-        let start = part_start(rows);
-        let end = part_end(rows);
-        let m = mean[select(live, c, 0)];
-        let mut sg = 0.0f32;
-        let mut sgx = 0.0f32;
-        let mut r = start + UNIT_POS_Y as usize;
-        while r < end && live {
-            let i = r * channels + c;
-            let g = grad_at(dy, relu_out, i, masked);
-            sg += g;
-            sgx += g * (x[i] - m);
-            r += ROW_LANES;
-        }
-        let mut shared = SharedMemory::<f32>::new(UNITS);
-        let total_g = lane_sum(sg, &mut shared);
-        let total_gx = lane_sum(sgx, &mut shared);
-        if UNIT_POS_Y == 0 && live {
-            if split {
-                let slot = c * splits + CUBE_POS_Y as usize;
-                partial[slot] = total_g;
-                partial[channels * splits + slot] = total_gx;
-            } else {
-                d_gamma[c] = total_gx * (1.0 / f32::sqrt(var[c] + epsilon));
-                d_beta[c] = total_g;
-            }
-        }
-    }
-
     /// The channel of the `i`-th value in memory of `[B, C, len]` (channels-first) or of its
     /// channels-last layout.
     #[cube]
@@ -538,8 +495,9 @@ mod kernel {
         out[i] = y;
     }
 
-    /// Cube `(c, k)` of `splits` per channel: `Σ g` and `Σ g·(x − μ)` over part `k` of
-    /// channel `c`'s values, in `partial[0..2]` at `c·splits + k`. With one split it writes
+    /// Cube `(c, k)` of `splits` per channel (channels-last: per [`LANES`] channels): `Σ g`
+    /// and `Σ g·(x − μ)` over part `k` of channel `c`'s values, in `partial[0..2]` at
+    /// `c·splits + k`. With one split it writes
     /// `dβ[c] = Σ g` and `dγ[c] = Σ g·(x − μ)/σ` itself; else [`merge_affine_grads_kernel`]
     /// does, from the parts.
     #[cube(launch)]
@@ -559,28 +517,32 @@ mod kernel {
         len: u32,
         #[comptime] masked: bool,
         #[comptime] split: bool,
+        #[comptime] last: bool,
     ) {
-        let c = CUBE_POS_X as usize;
-        let splits = CUBE_COUNT_Y as usize;
         let channels = channels as usize;
         let len = len as usize;
+        let c = summed_channel(last);
+        let live = c < channels;
+        let splits = CUBE_COUNT_Y as usize;
         let start = part_start(per_channel);
         let end = part_end(per_channel);
-        let m = mean[c];
+        // How many values of a channel one pass of the cube covers (see [`first_value`]).
+        let step = comptime!(if last { ROW_LANES } else { UNITS });
+        let m = mean[select(live, c, 0)];
         let mut sg = 0.0f32;
         let mut sgx = 0.0f32;
-        let mut e = start + UNIT_POS_X as usize;
-        while e < end {
-            let i = at(e, c, channels, len);
+        let mut e = first_value(start, last);
+        while e < end && live {
+            let i = value_at(e, c, channels, len, last);
             let g = grad_at(dy, relu_out, i, masked);
             sg += g;
             sgx += g * (x[i] - m);
-            e += UNITS;
+            e += step;
         }
         let mut shared = SharedMemory::<f32>::new(UNITS);
-        let total_g = cube_sum(sg, &mut shared);
-        let total_gx = cube_sum(sgx, &mut shared);
-        if UNIT_POS_X == 0 {
+        let total_g = channel_sum(sg, &mut shared, last);
+        let total_gx = channel_sum(sgx, &mut shared, last);
+        if writes_channel(c, channels, last) {
             if split {
                 let slot = c * splits + CUBE_POS_Y as usize;
                 partial[slot] = total_g;
@@ -682,6 +644,19 @@ fn splits_last(channels: usize, rows: usize) -> usize {
     (SUM_CUBES / channels.div_ceil(kernel::LANES)).clamp(1, rows.div_ceil(MIN_PART / kernel::LANES).max(1))
 }
 
+/// The per-channel sums' cubes over `[B, C, L]` values: how many parts a channel's values
+/// split into, the grid and the cube (see [`splits`] and [`splits_last`]).
+fn sum_grid(channels: usize, per_channel: usize, last: bool) -> (usize, CubeCount, CubeDim) {
+    if last {
+        let splits = splits_last(channels, per_channel);
+        let cubes = CubeCount::Static(channels.div_ceil(kernel::LANES) as u32, splits as u32, 1);
+        (splits, cubes, CubeDim::new_2d(kernel::LANES as u32, (kernel::UNITS / kernel::LANES) as u32))
+    } else {
+        let splits = splits(channels, per_channel);
+        (splits, CubeCount::Static(channels as u32, splits as u32, 1), CubeDim::new_1d(kernel::UNITS as u32))
+    }
+}
+
 /// `x` in its own layout (channels-first unless its memory is channels-last; copied when it
 /// is neither), and whether that is channels-last. The outputs are made in the same layout,
 /// and the other operands brought to it, so the kernels read all of them in one order.
@@ -695,6 +670,10 @@ fn per_channel<R: CubeRuntime>(like: &CubeTensor<R>, channels: usize) -> CubeTen
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormKernels for CubeBackend<R, F, I, BT> {
+    fn in_layout_of(dy: FloatTensor<Self>, x: &FloatTensor<Self>) -> FloatTensor<Self> {
+        into_layout(dy, layout_of(x).unwrap_or(Layout::ChannelsFirst))
+    }
+
     fn channel_moments(x: FloatTensor<Self>, running: &Running<Self>) -> (FloatTensor<Self>, FloatTensor<Self>, Running<Self>) {
         if !f32s(&[&x, &running.mean, &running.var]) {
             return ops::channel_moments::<Self>(x, running);
@@ -702,52 +681,32 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         let (x, layout) = in_own_layout(x);
         let last = layout == Layout::ChannelsLast;
         let [images, channels, len] = dims(&x);
-        let splits = if last { splits_last(channels, images * len) } else { splits(channels, images * len) };
+        let (splits, cubes, cube) = sum_grid(channels, images * len, last);
         let [mean, var, new_mean, new_var] = std::array::from_fn(|_| per_channel(&x, channels));
         let partial = per_channel(&x, if splits > 1 { 3 * channels * splits } else { 1 });
         let (running_mean, running_var) = (into_contiguous(running.mean.clone()), into_contiguous(running.var.clone()));
         let (keep, momentum) = ((1.0 - running.momentum) as f32, running.momentum as f32);
         let client = x.client.clone();
-        if last {
-            kernel::moments_last_kernel::launch::<R>(
-                &client,
-                CubeCount::Static(channels.div_ceil(kernel::LANES) as u32, splits as u32, 1),
-                CubeDim::new_2d(kernel::LANES as u32, (kernel::UNITS / kernel::LANES) as u32),
-                x.into_tensor_arg(),
-                running_mean.clone().into_tensor_arg(),
-                running_var.clone().into_tensor_arg(),
-                partial.clone().into_tensor_arg(),
-                mean.clone().into_tensor_arg(),
-                var.clone().into_tensor_arg(),
-                new_mean.clone().into_tensor_arg(),
-                new_var.clone().into_tensor_arg(),
-                keep,
-                momentum,
-                channels as u32,
-                (images * len) as u32,
-                splits > 1,
-            );
-        } else {
-            kernel::moments_kernel::launch::<R>(
-                &client,
-                CubeCount::Static(channels as u32, splits as u32, 1),
-                CubeDim::new_1d(kernel::UNITS as u32),
-                x.into_tensor_arg(),
-                running_mean.clone().into_tensor_arg(),
-                running_var.clone().into_tensor_arg(),
-                partial.clone().into_tensor_arg(),
-                mean.clone().into_tensor_arg(),
-                var.clone().into_tensor_arg(),
-                new_mean.clone().into_tensor_arg(),
-                new_var.clone().into_tensor_arg(),
-                keep,
-                momentum,
-                channels as u32,
-                (images * len) as u32,
-                len as u32,
-                splits > 1,
-            );
-        }
+        kernel::moments_kernel::launch::<R>(
+            &client,
+            cubes,
+            cube,
+            x.into_tensor_arg(),
+            running_mean.clone().into_tensor_arg(),
+            running_var.clone().into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
+            mean.clone().into_tensor_arg(),
+            var.clone().into_tensor_arg(),
+            new_mean.clone().into_tensor_arg(),
+            new_var.clone().into_tensor_arg(),
+            keep,
+            momentum,
+            channels as u32,
+            (images * len) as u32,
+            len as u32,
+            splits > 1,
+            last,
+        );
         if splits > 1 {
             kernel::merge_moments_kernel::launch::<R>(
                 &client,
@@ -805,50 +764,30 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         let masked = relu_out.is_some();
         let relu_out = relu_out.map(|y| into_layout(y, layout)).unwrap_or_else(|| x.clone());
         let (d_gamma, d_beta) = (per_channel(&x, channels), per_channel(&x, channels));
-        let splits = if last { splits_last(channels, images * len) } else { splits(channels, images * len) };
+        let (splits, cubes, cube) = sum_grid(channels, images * len, last);
         let partial = per_channel(&x, if splits > 1 { 2 * channels * splits } else { 1 });
         let var = into_contiguous(s.var.clone());
         let client = x.client.clone();
-        if last {
-            kernel::affine_grads_last_kernel::launch::<R>(
-                &client,
-                CubeCount::Static(channels.div_ceil(kernel::LANES) as u32, splits as u32, 1),
-                CubeDim::new_2d(kernel::LANES as u32, (kernel::UNITS / kernel::LANES) as u32),
-                x.into_tensor_arg(),
-                dy.into_tensor_arg(),
-                relu_out.into_tensor_arg(),
-                into_contiguous(s.mean.clone()).into_tensor_arg(),
-                var.clone().into_tensor_arg(),
-                partial.clone().into_tensor_arg(),
-                d_gamma.clone().into_tensor_arg(),
-                d_beta.clone().into_tensor_arg(),
-                s.epsilon,
-                channels as u32,
-                (images * len) as u32,
-                masked,
-                splits > 1,
-            );
-        } else {
-            kernel::affine_grads_kernel::launch::<R>(
-                &client,
-                CubeCount::Static(channels as u32, splits as u32, 1),
-                CubeDim::new_1d(kernel::UNITS as u32),
-                x.into_tensor_arg(),
-                dy.into_tensor_arg(),
-                relu_out.into_tensor_arg(),
-                into_contiguous(s.mean.clone()).into_tensor_arg(),
-                var.clone().into_tensor_arg(),
-                partial.clone().into_tensor_arg(),
-                d_gamma.clone().into_tensor_arg(),
-                d_beta.clone().into_tensor_arg(),
-                s.epsilon,
-                channels as u32,
-                (images * len) as u32,
-                len as u32,
-                masked,
-                splits > 1,
-            );
-        }
+        kernel::affine_grads_kernel::launch::<R>(
+            &client,
+            cubes,
+            cube,
+            x.into_tensor_arg(),
+            dy.into_tensor_arg(),
+            relu_out.into_tensor_arg(),
+            into_contiguous(s.mean.clone()).into_tensor_arg(),
+            var.clone().into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
+            d_gamma.clone().into_tensor_arg(),
+            d_beta.clone().into_tensor_arg(),
+            s.epsilon,
+            channels as u32,
+            (images * len) as u32,
+            len as u32,
+            masked,
+            splits > 1,
+            last,
+        );
         if splits > 1 {
             kernel::merge_affine_grads_kernel::launch::<R>(
                 &client,
@@ -921,6 +860,7 @@ fn autodiff_batch_norm<B: BatchNormKernels, C: CheckpointStrategy>(
             let [node_x, node_gamma, node_beta] = ops.parents;
             let dy = grads.consume::<B>(&ops.node);
             let (x, stats, relu_out) = ops.state;
+            let dy = B::in_layout_of(dy, &x);
             let (d_gamma, d_beta) = B::affine_grads(x.clone(), dy.clone(), &stats, relu_out.clone());
             if let Some(node) = node_x {
                 grads.register::<B>(node.id, B::input_grad(x, dy, &stats, d_gamma.clone(), d_beta.clone(), relu_out));
