@@ -351,9 +351,10 @@ mod kernel {
 
     /// Cube `(c, k)` of `splits` per channel (channels-last: per [`LANES`] channels, `c` the
     /// tile): the count, mean and sum of squared deviations of part `k` of channel `c`'s
-    /// values (two passes over them), in `partial[0..3]` at `c·splits + k`. With one split it writes the mean, biased variance and updated running
-    /// statistics (`keep·running + momentum·batch`) itself; else [`merge_moments_kernel`]
-    /// does, from the parts.
+    /// values (two passes over them), in `partial[0..3]` at `c·splits + k`. With one split
+    /// it writes the mean, biased variance and updated running statistics
+    /// (`keep·running + momentum·batch`) itself; else [`merge_moments_kernel`] does, from
+    /// the parts.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn moments_kernel(
@@ -497,9 +498,8 @@ mod kernel {
 
     /// Cube `(c, k)` of `splits` per channel (channels-last: per [`LANES`] channels): `Σ g`
     /// and `Σ g·(x − μ)` over part `k` of channel `c`'s values, in `partial[0..2]` at
-    /// `c·splits + k`. With one split it writes
-    /// `dβ[c] = Σ g` and `dγ[c] = Σ g·(x − μ)/σ` itself; else [`merge_affine_grads_kernel`]
-    /// does, from the parts.
+    /// `c·splits + k`. With one split it writes `dβ[c] = Σ g` and `dγ[c] = Σ g·(x − μ)/σ`
+    /// itself; else [`merge_affine_grads_kernel`] does, from the parts.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn affine_grads_kernel(
