@@ -6,7 +6,9 @@ on the shape key both write (`CxHxW * OxCxKhxKw s.. p.. d.. dtype`) and prints, 
 pass: our built-in kernel's time, our fastest kernel and its time, PyTorch's time, and how
 many times slower our fastest is; then the network totals (each shape's time times its layer
 count). Our f32 convolutions run on TF32 tensor cores, so f32 rows are set against PyTorch's
-`tf32` rows by default (`--f32-as fp32` for strict fp32; the CPU only has fp32).
+`tf32` rows by default (`--f32-as fp32` for strict fp32; the CPU only has fp32). Our rows
+measured with channels-last activations (`sca bench convs --channels-last`, keys ending in
+` nhwc`) meet PyTorch's rows of the same shape (channels_last in bf16, contiguous in f32).
 
   python3 bench/compare_convs.py OURS.json TORCH.json [--f32-as tf32|fp32]
 """
@@ -49,7 +51,7 @@ def main():
         n = len(runs[0]["layers"])
         best = min(runs, key=lambda r: r["ms"])
         built_in = next((r["ms"] for r in runs if r["kernel"] in BUILT_IN), None)
-        ref = torch_ms.get((shape, pas))
+        ref = torch_ms.get((shape.removesuffix(" nhwc"), pas))
         table.append((shape, n, pas, built_in, best["kernel"], best["ms"], ref))
         t = totals.setdefault(pas, [0.0, 0.0, 0.0, True])
         t[0] += n * (built_in or 0.0)

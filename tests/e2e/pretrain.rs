@@ -234,31 +234,7 @@ fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
 
     // bench/compare_convs.py joins these rows with PyTorch's on the shape key: here a
     // PyTorch file at exactly twice our time per call, so every total reads 0.50.
-    let ours_json = tmp.path().join("ours.json");
-    std::fs::copy(&json, &ours_json).unwrap();
-    let torch_rows: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| serde_json::json!({"precision": "bf16", "shape": r["shape"], "pass": r["pass"], "layers": r["layers"], "ms": 2.0 * r["ms"].as_f64().unwrap()}))
-        .collect();
-    let torch_json = tmp.path().join("torch.json");
-    std::fs::write(&torch_json, serde_json::to_vec(&serde_json::json!({"rows": [], "convs": torch_rows})).unwrap()).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/compare_convs.py");
-    match Command::new("python3").arg(script).arg(&ours_json).arg(&torch_json).output() {
-        Err(e) => eprintln!("skipping the compare_convs.py check: python3 not runnable ({e})"),
-        Ok(o) => {
-            let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-            assert!(o.status.success(), "{text}");
-            let totals: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("one network pass")).skip(2).collect();
-            assert_eq!(totals.len(), 3, "{text}");
-            for (line, pass) in totals.iter().zip(["forward", "data", "weight"]) {
-                let cells: Vec<&str> = line.split_whitespace().collect();
-                assert_eq!((cells[0], cells[4]), (pass, "0.50"), "{text}");
-                // Built-in and fastest are the one CPU kernel; PyTorch's total is twice it.
-                let (ours, torch): (f64, f64) = (cells[2].parse().unwrap(), cells[3].parse().unwrap());
-                assert!((torch - 2.0 * ours).abs() <= 0.1 + 1e-3 * torch, "{line}");
-            }
-        }
-    }
+    compare_convs_reads_half(tmp.path(), &json, "bf16");
     let mut c = sca();
     c.args(["bench", "convs", "--device", "cpu", "--kernels", "simple_sync_cyclic_cmma"]);
     assert!(run_err(c).contains("no kernel 'simple_sync_cyclic_cmma' on this backend (it has: flex, matmul)"));
@@ -274,6 +250,68 @@ fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
     assert!(matmul.iter().all(|r| r["ms"].as_f64().is_some_and(|t| t > 0.0) && r["pass"] == "weight"), "{matmul:?}");
     let line = log.lines().find(|l| l.starts_with("matmul ")).unwrap_or_else(|| panic!("{log}"));
     assert!(!line.contains('+'), "no shape refused: {line}");
+}
+
+/// Runs bench/compare_convs.py on the rows in `ours` against a PyTorch file made from them at
+/// exactly twice each time (keyed as torch_reference.py keys them: no ` nhwc`), and checks
+/// that every pass's network total reads 0.50, PyTorch's total twice ours. Skipped (said)
+/// where python3 cannot run.
+fn compare_convs_reads_half(dir: &Path, ours: &Path, precision: &str) {
+    let doc: serde_json::Value = serde_json::from_slice(&read(ours.to_path_buf())).unwrap();
+    let torch_rows: Vec<serde_json::Value> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let shape = r["shape"].as_str().unwrap().trim_end_matches(" nhwc");
+            serde_json::json!({"precision": precision, "shape": shape, "pass": r["pass"], "layers": r["layers"], "ms": 2.0 * r["ms"].as_f64().unwrap()})
+        })
+        .collect();
+    let passes: Vec<String> = doc["rows"].as_array().unwrap().iter().map(|r| r["pass"].as_str().unwrap().to_string()).fold(Vec::new(), |mut v, p| {
+        if !v.contains(&p) {
+            v.push(p);
+        }
+        v
+    });
+    let torch_json = dir.join("torch.json");
+    std::fs::write(&torch_json, serde_json::to_vec(&serde_json::json!({"rows": [], "convs": torch_rows})).unwrap()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/compare_convs.py");
+    match Command::new("python3").arg(script).arg(ours).arg(&torch_json).output() {
+        Err(e) => eprintln!("skipping the compare_convs.py check: python3 not runnable ({e})"),
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{text}");
+            let totals: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("one network pass")).skip(2).collect();
+            assert_eq!(totals.len(), passes.len(), "{text}");
+            for (line, pass) in totals.iter().zip(&passes) {
+                let cells: Vec<&str> = line.split_whitespace().collect();
+                assert_eq!((cells[0], cells[4]), (pass.as_str(), "0.50"), "{text}");
+                // Built-in and fastest are the one CPU kernel; PyTorch's total is twice it.
+                let (ours, torch): (f64, f64) = (cells[2].parse().unwrap(), cells[3].parse().unwrap());
+                assert!((torch - 2.0 * ours).abs() <= 0.1 + 1e-3 * torch, "{line}");
+            }
+        }
+    }
+}
+
+/// `--channels-last` measures the convolutions on NHWC activations (all but the stem's
+/// input), under keys of their own that compare_convs.py still joins with PyTorch's.
+#[test]
+fn convolution_benchmark_measures_channels_last_activations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("convs.json");
+    let mut c = sca();
+    c.args(["bench", "convs", "--device", "cpu", "--arch", "resnet18", "--small-stem", "--size", "16", "--batch", "2", "--steps", "1"]);
+    c.args(["--passes", "forward,data", "--kernels", "flex", "--channels-last", "--json"]).arg(&json);
+    let log = run_ok(c);
+    assert!(log.contains("activations channels-last (NHWC)"), "{log}");
+    assert!(log.contains("[1/11] 64x16x16 * 64x64x3x3 s1 p1 d1 f32 nhwc (4 layers) measured"), "{log}");
+    let doc: serde_json::Value = serde_json::from_slice(&read(json.clone())).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    // 11 shapes × 2 passes, less the stem's data gradient.
+    assert_eq!(rows.len(), 21, "{rows:?}");
+    assert!(rows.iter().all(|r| r["shape"].as_str().unwrap().ends_with(" nhwc") && r["ms"].as_f64().is_some_and(|t| t > 0.0)), "{rows:?}");
+    compare_convs_reads_half(tmp.path(), &json, "fp32");
 }
 
 #[test]

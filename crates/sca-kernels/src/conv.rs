@@ -57,7 +57,8 @@ pub fn output_size([h, w]: [usize; 2], kernel: [usize; 2], o: &ConvOptions<2>) -
     [size(0, h), size(1, w)]
 }
 
-/// The plan's key for a convolution of `x` by `weight` (NCHW / OIHW shapes).
+/// The plan's key for a convolution of `x` by `weight` (NCHW / OIHW shapes) in this
+/// process's activation layout ([`crate::layout::channels_last`]).
 pub fn conv_shape(x: &Shape, weight: &Shape, options: &ConvOptions<2>, dtype: DType) -> ConvShape {
     ConvShape {
         input: [x[1], x[2], x[3]],
@@ -66,6 +67,7 @@ pub fn conv_shape(x: &Shape, weight: &Shape, options: &ConvOptions<2>, dtype: DT
         padding: options.padding,
         dilation: options.dilation,
         dtype: dtype_name(dtype),
+        channels_last: crate::layout::channels_last(),
     }
 }
 

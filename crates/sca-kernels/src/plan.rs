@@ -9,6 +9,12 @@
 //! measured once by `sca bench convs` and kept as a JSON file beside the compiled kernels:
 //! a run compiles exactly the kernels it uses, none are timed. Shapes the plan does not list
 //! run the plan's per-pass default.
+//!
+//! A shape is measured, and looked up, in the activations' memory order of its run
+//! ([`crate::layout::set_channels_last`]): with NCHW activations a cubek kernel's time
+//! includes the copies to and from channels-last, with channels-last ones it does not, so
+//! the fastest kernel can differ. Channels-last keys end in ` nhwc`; a run finds the entry of
+//! the other order where its own is missing (a plan measured in one order serves the other).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -75,9 +81,9 @@ const ALGORITHMS: [ConvAlgorithm; 9] = [
 #[serde(try_from = "String", into = "String")]
 pub enum ConvKernel {
     Gemm { algorithm: ConvAlgorithm, tile: AcceleratedTileKind },
-    /// Convolution as matmul ([`crate::as_matmul`]): im2col from shifted slices (none for
-    /// 1×1 stride-1 convolutions, which run on the NCHW tensors as they are) and cubek's
-    /// tiled matmul; the weight gradient split over image groups (cubek's weight-gradient
+    /// Convolution as matmul ([`crate::as_matmul`]): im2col in one kernel (none for 1×1
+    /// stride-1 convolutions, which run on the tensors as they are, NCHW or channels-last
+    /// rows) and cubek's tiled matmul; the weight gradient split over image groups (cubek's weight-gradient
     /// kernels tile only the small `O × C·k²` output).
     Matmul,
 }
@@ -164,6 +170,9 @@ pub struct ConvShape {
     pub dilation: [usize; 2],
     /// The operands' element type: `f32`, `bf16` or `f16`.
     pub dtype: String,
+    /// Whether activations stay channels-last between convolutions in the run
+    /// ([`crate::layout::channels_last`]).
+    pub channels_last: bool,
 }
 
 impl ConvShape {
@@ -183,13 +192,17 @@ impl ConvShape {
 
 /// The plan's key: `C×H×W * O×C×kh×kw s.. p.. d.. dtype`, e.g.
 /// `64x56x56 * 64x64x3x3 s1 p1 d1 f32` (stride, padding and dilation as one number when
-/// both sides agree).
+/// both sides agree), followed by ` nhwc` for channels-last activations.
 impl fmt::Display for ConvShape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let pair = |p: [usize; 2]| if p[0] == p[1] { p[0].to_string() } else { format!("{},{}", p[0], p[1]) };
         let [c, h, w] = self.input;
         let [o, ci, kh, kw] = self.weight;
-        write!(f, "{c}x{h}x{w} * {o}x{ci}x{kh}x{kw} s{} p{} d{} {}", pair(self.stride), pair(self.padding), pair(self.dilation), self.dtype)
+        write!(f, "{c}x{h}x{w} * {o}x{ci}x{kh}x{kw} s{} p{} d{} {}", pair(self.stride), pair(self.padding), pair(self.dilation), self.dtype)?;
+        if self.channels_last {
+            f.write_str(" nhwc")?;
+        }
+        Ok(())
     }
 }
 
@@ -217,11 +230,13 @@ pub struct ConvPlan {
 }
 
 impl ConvPlan {
-    /// The kernel `pass` of `shape` runs.
+    /// The kernel `pass` of `shape` runs: the shape's entry, else the same shape's in the
+    /// other memory order, else the pass's default.
     pub fn kernel(&self, pass: Pass, shape: &ConvShape) -> ConvKernel {
-        self.shapes
-            .get(&shape.to_string())
-            .and_then(|k| k.get(&pass))
+        let other_order = ConvShape { channels_last: !shape.channels_last, ..shape.clone() };
+        let entry = |s: &ConvShape| self.shapes.get(&s.to_string()).and_then(|k| k.get(&pass));
+        entry(shape)
+            .or_else(|| entry(&other_order))
             .or_else(|| self.default.get(&pass))
             .copied()
             .unwrap_or(ConvKernel::DEFAULT)

@@ -43,6 +43,33 @@ fn the_shape_key_leaves_out_the_batch_and_computes_the_output() {
     assert_eq!(uneven.to_string(), "3x224x224 * 64x3x7x7 s2,1 p1,0 d1 bf16");
     // (224 + 2 − 6 − 1) / 2 + 1 = 110 rows; (224 − 6 − 1) / 1 + 1 = 218 columns.
     assert_eq!(uneven.output_size(), [110, 218]);
+    // Runs with channels-last activations have keys of their own.
+    assert!(!s.channels_last, "layout::set_channels_last is off by default");
+    let last = ConvShape { channels_last: true, ..stem() };
+    assert_eq!(last.to_string(), "3x224x224 * 64x3x7x7 s2 p3 d1 f32 nhwc");
+}
+
+#[test]
+fn each_memory_order_has_its_own_entries_and_borrows_the_others() {
+    let nhwc = ConvShape { channels_last: true, ..stem() };
+    let plan = ConvPlan::parse(
+        r#"{"default": {"data": "simple_async_cyclic_cmma"},
+            "shapes": {"3x224x224 * 64x3x7x7 s2 p3 d1 f32": {"forward": "matmul", "weight": "specialized_tma_cmma"},
+                       "3x224x224 * 64x3x7x7 s2 p3 d1 f32 nhwc": {"forward": "simple_async_tma_cmma"}}}"#,
+    )
+    .unwrap();
+    // Each order's own measurement where both have one.
+    assert_eq!(plan.kernel(Pass::Forward, &stem()), ConvKernel::Matmul);
+    assert_eq!(plan.kernel(Pass::Forward, &nhwc), k("simple_async_tma_cmma"));
+    // The other order's before the default.
+    assert_eq!(plan.kernel(Pass::Weight, &nhwc), k("specialized_tma_cmma"));
+    assert_eq!(plan.kernel(Pass::Data, &nhwc), k("simple_async_cyclic_cmma"));
+    let only_nhwc = ConvPlan::parse(r#"{"shapes": {"3x224x224 * 64x3x7x7 s2 p3 d1 f32 nhwc": {"weight": "matmul"}}}"#).unwrap();
+    assert_eq!(only_nhwc.kernel(Pass::Weight, &stem()), ConvKernel::Matmul);
+    assert_eq!(only_nhwc.kernel(Pass::Forward, &stem()), ConvKernel::DEFAULT);
+    // Another element type is another shape.
+    let bf16 = ConvShape { dtype: "bf16".into(), ..nhwc };
+    assert_eq!(plan.kernel(Pass::Forward, &bf16), ConvKernel::DEFAULT);
 }
 
 #[test]

@@ -58,6 +58,11 @@ pub struct ConvsArgs {
     /// on without it).
     #[arg(long, default_value_t = 120.0)]
     pub kernel_timeout: f64,
+    /// Measure with channels-last activations, as `model.channels_last` trains: inputs and
+    /// output gradients in NHWC memory (the stem's input, the images, stays NCHW), results
+    /// left channels-last, no layout copies timed; the plan's keys end in ` nhwc`.
+    #[arg(long)]
+    pub channels_last: bool,
 }
 
 /// What a candidate's row says while it runs; a run that ends there leaves it on record.
@@ -90,6 +95,8 @@ fn problems(args: &ConvsArgs, dtype: DType) -> Vec<Problem> {
 pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, device_name: &str, json_path: Option<&PathBuf>, device: B::Device) -> anyhow::Result<()> {
     type I<B> = <B as AutodiffBackend>::InnerBackend;
     let compute = args.precision.compute_dtype();
+    // Before the shapes are made: their keys carry the layout.
+    sca_kernels::layout::set_channels_last(args.channels_last);
     let kernels = choose_kernels::<I<B>>(&args.kernels)?;
     let problems = problems(args, compute.map(DType::from).unwrap_or(DType::F32));
     let plan_path = plan_destination::<I<B>>(args)?;
@@ -100,13 +107,14 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
         None => ConvPlan::default(),
     };
     eprintln!(
-        "{} convolutions of {} at {} px in {} shapes; {} passes × {} kernels each, batch {batch}, {steps} timed runs after one warm-up (which compiles)",
+        "{} convolutions of {} at {} px in {} shapes; {} passes × {} kernels each, batch {batch}, {steps} timed runs after one warm-up (which compiles); activations {}",
         problems.iter().map(|p| p.names.len()).sum::<usize>(),
         args.arch,
         args.size,
         problems.len(),
         args.passes.len(),
-        kernels.len()
+        kernels.len(),
+        if args.channels_last { "channels-last (NHWC)" } else { "NCHW" }
     );
     anyhow::ensure!(args.kernel_timeout > 0.0, "--kernel-timeout must be positive seconds, not {}", args.kernel_timeout);
     let rows = if args.resume { earlier_rows(json_path, device_name, batch)? } else { Vec::new() };
@@ -292,10 +300,19 @@ impl<B: Backend> Measurement<'_, B> {
             Some(d) => t.cast(d),
             None => t,
         };
-        let x = cast(Tensor::random([batch, c, h, w], Distribution::Normal(0.0, 1.0), &device));
+        // In the memory order training hands the convolution: with channels-last
+        // activations NCHW views of NHWC memory, but for the stem's input (the images).
+        let activation = |[b, c, h, w]: [usize; 4], stem_input: bool| {
+            if sca_kernels::layout::channels_last() && !stem_input {
+                cast(Tensor::<B, 4>::random([b, h, w, c], Distribution::Normal(0.0, 1.0), &device)).permute([0, 3, 1, 2])
+            } else {
+                cast(Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device))
+            }
+        };
+        let x = activation([batch, c, h, w], p.names.iter().any(|n| n == "conv1"));
         // Weights at about their Kaiming scale; the values do not change the timings.
         let weight = cast(Tensor::random(p.layer.weight, Distribution::Normal(0.0, 0.05), &device));
-        let grad = cast(Tensor::random([batch, o, oh, ow], Distribution::Normal(0.0, 1.0), &device));
+        let grad = activation([batch, o, oh, ow], false);
         for (pass, kernel) in todo {
             // On record before it runs: if it takes the process down, a resumed run skips it.
             self.rows.push(json!({ "shape": key, "layers": p.names, "pass": pass, "kernel": kernel, "batch": batch, "refused": ENDED_WHILE_RUNNING }));
@@ -481,7 +498,7 @@ mod tests {
 
     #[test]
     fn resnet50_has_23_shapes_and_layer_counts_sum_to_53() {
-        let args = ConvsArgs { arch: Arch::ResNet50, size: 224, small_stem: false, precision: Precision::F32, kernels: vec![], passes: Pass::ALL.to_vec(), plan: None, resume: false, kernel_timeout: 120.0 };
+        let args = ConvsArgs { arch: Arch::ResNet50, size: 224, small_stem: false, precision: Precision::F32, kernels: vec![], passes: Pass::ALL.to_vec(), plan: None, resume: false, kernel_timeout: 120.0, channels_last: false };
         let ps = problems(&args, DType::F32);
         assert_eq!(ps.len(), 23);
         assert_eq!(ps.iter().map(|p| p.names.len()).sum::<usize>(), 53);
