@@ -9,11 +9,13 @@
 #
 # PART splits the session in calls of a few minutes each (all = core and more, the default):
 #   core  ours with gemm convolutions (implicit GEMM, no autotune) in f32 on (a), cold
-#         (caches empty: the first step includes compilation) on the built-in kernels; then
-#         `sca bench convs` (every ResNet-50 convolution shape × pass × candidate kernel,
-#         which writes the fastest per shape as the plan in the cache) and (a) again with
-#         that plan, in NCHW and with activations kept channels-last (--channels-last);
-#         then PyTorch's training step (a) in fp32, TF32 and bf16.
+#         (caches empty: the first step includes compilation) on the built-in kernels, with
+#         NCHW activations (row `cold`) and then channels-last ones (`nhwc`); the faster of
+#         the two layouts (warm ms per step) goes on: `sca bench convs` in it (every
+#         ResNet-50 convolution shape × pass × candidate kernel, which writes the fastest per
+#         shape as the plan in the cache) and (a) again with that plan (`plan`); then
+#         PyTorch's training step (a) in fp32, TF32 and bf16. OUT/layout.txt says which
+#         layout went on and why.
 #   more  PyTorch's convolutions layer by layer in TF32 (bench/compare_convs.py sets them
 #         against ours); bf16: convolutions (ours and PyTorch's), then (a) and (c) with the
 #         plan; the add-on step (b), k-means (d) and KNN (e); PyTorch's features (c).
@@ -21,11 +23,13 @@
 #
 # PLAN=FILE starts the cache with that convolution plan (e.g. one an earlier session measured
 # on the same card, configs/conv-plans/): a `more` run in a fresh session then has its plan,
-# and core's cold run runs on it instead of the built-in kernel.
+# and core's cold run runs on it instead of the built-in kernel. CHANNELS_LAST=1 runs `more`
+# with channels-last activations (the layout core found faster).
 set -u
 OUT=${1:-gpu-bench}
 PART=${2:-all}
 SCA=${SCA:-target/release/sca}
+TORCH_REF=${TORCH_REF:-bench/torch_reference.py}
 CACHE="$OUT/cubecl"
 mkdir -p "$OUT"
 if [ -n "${PLAN:-}" ]; then
@@ -57,7 +61,7 @@ ours() {
 torch() {
     local name=$1 limit=$2
     shift 2
-    limited "torch $name" "$limit" "$OUT/torch-$name.log" python3 bench/torch_reference.py --json "$OUT/torch-$name.json" "$@"
+    limited "torch $name" "$limit" "$OUT/torch-$name.log" python3 "$TORCH_REF" --json "$OUT/torch-$name.json" "$@"
 }
 
 # convs NAME LIMIT_S ARGS...: `sca bench convs`, its plan into the cache (later runs use it).
@@ -84,18 +88,40 @@ convs() {
     cp "$CACHE/conv-plan.json" "$OUT/conv-plan-$name.json" 2>/dev/null
 }
 
+# faster_layout NCHW_JSON NHWC_JSON: `nhwc` if the second run's warm step was faster, else
+# `nchw` (also when either has no step time); the reason goes to OUT/layout.txt.
+faster_layout() {
+    python3 - "$1" "$2" "$OUT/layout.txt" <<'EOF'
+import json, sys
+def ms(path):
+    try:
+        rows = json.load(open(path))["rows"]
+        return next(r["ms_per_step"] for r in rows if isinstance(r.get("ms_per_step"), (int, float)))
+    except (OSError, ValueError, KeyError, StopIteration):
+        return None
+nchw, nhwc = ms(sys.argv[1]), ms(sys.argv[2])
+pick = "nhwc" if nchw is not None and nhwc is not None and nhwc < nchw else "nchw"
+open(sys.argv[3], "w").write(f"{pick}: warm ms per step on the built-in kernel, NCHW {nchw}, channels-last {nhwc}\n")
+print(pick)
+EOF
+}
+
+layout=()
+[ "${CHANNELS_LAST:-0}" = 1 ] && layout=(--channels-last)
 if [ "$PART" = core ] || [ "$PART" = all ]; then
     ours cold 150 --only a --conv gemm --precision f32 --steps 3
-    convs f32 200 --precision f32 --steps 3
-    ours plan 70 --only a --conv gemm --precision f32 --steps 5
-    ours nhwc 70 --only a --conv gemm --precision f32 --steps 5 --channels-last
+    ours nhwc 70 --only a --conv gemm --precision f32 --steps 3 --channels-last
+    [ "$(faster_layout "$OUT/sca-cold.json" "$OUT/sca-nhwc.json")" = nhwc ] && layout=(--channels-last)
+    cat "$OUT/layout.txt"
+    convs f32 200 --precision f32 --steps 3 ${layout[@]+"${layout[@]}"}
+    ours plan 70 --only a --conv gemm --precision f32 --steps 5 ${layout[@]+"${layout[@]}"}
     torch train 70 --cases train
 fi
 if [ "$PART" = more ] || [ "$PART" = all ]; then
     torch convs-tf32 60 --cases convs --precisions tf32 --steps 5
-    convs bf16 180 --precision bf16 --steps 3
+    convs bf16 180 --precision bf16 --steps 3 ${layout[@]+"${layout[@]}"}
     torch convs-bf16 60 --cases convs --precisions bf16 --steps 5
-    ours bf16 120 --only a,c --conv gemm --precision bf16 --steps 5
+    ours bf16 120 --only a,c --conv gemm --precision bf16 --steps 5 ${layout[@]+"${layout[@]}"}
     ours rest 150 --only b,d,e --conv gemm --precision f32
     torch features 60 --cases features
 fi
@@ -108,20 +134,27 @@ fi
 python3 - "$OUT" <<'EOF'
 import glob, json, os, sys
 out = sys.argv[1]
+def load(path):
+    """A run's JSON, or None (said) where a killed or failed run left none readable."""
+    try:
+        return json.load(open(path))
+    except (OSError, ValueError) as e:
+        print(f"{os.path.basename(path)}: unreadable ({e}); its run's log says why", file=sys.stderr)
+        return None
 print(f"\n{'run':<7} {'case':<66} {'images/s':>9} {'ms/step':>9} {'first s':>8}  fwd/bwd/opt ms")
 for path in sorted(glob.glob(os.path.join(out, "sca-*.json"))):
     run = os.path.basename(path)[4:-5]
-    doc = json.load(open(path))
-    for r in doc["rows"]:
+    doc = load(path)
+    for r in (doc or {}).get("rows", []):
         f = lambda k: f"{r[k]:.1f}" if isinstance(r.get(k), (int, float)) else "-"
         phases = "/".join(f(k) for k in ("forward_ms", "backward_ms", "optimiser_ms"))
         print(f"{run:<7} {r.get('case', '?')[:66]:<66} {f('images_per_s'):>9} {f('ms_per_step'):>9} {f('first_step_s'):>8}  {phases}")
     # Shapes an explicit kernel refused ran on a fallback: slower, or tuned on a cold cache.
-    for fb in doc.get("fallbacks", []):
+    for fb in (doc or {}).get("fallbacks", []):
         print(f"{run:<7}   refused: {fb['what']} -> {fb['instead']}")
 for path in sorted(glob.glob(os.path.join(out, "torch*.json"))):
-    doc = json.load(open(path))
-    for r in doc.get("rows", doc if isinstance(doc, list) else []):
+    doc = load(path)
+    for r in doc if isinstance(doc, list) else (doc or {}).get("rows", []):
         f = lambda k: f"{r[k]:.1f}" if isinstance(r.get(k), (int, float)) else "-"
         case = f"{r.get('case', '?')} {r.get('precision', '')}"
         print(f"{'torch':<7} {case[:66]:<66} {f('images_per_s'):>9} {f('ms_per_step'):>9} {f('first_step_s'):>8}")

@@ -1,0 +1,116 @@
+//! bench/gpu_session.sh, the one script a GPU session runs, on stand-ins for `sca`,
+//! `nvidia-smi` and the PyTorch reference: which runs it makes, with which arguments, and the
+//! layout it goes on with. A mistake here would cost a session's scarce device time.
+
+use std::path::Path;
+use std::process::Command;
+
+/// A stand-in `sca`: logs its arguments; `bench gpu` writes one row whose warm step takes
+/// `$FAKE_NCHW_MS` or, with `--channels-last`, `$FAKE_NHWC_MS` milliseconds; `bench convs`
+/// writes an empty rows file.
+const FAKE_SCA: &str = r#"#!/usr/bin/env bash
+echo "$*" >> "$FAKE_CALLS"
+json= last=0
+for ((i = 1; i <= $#; i++)); do
+    case ${!i} in
+        --json) j=$((i + 1)); json=${!j} ;;
+        --channels-last) last=1 ;;
+    esac
+done
+case "$1 $2" in
+    "bench gpu")
+        ms=$FAKE_NCHW_MS; [ $last = 1 ] && ms=$FAKE_NHWC_MS
+        echo "{\"rows\": [{\"case\": \"(a) step last=$last\", \"images_per_s\": 9.5, \"ms_per_step\": $ms, \"first_step_s\": 2.0}]}" > "$json" ;;
+    "bench convs") echo '{"device": "fake", "rows": []}' > "$json" ;;
+esac
+"#;
+
+/// A stand-in torch_reference.py: one training row.
+const FAKE_TORCH: &str = r#"import json, sys
+json.dump({"rows": [{"case": "train", "precision": "fp32", "images_per_s": 1001.7, "ms_per_step": 127.8, "first_step_s": 9.4}]},
+          open(sys.argv[sys.argv.index("--json") + 1], "w"))
+"#;
+
+struct Session {
+    layout: String,
+    calls: Vec<String>,
+    stdout: String,
+    stderr: String,
+}
+
+/// `bash bench/gpu_session.sh OUT core` with the stand-ins, NCHW and channels-last warm
+/// steps taking the given milliseconds (written into the JSON as they are).
+fn core_session(dir: &Path, nchw_ms: &str, nhwc_ms: &str) -> Session {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let executable = |name: &str, text: &str| {
+        let path = bin.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        path
+    };
+    let sca = executable("sca", FAKE_SCA);
+    executable("nvidia-smi", "#!/bin/sh\necho 'Fake GPU, 1 MiB, 0'\n");
+    let torch = dir.join("torch_reference.py");
+    std::fs::write(&torch, FAKE_TORCH).unwrap();
+    let (out, calls) = (dir.join("out"), dir.join("calls.txt"));
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let o = Command::new("bash")
+        .current_dir(root)
+        .arg("bench/gpu_session.sh")
+        .arg(&out)
+        .arg("core")
+        .env("PATH", path)
+        .env("SCA", &sca)
+        .env("TORCH_REF", &torch)
+        .env("FAKE_CALLS", &calls)
+        .env("FAKE_NCHW_MS", nchw_ms)
+        .env("FAKE_NHWC_MS", nhwc_ms)
+        .output()
+        .expect("bash runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+    assert!(o.status.success(), "{stdout}{stderr}");
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}\n{stdout}", p.display()));
+    Session { layout: read(&out.join("layout.txt")), calls: read(&calls).lines().map(String::from).collect(), stdout, stderr }
+}
+
+fn python3_runs() -> bool {
+    Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn core_goes_on_in_the_layout_whose_warm_step_was_faster() {
+    if !python3_runs() {
+        eprintln!("skipping: bench/gpu_session.sh needs python3");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (nchw, nhwc, pick) in [("1157.0", "950.5", "nhwc"), ("900.0", "950.5", "nchw"), ("900.0", "not json", "nchw")] {
+        let dir = tmp.path().join(pick).join(nhwc.replace(' ', "-"));
+        let s = core_session(&dir, nchw, nhwc);
+        assert!(s.layout.starts_with(&format!("{pick}: ")), "{nchw} vs {nhwc}: {}", s.layout);
+        // cold (NCHW), nhwc, the convolution benchmark, the plan run: in that order.
+        let sca: Vec<&String> = s.calls.iter().collect();
+        assert_eq!(sca.len(), 4, "{sca:?}");
+        assert!(sca[0].starts_with("bench gpu ") && sca[0].contains("--json ") && sca[0].contains("sca-cold.json"), "{}", sca[0]);
+        assert!(!sca[0].contains("--channels-last") && sca[1].contains("sca-nhwc.json") && sca[1].ends_with("--channels-last"), "{sca:?}");
+        assert!(sca[2].starts_with("bench convs ") && sca[3].contains("sca-plan.json"), "{sca:?}");
+        for call in &sca[2..] {
+            assert_eq!(call.contains("--channels-last"), pick == "nhwc", "{nchw} vs {nhwc}: {call}");
+        }
+        // The closing table has every run's row, PyTorch's included; a run that left no
+        // readable JSON is said to, and the others' rows still come.
+        for row in ["cold    (a) step last=0", "torch   train fp32"] {
+            assert!(s.stdout.contains(row), "no '{row}' in:\n{}", s.stdout);
+        }
+        let readable = nhwc.parse::<f64>().is_ok();
+        assert_eq!(s.stdout.contains("nhwc    (a) step last=1"), readable, "{}", s.stdout);
+        assert_eq!(s.stderr.contains("sca-nhwc.json: unreadable"), !readable, "{}", s.stderr);
+        let plan_last = if pick == "nhwc" { 1 } else { 0 };
+        assert!(s.stdout.contains(&format!("plan    (a) step last={plan_last}")), "{}", s.stdout);
+    }
+    // Both steps' figures are on record with the choice.
+    let s = std::fs::read_to_string(tmp.path().join("nhwc/950.5/out/layout.txt")).unwrap();
+    assert_eq!(s.trim(), "nhwc: warm ms per step on the built-in kernel, NCHW 1157.0, channels-last 950.5");
+}
