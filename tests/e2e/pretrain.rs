@@ -195,6 +195,44 @@ fn gpu_benchmark_runs_scaled_down_on_the_cpu() {
     let mut c = sca();
     c.args(["bench", "gpu", "--device", "cpu", "--only", "a,z"]);
     assert!(run_err(c).contains("--only: unknown case 'z'"));
+    for flag in ["--feature-batch", "--steps", "--batch", "--size"] {
+        let mut c = sca();
+        c.args(["bench", "gpu", "--device", "cpu", flag, "0"]);
+        let err = run_err(c);
+        assert!(err.contains(&format!("invalid value '0' for '{flag} <")) && err.contains("must be at least 1"), "{flag}: {err}");
+    }
+}
+
+/// `bench gpu` puts each case's row in `--json` as the case ends: a run killed in a later
+/// case (a session's time limit) keeps the figures of the earlier ones.
+#[test]
+fn gpu_benchmark_keeps_finished_cases_when_killed_in_a_later_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("gpu.json");
+    let mut c = sca();
+    // (d) at 5 % of its size: k-means of 64,000 points into 3,000 clusters, seconds on a CPU.
+    c.args(["bench", "gpu", "--device", "cpu", "--only", "a,d", "--scale", "0.05", "--size", "32", "--batch", "2", "--steps", "1", "--json"]).arg(&json);
+    let mut child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    let doc = loop {
+        if let Ok(text) = std::fs::read(&json) {
+            break serde_json::from_slice::<serde_json::Value>(&text).expect("written whole (atomically)");
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before writing {}", json.display());
+        assert!(t0.elapsed() < Duration::from_secs(600), "no rows after 10 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(still_running, "(d) ended before (a)'s row was seen: nothing shows the rows are written as they come");
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{doc}");
+    assert!(rows[0]["case"].as_str().unwrap().starts_with("(a) SwAV ResNet-50") && rows[0]["ms_per_step"].as_f64().is_some_and(|t| t > 0.0), "{doc}");
+    assert!(doc["fallbacks"].is_array(), "{doc}");
+    // What the killed run left is what the file holds.
+    let after: serde_json::Value = serde_json::from_slice(&read(json)).unwrap();
+    assert_eq!(after["rows"].as_array().unwrap().len(), 1);
 }
 
 #[test]

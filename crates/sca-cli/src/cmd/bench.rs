@@ -1,7 +1,7 @@
 //! `sca bench`: throughput figures for docs/BENCHMARKS.md. Each prints a table and can
 //! write JSON (`--json FILE`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -24,13 +24,13 @@ pub enum BenchCommand {
     Kmeans {
         #[command(flatten)]
         common: Common,
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
         n: usize,
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = at_least_one)]
         d: usize,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
         c: usize,
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         iterations: usize,
     },
     /// The GPU set: ResNet-50 SwAV step (without and with the add-on), forward-only features,
@@ -43,10 +43,10 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
         /// Input side of the ResNet-50 cases.
-        #[arg(long, default_value_t = 224)]
+        #[arg(long, default_value_t = 224, value_parser = at_least_one)]
         size: usize,
         /// Batch of the forward-only feature case.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = at_least_one)]
         feature_batch: usize,
         /// How the convolutions run: gemm (CUDA: implicit-GEMM kernels chosen without
         /// autotune), matmul (im2col + GEMM), native (the backend's kernels, autotuned on
@@ -80,7 +80,7 @@ pub enum BenchCommand {
     Distributed {
         #[command(flatten)]
         common: Common,
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = at_least_one)]
         replicas: usize,
     },
 }
@@ -90,14 +90,24 @@ pub struct Common {
     #[arg(long, default_value = "auto")]
     pub device: DeviceArg,
     /// Timed steps after the warm-up step.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub steps: usize,
     /// Also write the figures here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Batch size for ResNet-50 (default: 16 on CPU, 64 on CUDA).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub batch: Option<usize>,
+}
+
+/// The value of a count (steps, a batch, a size): a whole number of at least 1, so that a
+/// zero is refused by name instead of measuring nothing.
+pub(crate) fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -125,7 +135,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Kmeans { n, d, c, iterations, .. } => kmeans::<B>(n, d, c, iterations, device)?,
         BenchCommand::Gpu { common, scale, size, feature_batch, conv, precision, channels_last, only } => {
             let cuda = matches!(choice, crate::device::Choice::Cuda(_));
-            gpu::<B>(&common, cuda, GpuCases { scale, size, feature_batch, conv, precision, channels_last, only }, device)?
+            gpu::<B>(&common, cuda, GpuCases { scale, size, feature_batch, conv, precision, channels_last, only }, &device_name, device)?
         }
         BenchCommand::Distributed { common, replicas } => distributed::<B>(&common, replicas, device)?,
         BenchCommand::Convs { .. } => unreachable!("handled above"),
@@ -136,15 +146,22 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         println!("{:<64} {:>12} {:>12} {:>14}", r["case"].as_str().unwrap_or("?"), f("images_per_s"), f("ms_per_step"), f("first_step_s"));
     }
     // Explicit kernels that refused a shape: the step ran on a slower or autotuned one there.
+    let refusals = sca_kernels::fallbacks().len();
+    if refusals > 0 {
+        println!("\n{refusals} explicit-kernel refusals (listed in the JSON, `fallbacks`)");
+    }
+    match &common.json {
+        Some(path) => write_rows(path, &device_name, &rows),
+        None => Ok(()),
+    }
+}
+
+/// The JSON of `--json`: the device, the rows, and the shapes explicit kernels refused
+/// (the step ran on a slower or autotuned kernel there).
+fn write_rows(path: &Path, device_name: &str, rows: &[serde_json::Value]) -> anyhow::Result<()> {
     let fallbacks: Vec<_> = sca_kernels::fallbacks().into_iter().map(|f| json!({ "what": f.what, "instead": f.instead })).collect();
-    if !fallbacks.is_empty() {
-        println!("\n{} explicit-kernel refusals (listed in the JSON, `fallbacks`)", fallbacks.len());
-    }
-    if let Some(path) = common.json {
-        let doc = json!({ "device": device_name, "rows": rows, "fallbacks": fallbacks });
-        files::write_atomic(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
-    }
-    Ok(())
+    let doc = json!({ "device": device_name, "rows": rows, "fallbacks": fallbacks });
+    files::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())
 }
 
 /// The default config, shrunk to the shapes being measured.
@@ -303,7 +320,7 @@ struct GpuCases {
 }
 
 /// Everything the GPU comparison with `bench/torch_reference.py` needs, in one table.
-fn gpu<B: sca_dist::TrackedSum>(c: &Common, cuda: bool, g: GpuCases, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
+fn gpu<B: sca_dist::TrackedSum>(c: &Common, cuda: bool, g: GpuCases, device_name: &str, device: B::Device) -> anyhow::Result<Vec<serde_json::Value>> {
     anyhow::ensure!(g.scale > 0.0, "--scale must be positive");
     if let Some(bad) = g.only.iter().find(|c| !('a'..='e').contains(c)) {
         anyhow::bail!("--only: unknown case '{bad}' (the cases are a, b, c, d, e)");
@@ -314,37 +331,50 @@ fn gpu<B: sca_dist::TrackedSum>(c: &Common, cuda: bool, g: GpuCases, device: B::
     let layout = format!("model.channels_last={}", g.channels_last);
     let r50 = ["model.arch=resnet50", "model.small_stem=false", "engine.hidden_dim=2048", "engine.prototypes=3000", &conv, &precision, &layout];
     let tag = format!("{} conv, {}{}", g.conv, g.precision, if g.channels_last { ", channels-last" } else { "" });
-    let mut rows = Vec::new();
+    let mut rows = Rows { rows: Vec::new(), json: c.json.as_deref(), device_name };
     if run('a') {
         let swav = config(&[&r50[..], &["addon.enabled=false"]].concat())?;
-        push_row(&mut rows, time_steps::<B>(&format!("(a) SwAV ResNet-50, 2x{size} px, batch {b}, {tag}"), swav, b, 2, size, c.steps, device.clone())?);
+        rows.push(time_steps::<B>(&format!("(a) SwAV ResNet-50, 2x{size} px, batch {b}, {tag}"), swav, b, 2, size, c.steps, device.clone())?)?;
     }
     if run('b') {
         let addon = config(&[&r50[..], &["addon.enabled=true", "addon.positives=1", "addon.clusters=3000"]].concat())?;
-        push_row(&mut rows, time_steps::<B>(&format!("(b) SwAV + add-on (P=1) ResNet-50, batch {b}, {tag}"), addon, b, 2, size, c.steps, device.clone())?);
+        rows.push(time_steps::<B>(&format!("(b) SwAV + add-on (P=1) ResNet-50, batch {b}, {tag}"), addon, b, 2, size, c.steps, device.clone())?)?;
     }
     if run('c') {
         sca_kernels::layout::set_channels_last(g.channels_last);
-        push_row(&mut rows, features::<B>(g.feature_batch, size, c.steps, &tag, g.conv, g.precision, device.clone())?);
+        rows.push(features::<B>(g.feature_batch, size, c.steps, &tag, g.conv, g.precision, device.clone())?)?;
     }
     let n = ((1_280_000.0 * g.scale).round() as usize).max(1);
     if run('d') {
         for mut row in kmeans::<B>(n, 128, 3000.min(n), 10, device.clone())? {
             row["case"] = json!(format!("(d) {}", row["case"].as_str().unwrap_or("k-means")));
-            push_row(&mut rows, row);
+            rows.push(row)?;
         }
     }
     if run('e') {
-        push_row(&mut rows, knn_bench::<B>(((50_000.0 * g.scale).round() as usize).max(1), n, 2048, device)?);
+        rows.push(knn_bench::<B>(((50_000.0 * g.scale).round() as usize).max(1), n, 2048, device)?)?;
     }
-    Ok(rows)
+    Ok(rows.rows)
 }
 
-/// Keeps a finished case, and prints it at once: a later case that runs past the session's
-/// time limit must not take the earlier figures with it.
-fn push_row(rows: &mut Vec<serde_json::Value>, row: serde_json::Value) {
-    eprintln!("done: {row}");
-    rows.push(row);
+/// The finished cases of one `bench gpu` run, printed and on record in `--json` as each
+/// ends: a later case that runs past the session's time limit, or fails, must not take the
+/// earlier figures with it.
+struct Rows<'a> {
+    rows: Vec<serde_json::Value>,
+    json: Option<&'a Path>,
+    device_name: &'a str,
+}
+
+impl Rows<'_> {
+    fn push(&mut self, row: serde_json::Value) -> anyhow::Result<()> {
+        eprintln!("done: {row}");
+        self.rows.push(row);
+        match self.json {
+            Some(path) => write_rows(path, self.device_name, &self.rows),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Forward-only pooled ResNet-50 features (no autodiff, inference-mode BN).

@@ -27,7 +27,7 @@ pub struct ConvsArgs {
     #[arg(long, default_value = "resnet50")]
     pub arch: Arch,
     /// Input side in pixels.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = crate::cmd::bench::at_least_one)]
     pub size: usize,
     /// The small-image stem (3×3, no max pool).
     #[arg(long)]
