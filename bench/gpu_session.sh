@@ -15,7 +15,9 @@
 #         ResNet-50 convolution shape × pass × candidate kernel, which writes the fastest per
 #         shape as the plan in the cache) and (a) again with that plan (`plan`); then
 #         PyTorch's training step (a) in fp32, TF32 and bf16. OUT/layout.txt says which
-#         layout went on and why.
+#         layout went on and why. What is left of CORE_BUDGET seconds (default 560, a
+#         device call's 600 s less a margin) then goes to (b), (c), (d) and (e) in that
+#         layout (row `rest`; each case's row is kept as it ends).
 #   more  PyTorch's convolutions layer by layer in TF32 (bench/compare_convs.py sets them
 #         against ours); bf16: convolutions (ours and PyTorch's), then (a) and (c) with the
 #         plan; the add-on step (b), k-means (d) and KNN (e); PyTorch's features (c).
@@ -116,6 +118,12 @@ if [ "$PART" = core ] || [ "$PART" = all ]; then
     convs f32 200 --precision f32 --steps 3 ${layout[@]+"${layout[@]}"}
     ours plan 70 --only a --conv gemm --precision f32 --steps 5 ${layout[@]+"${layout[@]}"}
     torch train 70 --cases train
+    # The limits above are ceilings: what the runs left of the call goes to the other cases
+    # (with `all`, `more` runs them).
+    left=$((${CORE_BUDGET:-560} - SECONDS))
+    if [ "$PART" = core ] && [ "$left" -ge 60 ]; then
+        ours rest "$left" --only b,c,d,e --conv gemm --precision f32 ${layout[@]+"${layout[@]}"}
+    fi
 fi
 if [ "$PART" = more ] || [ "$PART" = all ]; then
     torch convs-tf32 60 --cases convs --precisions tf32 --steps 5

@@ -5,22 +5,24 @@
 use std::path::Path;
 use std::process::Command;
 
-/// A stand-in `sca`: logs its arguments; `bench gpu` writes one row whose warm step takes
-/// `$FAKE_NCHW_MS` or, with `--channels-last`, `$FAKE_NHWC_MS` milliseconds; `bench convs`
-/// writes an empty rows file.
+/// A stand-in `sca`: logs its arguments; `bench gpu` writes one row (case `<--only>
+/// last=<0|1>`) whose warm step takes `$FAKE_NCHW_MS` or, with `--channels-last`,
+/// `$FAKE_NHWC_MS` milliseconds; `bench convs` writes an empty rows file.
 const FAKE_SCA: &str = r#"#!/usr/bin/env bash
 echo "$*" >> "$FAKE_CALLS"
-json= last=0
+json= last=0 only=
 for ((i = 1; i <= $#; i++)); do
+    j=$((i + 1))
     case ${!i} in
-        --json) j=$((i + 1)); json=${!j} ;;
+        --json) json=${!j} ;;
+        --only) only=${!j} ;;
         --channels-last) last=1 ;;
     esac
 done
 case "$1 $2" in
     "bench gpu")
         ms=$FAKE_NCHW_MS; [ $last = 1 ] && ms=$FAKE_NHWC_MS
-        echo "{\"rows\": [{\"case\": \"(a) step last=$last\", \"images_per_s\": 9.5, \"ms_per_step\": $ms, \"first_step_s\": 2.0}]}" > "$json" ;;
+        echo "{\"rows\": [{\"case\": \"$only last=$last\", \"images_per_s\": 9.5, \"ms_per_step\": $ms, \"first_step_s\": 2.0}]}" > "$json" ;;
     "bench convs") echo '{"device": "fake", "rows": []}' > "$json" ;;
 esac
 "#;
@@ -39,8 +41,9 @@ struct Session {
 }
 
 /// `bash bench/gpu_session.sh OUT core` with the stand-ins, NCHW and channels-last warm
-/// steps taking the given milliseconds (written into the JSON as they are).
-fn core_session(dir: &Path, nchw_ms: &str, nhwc_ms: &str) -> Session {
+/// steps taking the given milliseconds (written into the JSON as they are), in a call of
+/// `budget` seconds (`CORE_BUDGET`).
+fn core_session(dir: &Path, nchw_ms: &str, nhwc_ms: &str, budget: u32) -> Session {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let executable = |name: &str, text: &str| {
@@ -67,6 +70,7 @@ fn core_session(dir: &Path, nchw_ms: &str, nhwc_ms: &str) -> Session {
         .env("FAKE_CALLS", &calls)
         .env("FAKE_NCHW_MS", nchw_ms)
         .env("FAKE_NHWC_MS", nhwc_ms)
+        .env("CORE_BUDGET", budget.to_string())
         .output()
         .expect("bash runs");
     let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
@@ -88,28 +92,35 @@ fn core_goes_on_in_the_layout_whose_warm_step_was_faster() {
     let tmp = tempfile::tempdir().unwrap();
     for (nchw, nhwc, pick) in [("1157.0", "950.5", "nhwc"), ("900.0", "950.5", "nchw"), ("900.0", "not json", "nchw")] {
         let dir = tmp.path().join(pick).join(nhwc.replace(' ', "-"));
-        let s = core_session(&dir, nchw, nhwc);
+        let s = core_session(&dir, nchw, nhwc, 560);
         assert!(s.layout.starts_with(&format!("{pick}: ")), "{nchw} vs {nhwc}: {}", s.layout);
-        // cold (NCHW), nhwc, the convolution benchmark, the plan run: in that order.
+        // cold (NCHW), nhwc, the convolution benchmark, the plan run, and in the time left
+        // the other cases: in that order.
         let sca: Vec<&String> = s.calls.iter().collect();
-        assert_eq!(sca.len(), 4, "{sca:?}");
+        assert_eq!(sca.len(), 5, "{sca:?}");
         assert!(sca[0].starts_with("bench gpu ") && sca[0].contains("--json ") && sca[0].contains("sca-cold.json"), "{}", sca[0]);
         assert!(!sca[0].contains("--channels-last") && sca[1].contains("sca-nhwc.json") && sca[1].ends_with("--channels-last"), "{sca:?}");
         assert!(sca[2].starts_with("bench convs ") && sca[3].contains("sca-plan.json"), "{sca:?}");
+        assert!(sca[4].contains("sca-rest.json") && sca[4].contains("--only b,c,d,e"), "{sca:?}");
         for call in &sca[2..] {
             assert_eq!(call.contains("--channels-last"), pick == "nhwc", "{nchw} vs {nhwc}: {call}");
         }
         // The closing table has every run's row, PyTorch's included; a run that left no
         // readable JSON is said to, and the others' rows still come.
-        for row in ["cold    (a) step last=0", "torch   train fp32"] {
+        for row in ["cold    a last=0", "torch   train fp32"] {
             assert!(s.stdout.contains(row), "no '{row}' in:\n{}", s.stdout);
         }
         let readable = nhwc.parse::<f64>().is_ok();
-        assert_eq!(s.stdout.contains("nhwc    (a) step last=1"), readable, "{}", s.stdout);
+        assert_eq!(s.stdout.contains("nhwc    a last=1"), readable, "{}", s.stdout);
         assert_eq!(s.stderr.contains("sca-nhwc.json: unreadable"), !readable, "{}", s.stderr);
-        let plan_last = if pick == "nhwc" { 1 } else { 0 };
-        assert!(s.stdout.contains(&format!("plan    (a) step last={plan_last}")), "{}", s.stdout);
+        let last = if pick == "nhwc" { 1 } else { 0 };
+        assert!(s.stdout.contains(&format!("plan    a last={last}")), "{}", s.stdout);
+        assert!(s.stdout.contains(&format!("rest    b,c,d,e last={last}")), "{}", s.stdout);
     }
+    // A call whose runs leave under a minute of its budget ends after PyTorch's step.
+    let s = core_session(&tmp.path().join("short"), "900.0", "950.5", 30);
+    assert_eq!(s.calls.len(), 4, "{:?}", s.calls);
+    assert!(!s.stdout.contains("rest "), "{}", s.stdout);
     // Both steps' figures are on record with the choice.
     let s = std::fs::read_to_string(tmp.path().join("nhwc/950.5/out/layout.txt")).unwrap();
     assert_eq!(s.trim(), "nhwc: warm ms per step on the built-in kernel, NCHW 1157.0, channels-last 950.5");
