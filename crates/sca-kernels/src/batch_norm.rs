@@ -39,7 +39,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::cube_util::grid_for;
-use crate::layout::{empty_in, into_layout, layout_of, Layout};
+use crate::layout::{empty_in, in_own_layout, into_layout, own_layout, Layout};
 use crate::{is, same_type, CudaBackend};
 
 /// The passes of batch norm over `[B, C, S...]` tensors (`S`: the positions' dimensions, `L`
@@ -657,21 +657,13 @@ fn sum_grid(channels: usize, per_channel: usize, last: bool) -> (usize, CubeCoun
     }
 }
 
-/// `x` in its own layout (channels-first unless its memory is channels-last; copied when it
-/// is neither), and whether that is channels-last. The outputs are made in the same layout,
-/// and the other operands brought to it, so the kernels read all of them in one order.
-fn in_own_layout<R: CubeRuntime>(x: CubeTensor<R>) -> (CubeTensor<R>, Layout) {
-    let layout = layout_of(&x).unwrap_or(Layout::ChannelsFirst);
-    (into_layout(x, layout), layout)
-}
-
 fn per_channel<R: CubeRuntime>(like: &CubeTensor<R>, channels: usize) -> CubeTensor<R> {
     empty_device_dtype(like.client.clone(), like.device.clone(), Shape::new([channels]), DType::F32)
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormKernels for CubeBackend<R, F, I, BT> {
     fn in_layout_of(dy: FloatTensor<Self>, x: &FloatTensor<Self>) -> FloatTensor<Self> {
-        into_layout(dy, layout_of(x).unwrap_or(Layout::ChannelsFirst))
+        into_layout(dy, own_layout(x))
     }
 
     fn channel_moments(x: FloatTensor<Self>, running: &Running<Self>) -> (FloatTensor<Self>, FloatTensor<Self>, Running<Self>) {

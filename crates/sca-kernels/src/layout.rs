@@ -181,6 +181,19 @@ pub fn layout_of<R: CubeRuntime>(t: &CubeTensor<R>) -> Option<Layout> {
     [Layout::ChannelsFirst, Layout::ChannelsLast].into_iter().find(|&l| has_layout(t, l))
 }
 
+/// The layout a kernel that keeps its input's memory order works in for `t`: its own, or
+/// channels-first when it is neither (the copy [`into_layout`] then makes).
+pub fn own_layout<R: CubeRuntime>(t: &CubeTensor<R>) -> Layout {
+    layout_of(t).unwrap_or(Layout::ChannelsFirst)
+}
+
+/// `t` in its [`own_layout`], and that layout: the outputs are made in it, and the other
+/// operands brought to it, so a kernel reads all of them in one order.
+pub fn in_own_layout<R: CubeRuntime>(t: CubeTensor<R>) -> (CubeTensor<R>, Layout) {
+    let layout = own_layout(&t);
+    (into_layout(t, layout), layout)
+}
+
 /// `t` with its memory in `layout`: itself when it is already, else a copy (tiled between
 /// the two layouts).
 pub fn into_layout<R: CubeRuntime>(t: CubeTensor<R>, layout: Layout) -> CubeTensor<R> {
@@ -201,8 +214,7 @@ pub fn into_layout<R: CubeRuntime>(t: CubeTensor<R>, layout: Layout) -> CubeTens
         Layout::ChannelsFirst => into_contiguous(t),
         Layout::ChannelsLast => {
             let order = memory_order(Layout::ChannelsLast, rank);
-            let stored = Shape::from(order.iter().map(|&d| shape[d]).collect::<Vec<_>>());
-            let out = transpose_on(into_contiguous(t), [images, channels, positions], stored);
+            let out = transpose_on(into_contiguous(t), [images, channels, positions], stored_shape(&shape, &order));
             permute(out, &inverse(&order))
         }
     }
@@ -211,8 +223,13 @@ pub fn into_layout<R: CubeRuntime>(t: CubeTensor<R>, layout: Layout) -> CubeTens
 /// A new tensor of `shape` and `dtype` on `like`'s device, its memory in `layout`.
 pub fn empty_in<R: CubeRuntime>(layout: Layout, like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
     let order = memory_order(layout, shape.num_dims());
-    let stored = Shape::from(order.iter().map(|&d| shape[d]).collect::<Vec<_>>());
-    permute(empty_device_dtype(like.client.clone(), like.device.clone(), stored, dtype), &inverse(&order))
+    permute(empty_device_dtype(like.client.clone(), like.device.clone(), stored_shape(&shape, &order), dtype), &inverse(&order))
+}
+
+/// `shape`'s sizes in the memory order `order` (outermost first): the shape of the
+/// contiguous tensor that holds it.
+fn stored_shape(shape: &Shape, order: &[usize]) -> Shape {
+    Shape::from(order.iter().map(|&d| shape[d]).collect::<Vec<_>>())
 }
 
 /// The permutation that undoes `order`.

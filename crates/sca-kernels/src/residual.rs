@@ -21,7 +21,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::cube_util::grid_for;
-use crate::layout::{empty_in, into_layout, layout_of, Layout};
+use crate::layout::{empty_in, in_own_layout, into_layout};
 use crate::{dispatch, BinaryOp, ExplicitOps};
 
 /// The two passes of `relu(a + b)` on tensors of one shape and float type.
@@ -103,8 +103,8 @@ mod kernel {
 /// unit per value, all three in `a`'s memory order (channels-first or channels-last; see
 /// [`crate::layout`]), so that the kernel pairs values by their place in memory.
 fn elementwise<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>, launch: impl FnOnce(CubeCount, CubeTensor<R>, CubeTensor<R>, CubeTensor<R>)) -> CubeTensor<R> {
-    let layout = layout_of(&a).unwrap_or(Layout::ChannelsFirst);
-    let (a, b) = (into_layout(a, layout), into_layout(b, layout));
+    let (a, layout) = in_own_layout(a);
+    let b = into_layout(b, layout);
     let out = empty_in(layout, &a, a.shape(), a.dtype);
     let n = out.shape().num_elements();
     if n > 0 {
