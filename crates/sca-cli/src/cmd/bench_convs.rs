@@ -281,11 +281,12 @@ impl<B: Backend> Measurement<'_, B> {
     /// whether anything was left to measure.
     fn shape(&mut self, p: &Problem, kernels: &[String], passes: &[Pass], compute: Option<FloatDType>) -> anyhow::Result<bool> {
         let key = p.shape.to_string();
+        // The stem's input is the images: NCHW, and training never needs its gradient.
+        let stem = p.names.iter().any(|n| n == "conv1");
         let held = |pass: Pass, kernel: &String| self.rows.iter().any(|r| r["shape"] == key && r["pass"] == json!(pass) && r["kernel"] == kernel.as_str());
         let todo: Vec<(Pass, &String)> = passes
             .iter()
-            // The stem's input is the images, which need no gradient: training never runs it.
-            .filter(|&&pass| !(pass == Pass::Data && p.names.iter().any(|n| n == "conv1")))
+            .filter(|&&pass| !(pass == Pass::Data && stem))
             .flat_map(|&pass| kernels.iter().map(move |kernel| (pass, kernel)))
             // Measured (or refused) by the run this one resumes.
             .filter(|&(pass, kernel)| !held(pass, kernel))
@@ -309,7 +310,7 @@ impl<B: Backend> Measurement<'_, B> {
                 cast(Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device))
             }
         };
-        let x = activation([batch, c, h, w], p.names.iter().any(|n| n == "conv1"));
+        let x = activation([batch, c, h, w], stem);
         // Weights at about their Kaiming scale; the values do not change the timings.
         let weight = cast(Tensor::random(p.layer.weight, Distribution::Normal(0.0, 0.05), &device));
         let grad = activation([batch, o, oh, ow], false);
