@@ -3,6 +3,8 @@
 
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
 
 /// Cubes per grid dimension that every runtime accepts (wgpu's limit; CUDA's y and z).
 const GRID_SIDE: usize = 65_535;
@@ -16,6 +18,16 @@ pub(crate) fn grid_2d(cubes: usize) -> CubeCount {
 /// A [`grid_2d`] grid for `n` values, one per unit of `units`-unit cubes (at least one cube).
 pub(crate) fn grid_for(n: usize, units: usize) -> CubeCount {
     grid_2d(n.div_ceil(units).max(1))
+}
+
+/// The most values of `like`'s type that one unit of an element-wise kernel over `n` of
+/// them loads and stores at once: the widest of the device's vector loads that divides `n`
+/// (4 `f32`s in 16 bytes on CUDA), else 1. The run a vector covers must also keep whatever
+/// the kernel needs constant along it (e.g. a channel), so callers pass the length of such
+/// runs as `n`. Wide loads take fewer, larger memory transactions and share the kernel's
+/// index arithmetic over the vector's values.
+pub(crate) fn vector_size<R: CubeRuntime>(like: &CubeTensor<R>, n: usize) -> usize {
+    like.client.io_optimized_vector_sizes(like.dtype.size()).find(|&v| n % v == 0).unwrap_or(1)
 }
 
 /// This cube's index in a [`grid_2d`] grid.

@@ -20,7 +20,7 @@ use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use crate::cube_util::grid_for;
+use crate::cube_util::{grid_for, vector_size};
 use crate::layout::{empty_in, in_own_layout, into_layout};
 use crate::{dispatch, BinaryOp, ExplicitOps};
 
@@ -66,7 +66,7 @@ impl ResidualKernels for Flex {
 }
 
 /// The CubeCL kernels (their own module: CubeCL's `Tensor` is not Burn's), one unit per
-/// element over a 2-D grid of cubes.
+/// vector of `N` values over a 2-D grid of cubes.
 mod kernel {
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
@@ -75,40 +75,42 @@ mod kernel {
 
     pub(super) const UNITS: usize = 256;
 
-    /// `out = max(a + b, 0)`.
+    /// `out = max(a + b, 0)`, `N` values per unit.
     #[cube(launch)]
-    pub(super) fn add_relu_kernel<F: Numeric>(a: &Tensor<F>, b: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype: StorageType) {
+    pub(super) fn add_relu_kernel<F: Numeric, N: Size>(a: &Tensor<Vector<F, N>>, b: &Tensor<Vector<F, N>>, out: &mut Tensor<Vector<F, N>>, #[define(F)] _dtype: StorageType) {
         let i = cube_index() * UNITS + UNIT_POS_X as usize;
         if i >= out.len() {
             terminate!();
         }
         let s = a[i] + b[i];
-        let zero = F::from_int(0);
-        out[i] = select(s > zero, s, zero);
+        let zero = Vector::new(F::from_int(0));
+        out[i] = select_many(s.greater_than(zero), s, zero);
     }
 
-    /// `dx = g` where `out > 0`, else 0.
+    /// `dx = g` where `out > 0`, else 0, `N` values per unit.
     #[cube(launch)]
-    pub(super) fn relu_grad_kernel<F: Numeric>(out: &Tensor<F>, g: &Tensor<F>, dx: &mut Tensor<F>, #[define(F)] _dtype: StorageType) {
+    pub(super) fn relu_grad_kernel<F: Numeric, N: Size>(out: &Tensor<Vector<F, N>>, g: &Tensor<Vector<F, N>>, dx: &mut Tensor<Vector<F, N>>, #[define(F)] _dtype: StorageType) {
         let i = cube_index() * UNITS + UNIT_POS_X as usize;
         if i >= dx.len() {
             terminate!();
         }
-        let zero = F::from_int(0);
-        dx[i] = select(out[i] > zero, g[i], zero);
+        let zero = Vector::new(F::from_int(0));
+        dx[i] = select_many(out[i].greater_than(zero), g[i], zero);
     }
 }
 
-/// `launch(cubes, a, b, out)`: a kernel of two operands into a new tensor of their shape, one
-/// unit per value, all three in `a`'s memory order (channels-first or channels-last; see
-/// [`crate::layout`]), so that the kernel pairs values by their place in memory.
-fn elementwise<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>, launch: impl FnOnce(CubeCount, CubeTensor<R>, CubeTensor<R>, CubeTensor<R>)) -> CubeTensor<R> {
+/// `launch(cubes, vector, a, b, out)`: a kernel of two operands into a new tensor of their
+/// shape, `vector` values per unit (the widest load that divides their number), all three
+/// in `a`'s memory order (channels-first or channels-last; see [`crate::layout`]), so that
+/// the kernel pairs values by their place in memory.
+fn elementwise<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>, launch: impl FnOnce(CubeCount, usize, CubeTensor<R>, CubeTensor<R>, CubeTensor<R>)) -> CubeTensor<R> {
     let (a, layout) = in_own_layout(a);
     let b = into_layout(b, layout);
     let out = empty_in(layout, &a, a.shape(), a.dtype);
     let n = out.shape().num_elements();
     if n > 0 {
-        launch(grid_for(n, kernel::UNITS), a, b, out.clone());
+        let vector = vector_size(&a, n);
+        launch(grid_for(n / vector, kernel::UNITS), vector, a, b, out.clone());
     }
     out
 }
@@ -118,9 +120,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ResidualKe
         if a.shape() != b.shape() || a.dtype != b.dtype {
             return ops::add_relu::<Self>(a, b);
         }
-        elementwise(a, b, |cubes, a, b, out| {
+        elementwise(a, b, |cubes, vector, a, b, out| {
             let dtype = a.dtype;
-            kernel::add_relu_kernel::launch::<R>(&a.client.clone(), cubes, CubeDim::new_1d(kernel::UNITS as u32), a.into_tensor_arg(), b.into_tensor_arg(), out.into_tensor_arg(), dtype.into());
+            kernel::add_relu_kernel::launch::<R>(&a.client.clone(), cubes, CubeDim::new_1d(kernel::UNITS as u32), vector, a.into_tensor_arg(), b.into_tensor_arg(), out.into_tensor_arg(), dtype.into());
         })
     }
 
@@ -128,9 +130,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ResidualKe
         if out.shape() != g.shape() || out.dtype != g.dtype {
             return ops::relu_grad::<Self>(out, g);
         }
-        elementwise(out, g, |cubes, out, g, dx| {
+        elementwise(out, g, |cubes, vector, out, g, dx| {
             let dtype = g.dtype;
-            kernel::relu_grad_kernel::launch::<R>(&g.client.clone(), cubes, CubeDim::new_1d(kernel::UNITS as u32), out.into_tensor_arg(), g.into_tensor_arg(), dx.into_tensor_arg(), dtype.into());
+            kernel::relu_grad_kernel::launch::<R>(&g.client.clone(), cubes, CubeDim::new_1d(kernel::UNITS as u32), vector, out.into_tensor_arg(), g.into_tensor_arg(), dx.into_tensor_arg(), dtype.into());
         })
     }
 }

@@ -380,18 +380,25 @@ fn im2col_kernel_matches_the_tensor_operations() {
 
 /// `relu(a + b)` as one operation on the CubeCL kernels against Burn's `relu(a + b)` on Flex:
 /// output and both inputs' gradients, with sums exactly 0 (the ReLU passes no gradient
-/// there) and an odd size; and the forward kernel alone in f16.
+/// there); and the forward kernel alone in f16. Sizes of 240 (four values per unit), 210
+/// (two) and 105 (one).
 #[test]
 fn add_relu_kernels_match_relu_of_the_sum() {
     let Some(device) = device() else { return };
-    let shape = [2, 3, 7, 5];
-    let a = random(shape, 600);
+    for (i, shape) in [[2, 4, 6, 5], [2, 3, 7, 5], [1, 3, 7, 5]].into_iter().enumerate() {
+        add_relu_matches_relu_of_the_sum(shape, 600 + 10 * i as u64, &device);
+    }
+}
+
+fn add_relu_matches_relu_of_the_sum(shape: [usize; 4], seed: u64, device: &WgpuDevice) {
+    let device = device.clone();
+    let a = random(shape, seed);
     // Every third value of b is −a: sums of exactly 0.
-    let b = random(shape, 601);
+    let b = random(shape, seed + 1);
     let n = a.shape().num_elements();
     let third = Tensor::<Flex, 1>::from_floats(&(0..n).map(|i| (i % 3 == 0) as i32 as f32).collect::<Vec<_>>()[..], &Default::default()).reshape(shape);
     let b = b.clone() * (third.clone().neg() + 1.0) - a.clone() * third;
-    let dy = random(shape, 602);
+    let dy = random(shape, seed + 2);
     fn run<T: Backend>(a: &Tensor<Flex, 4>, b: &Tensor<Flex, 4>, dy: &Tensor<Flex, 4>, fused: bool, device: &T::Device) -> [Tensor<Flex, 4>; 3] {
         let on = |t: &Tensor<Flex, 4>| Tensor::<Autodiff<T>, 4>::from_data(t.to_data(), device).require_grad();
         let (a, b) = (on(a), on(b));
@@ -410,7 +417,7 @@ fn add_relu_kernels_match_relu_of_the_sum() {
     for (fused, what) in [(true, "fused on wgpu"), (false, "Burn's on wgpu")] {
         let got = run::<W>(&a, &b, &dy, fused, &device);
         for ((g, w), part) in got.iter().zip(&want).zip(["output", "a grad", "b grad"]) {
-            assert_eq!(g.to_data(), w.to_data(), "{what}: {part}");
+            assert_eq!(g.to_data(), w.to_data(), "{shape:?} {what}: {part}");
         }
     }
     // `a` channels-last in memory, `b` not: the output and both gradients keep `a`'s order.
@@ -429,14 +436,14 @@ fn add_relu_kernels_match_relu_of_the_sum() {
         assert!(has_layout(&out, Layout::ChannelsLast), "the output left a's channels-last order");
         let flex = |t: Tensor<W, 4>| Tensor::<Flex, 4>::from_data(t.into_data(), &Default::default());
         for (got, (w, part)) in [flex(y.inner()), flex(al.grad(&grads).unwrap()), flex(bf.grad(&grads).unwrap())].iter().zip(want.iter().zip(["output", "a grad", "b grad"])) {
-            assert_eq!(got.to_data(), w.to_data(), "channels-last a: {part}");
+            assert_eq!(got.to_data(), w.to_data(), "{shape:?} channels-last a: {part}");
         }
     }
     let half = |t: &Tensor<Flex, 4>| Tensor::<W, 4>::from_data(t.to_data(), &device).cast(FloatDType::F16);
     let got = sca_kernels::add_relu(half(&a), half(&b));
     let want = burn::tensor::activation::relu(half(&a) + half(&b));
     assert_eq!(got.dtype(), want.dtype());
-    assert_eq!(got.into_data(), want.into_data(), "f16 forward");
+    assert_eq!(got.into_data(), want.into_data(), "{shape:?} f16 forward");
 }
 
 #[test]
