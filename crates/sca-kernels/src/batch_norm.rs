@@ -38,7 +38,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use crate::cube_util::grid_for;
+use crate::cube_util::{grid_for, vector_size};
 use crate::layout::{empty_in, in_own_layout, into_layout, own_layout, Layout};
 use crate::{is, same_type, CudaBackend};
 
@@ -465,35 +465,53 @@ mod kernel {
         c
     }
 
-    /// `out = (x − μ)·γ/σ + β` (with `relu`, at least 0).
-    #[allow(clippy::collapsible_if)] // a comptime flag around a run-time test
+    /// `γ/σ` of channel `c`: the factor of its normalised values.
+    #[cube]
+    fn scale_of(c: usize, var: &Tensor<f32>, gamma: &Tensor<f32>, epsilon: f32) -> f32 {
+        gamma[c] / f32::sqrt(var[c] + epsilon)
+    }
+
+    /// `out = (x − μ)·γ/σ + β` (with `relu`, at least 0), `N` values per unit: of one channel
+    /// channels-first (`len` is a multiple of `N`), of `N` consecutive ones channels-last
+    /// (`channels` is).
     #[cube(launch)]
-    pub(super) fn normalize_kernel(
-        x: &Tensor<f32>,
+    pub(super) fn normalize_kernel<N: Size>(
+        x: &Tensor<Vector<f32, N>>,
         mean: &Tensor<f32>,
         var: &Tensor<f32>,
         gamma: &Tensor<f32>,
         beta: &Tensor<f32>,
-        out: &mut Tensor<f32>,
+        out: &mut Tensor<Vector<f32, N>>,
         epsilon: f32,
         channels: u32,
         len: u32,
         #[comptime] relu: bool,
         #[comptime] channels_last: bool,
     ) {
-        let i = cube_index() * UNITS + UNIT_POS_X as usize;
-        if i >= out.len() {
+        let v = cube_index() * UNITS + UNIT_POS_X as usize;
+        if v >= out.len() {
             terminate!();
         }
-        let c = channel_of(i, channels, len, channels_last);
-        let a = gamma[c] / f32::sqrt(var[c] + epsilon);
-        let mut y = a * x[i] + (beta[c] - mean[c] * a);
-        if relu {
-            if y < 0.0 {
-                y = 0.0;
+        let n = x.vector_size();
+        let first = channel_of(v * n, channels, len, channels_last);
+        let xv = x[v];
+        let mut y = Vector::<f32, N>::empty();
+        if channels_last {
+            #[unroll]
+            for k in 0..n {
+                let c = first + k;
+                let a = scale_of(c, var, gamma, epsilon);
+                y[k] = a * xv[k] + (beta[c] - mean[c] * a);
             }
+        } else {
+            let a = scale_of(first, var, gamma, epsilon);
+            y = Vector::new(a) * xv + Vector::new(beta[first] - mean[first] * a);
         }
-        out[i] = y;
+        if relu {
+            let zero = Vector::new(0.0f32);
+            y = select_many(y.less_than(zero), zero, y);
+        }
+        out[v] = y;
     }
 
     /// Cube `(c, k)` of `splits` per channel (channels-last: per [`LANES`] channels): `Σ g`
@@ -575,19 +593,32 @@ mod kernel {
         d_beta[c] = g;
     }
 
-    /// `out = a·g + b·x + d` with `a = γ/σ`, `b = −a·dγ/(σ·N)`, `d = −a·dβ/N − b·μ`.
+    /// Channel `c`'s factors of the input gradient `a·g + b·x + d`: `a = γ/σ`,
+    /// `b = −a·dγ/(σ·N)`, `d = −a·dβ/N − b·μ` (`N` values per channel).
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn input_grad_factors(c: usize, mean: &Tensor<f32>, var: &Tensor<f32>, gamma: &Tensor<f32>, d_gamma: &Tensor<f32>, d_beta: &Tensor<f32>, epsilon: f32, per_channel: f32) -> (f32, f32, f32) {
+        let inv_std = 1.0 / f32::sqrt(var[c] + epsilon);
+        let a = gamma[c] * inv_std;
+        let b = -(a * d_gamma[c] * inv_std) / per_channel;
+        let d = -(a * d_beta[c]) / per_channel - b * mean[c];
+        (a, b, d)
+    }
+
+    /// `out = a·g + b·x + d` (see [`input_grad_factors`]), `N` values per unit as in
+    /// [`normalize_kernel`]; `g` is `dy`, masked where `relu_out ≤ 0` with `masked`.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn input_grad_kernel(
-        x: &Tensor<f32>,
-        dy: &Tensor<f32>,
-        relu_out: &Tensor<f32>,
+    pub(super) fn input_grad_kernel<N: Size>(
+        x: &Tensor<Vector<f32, N>>,
+        dy: &Tensor<Vector<f32, N>>,
+        relu_out: &Tensor<Vector<f32, N>>,
         mean: &Tensor<f32>,
         var: &Tensor<f32>,
         gamma: &Tensor<f32>,
         d_gamma: &Tensor<f32>,
         d_beta: &Tensor<f32>,
-        out: &mut Tensor<f32>,
+        out: &mut Tensor<Vector<f32, N>>,
         epsilon: f32,
         per_channel: f32,
         channels: u32,
@@ -595,16 +626,30 @@ mod kernel {
         #[comptime] masked: bool,
         #[comptime] channels_last: bool,
     ) {
-        let i = cube_index() * UNITS + UNIT_POS_X as usize;
-        if i >= out.len() {
+        let v = cube_index() * UNITS + UNIT_POS_X as usize;
+        if v >= out.len() {
             terminate!();
         }
-        let c = channel_of(i, channels, len, channels_last);
-        let inv_std = 1.0 / f32::sqrt(var[c] + epsilon);
-        let a = gamma[c] * inv_std;
-        let b = -(a * d_gamma[c] * inv_std) / per_channel;
-        let d = -(a * d_beta[c]) / per_channel - b * mean[c];
-        out[i] = a * grad_at(dy, relu_out, i, masked) + b * x[i] + d;
+        let n = x.vector_size();
+        let first = channel_of(v * n, channels, len, channels_last);
+        let zero = Vector::new(0.0f32);
+        let mut g = dy[v];
+        if masked {
+            g = select_many(relu_out[v].less_equal(zero), zero, g);
+        }
+        let xv = x[v];
+        let mut out_v = Vector::<f32, N>::empty();
+        if channels_last {
+            #[unroll]
+            for k in 0..n {
+                let (a, b, d) = input_grad_factors(first + k, mean, var, gamma, d_gamma, d_beta, epsilon, per_channel);
+                out_v[k] = a * g[k] + b * xv[k] + d;
+            }
+        } else {
+            let (a, b, d) = input_grad_factors(first, mean, var, gamma, d_gamma, d_beta, epsilon, per_channel);
+            out_v = Vector::new(a) * g + Vector::new(b) * xv + Vector::new(d);
+        }
+        out[v] = out_v;
     }
 }
 
@@ -655,6 +700,14 @@ fn sum_grid(channels: usize, per_channel: usize, last: bool) -> (usize, CubeCoun
         let splits = splits(channels, per_channel);
         (splits, CubeCount::Static(channels as u32, splits as u32, 1), CubeDim::new_1d(kernel::UNITS as u32))
     }
+}
+
+/// Values per unit of the element-wise kernels over `x` (`[B, C, L]` in `layout`): a
+/// vector's values must share a channel channels-first (runs of `L`) or be consecutive
+/// channels channels-last (runs of `C`), see [`vector_size`].
+fn channel_vector<R: CubeRuntime>(x: &CubeTensor<R>, layout: Layout) -> usize {
+    let [_, channels, len] = dims(x);
+    vector_size(x, if layout == Layout::ChannelsLast { channels } else { len })
 }
 
 fn per_channel<R: CubeRuntime>(like: &CubeTensor<R>, channels: usize) -> CubeTensor<R> {
@@ -725,11 +778,13 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         }
         let (x, layout) = in_own_layout(x);
         let [_, channels, len] = dims(&x);
+        let vector = channel_vector(&x, layout);
         let out = empty_in(layout, &x, x.shape(), DType::F32);
         kernel::normalize_kernel::launch::<R>(
             &x.client.clone(),
-            elementwise_cubes(x.shape().num_elements()),
+            elementwise_cubes(x.shape().num_elements() / vector),
             CubeDim::new_1d(kernel::UNITS as u32),
+            vector,
             x.into_tensor_arg(),
             into_contiguous(s.mean.clone()).into_tensor_arg(),
             into_contiguous(s.var.clone()).into_tensor_arg(),
@@ -805,11 +860,13 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         let [images, channels, len] = dims(&x);
         let masked = relu_out.is_some();
         let relu_out = relu_out.map(|y| into_layout(y, layout)).unwrap_or_else(|| x.clone());
+        let vector = channel_vector(&x, layout);
         let out = empty_in(layout, &x, x.shape(), DType::F32);
         kernel::input_grad_kernel::launch::<R>(
             &x.client.clone(),
-            elementwise_cubes(x.shape().num_elements()),
+            elementwise_cubes(x.shape().num_elements() / vector),
             CubeDim::new_1d(kernel::UNITS as u32),
+            vector,
             x.into_tensor_arg(),
             dy.into_tensor_arg(),
             relu_out.into_tensor_arg(),

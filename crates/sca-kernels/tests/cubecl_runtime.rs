@@ -590,15 +590,22 @@ fn batch_norm_kernels_match_the_tensor_operations() {
 
 /// Inference-mode batch norm in one kernel: `γ·(x − μ)/√(σ² + ε) + β` with the running
 /// statistics, against the formula on Flex; channels-first and channels-last input (which it
-/// keeps), with and without the ReLU.
+/// keeps), with and without the ReLU; shapes whose units take one, two and four values.
 #[test]
 fn inference_batch_norm_is_one_kernel_in_either_memory_order() {
+    let Some(device) = device() else { return };
+    // Channels-first 35 and 24 positions per channel, channels-last 40 and 6 channels.
+    for (i, shape) in [[3, 40, 5, 7], [2, 6, 4, 6]].into_iter().enumerate() {
+        inference_batch_norm_matches_the_formula(shape, 700 + i as u64, &device);
+    }
+}
+
+fn inference_batch_norm_matches_the_formula(shape: [usize; 4], seed: u64, device: &WgpuDevice) {
     use burn::tensor::TensorMetadata;
     use sca_kernels::layout::{has_layout, Layout};
-    let Some(device) = device() else { return };
-    let shape = [3, 40, 5, 7];
+    let device = device.clone();
     let c = shape[1];
-    let x = random(shape, 700) * 2.0 + 0.5;
+    let x = random(shape, seed) * 2.0 + 0.5;
     let ramp = |a: f32, s: f32| (0..c).map(|j| a + s * j as f32).collect::<Vec<f32>>();
     let (gamma, beta, mean, var) = (ramp(0.5, 0.05), ramp(-0.3, 0.02), ramp(0.4, -0.03), ramp(0.8, 0.1));
     let eps = 1e-5;
@@ -616,10 +623,10 @@ fn inference_batch_norm_is_one_kernel_in_either_memory_order() {
             let y = sca_kernels::batch_norm_eval(xw, v(&gamma), v(&beta), v(&mean), v(&var), eps, relu).expect("wgpu runs the kernel");
             let layout = if last { Layout::ChannelsLast } else { Layout::ChannelsFirst };
             let memory = y.clone().into_primitive().tensor();
-            assert!(has_layout(&memory, layout) && memory.shape().dims::<4>() == shape, "relu={relu} channels-last={last}: memory order lost");
+            assert!(has_layout(&memory, layout) && memory.shape().dims::<4>() == shape, "{shape:?} relu={relu} channels-last={last}: memory order lost");
             let got = Tensor::<Flex, 4>::from_data(y.into_data(), &flex);
             let e = rel_err(&got, &want);
-            assert!(e < 1e-6, "relu={relu} channels-last={last}: off by {e}");
+            assert!(e < 1e-6, "{shape:?} relu={relu} channels-last={last}: off by {e}");
         }
     }
     // Off the CubeCL backends the caller gets its input back.
