@@ -201,24 +201,34 @@ mod kernel {
     /// Units per cube.
     pub(super) const UNITS: usize = 256;
 
-    /// Index of the `e`-th value of channel `c` (of `channels`) in `[B, C, len]`.
+    /// Index of the `e`-th value of channel `c` (of `channels`) in `[B, C, len]` (or of the
+    /// `e`-th vector, in a tensor of vectors whose `len` counts vectors).
     #[cube]
     fn at(e: usize, c: usize, channels: usize, len: usize) -> usize {
         let image = e / len;
         (image * channels + c) * len + (e - image * len)
     }
 
-    /// `g`: `dy[i]`, or 0 where `relu_out[i] ≤ 0` with `masked`.
-    #[allow(clippy::collapsible_if)] // a comptime flag around a run-time test
+    /// `g`: `dy`, or 0 where `relu_out ≤ 0` with `masked`.
     #[cube]
-    fn grad_at(dy: &Tensor<f32>, relu_out: &Tensor<f32>, i: usize, #[comptime] masked: bool) -> f32 {
-        let mut g = dy[i];
+    fn masked_grad<N: Size>(dy: Vector<f32, N>, relu_out: Vector<f32, N>, #[comptime] masked: bool) -> Vector<f32, N> {
+        let mut g = dy;
         if masked {
-            if relu_out[i] <= 0.0 {
-                g = 0.0;
-            }
+            let zero = Vector::new(0.0f32);
+            g = select_many(relu_out.less_equal(zero), zero, g);
         }
         g
+    }
+
+    /// The sum of a vector's values.
+    #[cube]
+    fn lanes_total<N: Size>(v: Vector<f32, N>) -> f32 {
+        let mut total = 0.0f32;
+        #[unroll]
+        for k in 0..v.size() {
+            total += v[k];
+        }
+        total
     }
 
     /// The first of the values of a channel (of `per_channel`) that this cube's part
@@ -354,11 +364,12 @@ mod kernel {
     /// values (two passes over them), in `partial[0..3]` at `c·splits + k`. With one split
     /// it writes the mean, biased variance and updated running statistics
     /// (`keep·running + momentum·batch`) itself; else [`merge_moments_kernel`] does, from
-    /// the parts.
+    /// the parts. It reads `N` values at a time (channels-first, `len` a multiple of `N`;
+    /// `per_channel` and `len` then count vectors); channels-last `N` is 1.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn moments_kernel(
-        x: &Tensor<f32>,
+    pub(super) fn moments_kernel<N: Size>(
+        x: &Tensor<Vector<f32, N>>,
         running_mean: &Tensor<f32>,
         running_var: &Tensor<f32>,
         partial: &mut Tensor<f32>,
@@ -387,16 +398,16 @@ mod kernel {
         let mut s = 0.0f32;
         let mut e = first_value(start, last);
         while e < end && live {
-            s += x[value_at(e, c, channels, len, last)];
+            s += lanes_total(x[value_at(e, c, channels, len, last)]);
             e += step;
         }
-        let n = f32::cast_from(end - start);
+        let n = f32::cast_from((end - start) * x.vector_size());
         let m = channel_sum(s, &mut shared, last) / n;
         let mut q = 0.0f32;
         let mut e = first_value(start, last);
         while e < end && live {
-            let d = x[value_at(e, c, channels, len, last)] - m;
-            q += d * d;
+            let d = x[value_at(e, c, channels, len, last)] - Vector::new(m);
+            q += lanes_total(d * d);
             e += step;
         }
         let m2 = channel_sum(q, &mut shared, last);
@@ -517,13 +528,14 @@ mod kernel {
     /// Cube `(c, k)` of `splits` per channel (channels-last: per [`LANES`] channels): `Σ g`
     /// and `Σ g·(x − μ)` over part `k` of channel `c`'s values, in `partial[0..2]` at
     /// `c·splits + k`. With one split it writes `dβ[c] = Σ g` and `dγ[c] = Σ g·(x − μ)/σ`
-    /// itself; else [`merge_affine_grads_kernel`] does, from the parts.
+    /// itself; else [`merge_affine_grads_kernel`] does, from the parts. `N` values at a time
+    /// as in [`moments_kernel`].
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn affine_grads_kernel(
-        x: &Tensor<f32>,
-        dy: &Tensor<f32>,
-        relu_out: &Tensor<f32>,
+    pub(super) fn affine_grads_kernel<N: Size>(
+        x: &Tensor<Vector<f32, N>>,
+        dy: &Tensor<Vector<f32, N>>,
+        relu_out: &Tensor<Vector<f32, N>>,
         mean: &Tensor<f32>,
         var: &Tensor<f32>,
         partial: &mut Tensor<f32>,
@@ -552,9 +564,9 @@ mod kernel {
         let mut e = first_value(start, last);
         while e < end && live {
             let i = value_at(e, c, channels, len, last);
-            let g = grad_at(dy, relu_out, i, masked);
-            sg += g;
-            sgx += g * (x[i] - m);
+            let g = masked_grad(dy[i], relu_out[i], masked);
+            sg += lanes_total(g);
+            sgx += lanes_total(g * (x[i] - Vector::new(m)));
             e += step;
         }
         let mut shared = SharedMemory::<f32>::new(UNITS);
@@ -632,11 +644,7 @@ mod kernel {
         }
         let n = x.vector_size();
         let first = channel_of(v * n, channels, len, channels_last);
-        let zero = Vector::new(0.0f32);
-        let mut g = dy[v];
-        if masked {
-            g = select_many(relu_out[v].less_equal(zero), zero, g);
-        }
+        let g = masked_grad(dy[v], relu_out[v], masked);
         let xv = x[v];
         let mut out_v = Vector::<f32, N>::empty();
         if channels_last {
@@ -702,6 +710,16 @@ fn sum_grid(channels: usize, per_channel: usize, last: bool) -> (usize, CubeCoun
     }
 }
 
+/// Values per read of the per-channel sums over `x` (`[B, C, L]` in `layout`): a vector's
+/// values must share a channel (channels-first, runs of `L`); channels-last a warp already
+/// reads whole lines of neighbouring channels, one value each.
+fn sum_vector<R: CubeRuntime>(x: &CubeTensor<R>, layout: Layout) -> usize {
+    match layout {
+        Layout::ChannelsLast => 1,
+        Layout::ChannelsFirst => vector_size(x, dims(x)[2]),
+    }
+}
+
 /// Values per unit of the element-wise kernels over `x` (`[B, C, L]` in `layout`): a
 /// vector's values must share a channel channels-first (runs of `L`) or be consecutive
 /// channels channels-last (runs of `C`), see [`vector_size`].
@@ -727,6 +745,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         let last = layout == Layout::ChannelsLast;
         let [images, channels, len] = dims(&x);
         let (splits, cubes, cube) = sum_grid(channels, images * len, last);
+        let vector = sum_vector(&x, layout);
         let [mean, var, new_mean, new_var] = std::array::from_fn(|_| per_channel(&x, channels));
         let partial = per_channel(&x, if splits > 1 { 3 * channels * splits } else { 1 });
         let (running_mean, running_var) = (into_contiguous(running.mean.clone()), into_contiguous(running.var.clone()));
@@ -736,6 +755,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
             &client,
             cubes,
             cube,
+            vector,
             x.into_tensor_arg(),
             running_mean.clone().into_tensor_arg(),
             running_var.clone().into_tensor_arg(),
@@ -747,8 +767,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
             keep,
             momentum,
             channels as u32,
-            (images * len) as u32,
-            len as u32,
+            (images * len / vector) as u32,
+            (len / vector) as u32,
             splits > 1,
             last,
         );
@@ -812,6 +832,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         let relu_out = relu_out.map(|y| into_layout(y, layout)).unwrap_or_else(|| x.clone());
         let (d_gamma, d_beta) = (per_channel(&x, channels), per_channel(&x, channels));
         let (splits, cubes, cube) = sum_grid(channels, images * len, last);
+        let vector = sum_vector(&x, layout);
         let partial = per_channel(&x, if splits > 1 { 2 * channels * splits } else { 1 });
         let var = into_contiguous(s.var.clone());
         let client = x.client.clone();
@@ -819,6 +840,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
             &client,
             cubes,
             cube,
+            vector,
             x.into_tensor_arg(),
             dy.into_tensor_arg(),
             relu_out.into_tensor_arg(),
@@ -829,8 +851,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
             d_beta.clone().into_tensor_arg(),
             s.epsilon,
             channels as u32,
-            (images * len) as u32,
-            len as u32,
+            (images * len / vector) as u32,
+            (len / vector) as u32,
             masked,
             splits > 1,
             last,

@@ -518,8 +518,9 @@ fn tensors_move_between_channels_first_and_channels_last_memory() {
 /// (itself held to Burn's `BatchNorm` in sca-backbone's tests): output, updated running statistics and
 /// the gradients of x, γ and β; channels of fewer values than a cube has units (3 × 12), of
 /// more (2 × 300: several per unit, across images), and of enough to be split over cubes
-/// (5 × 1,763: three unequal parts, merged), offset and scaled so that centring matters;
-/// with and without the ReLU inside the operation. Each also with `x` channels-last in
+/// (5 × 1,763: three unequal parts, merged; 4 × 2,304 read four values at a time, in three
+/// parts), offset and scaled so that centring matters; with and without the ReLU inside the
+/// operation. Each also with `x` channels-last in
 /// memory (the channels-last kernels: a cube per 32 channels, here fewer, and 40 channels
 /// over two cubes, the second part-filled, whose 3,720 values each are split over 30 cubes),
 /// where the output and the gradient of `x` must keep that memory order.
@@ -529,7 +530,9 @@ fn batch_norm_kernels_match_the_tensor_operations() {
     use sca_kernels::batch_norm::{batch_norm_on, BatchNormKernels};
     use sca_kernels::layout::{has_layout, Layout};
     let Some(device) = device() else { return };
-    for (i, shape) in [[3, 5, 3, 4], [2, 3, 15, 20], [5, 2, 41, 43], [4, 40, 30, 31]].into_iter().enumerate() {
+    // Channels-first, units read 4, 4, 1, 2 and 4 values at a time (the positions per channel
+    // divided by the widest load); channels-last, the element-wise kernels' units 1, 1, 2, 4, 2.
+    for (i, shape) in [[3, 5, 3, 4], [2, 3, 15, 20], [5, 2, 41, 43], [4, 40, 30, 31], [4, 2, 48, 48]].into_iter().enumerate() {
         let c = shape[1];
         let spread = Tensor::<Flex, 1>::from_floats(&(0..c).map(|j| [0.5f32, 2.0, 3.0, 0.7, 1.3][j % 5]).collect::<Vec<_>>()[..], &Default::default());
         let x = random(shape, 500 + i as u64) * spread.reshape([1, c, 1, 1]) + 2.0;
