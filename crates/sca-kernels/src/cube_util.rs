@@ -27,7 +27,7 @@ pub(crate) fn grid_for(n: usize, units: usize) -> CubeCount {
 /// runs as `n`. Wide loads take fewer, larger memory transactions and share the kernel's
 /// index arithmetic over the vector's values.
 pub(crate) fn vector_size<R: CubeRuntime>(like: &CubeTensor<R>, n: usize) -> usize {
-    like.client.io_optimized_vector_sizes(like.dtype.size()).find(|&v| n % v == 0).unwrap_or(1)
+    like.client.io_optimized_vector_sizes(like.dtype.size()).find(|&v| n.is_multiple_of(v)).unwrap_or(1)
 }
 
 /// This cube's index in a [`grid_2d`] grid.
