@@ -22,6 +22,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{DType, FloatDType, Shape, Slice, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::ops::{permute_nchw_to_nhwc_shape, permute_nhwc_to_nchw};
 use burn_cubecl::cubecl::prelude::TensorBinding;
@@ -34,7 +35,7 @@ use cubek::std::InputBinding;
 
 use crate::plan::{planned_kernel, ConvKernel, ConvShape, Pass};
 use crate::as_matmul;
-use crate::layout::{channels_last, to_channels_first, to_channels_last};
+use crate::layout::{channels_last, pad_channels_last, to_channels_first, to_channels_last};
 use crate::{dispatch, report_fallback, BinaryOp, ExplicitOps};
 
 /// The three passes of a bias-free convolution on kernels the backend chooses explicitly.
@@ -184,10 +185,25 @@ fn launch<R: CubeRuntime>(kernel: ConvKernel, client: &burn_cubecl::cubecl::clie
     launch_ref::<R, 2>(&strategy, client, inputs, args, dtypes)
 }
 
+/// Input channels that fill whole 16-byte loads of `dtype`: `c` rounded up to 4 `f32`s or
+/// 8 `bf16`/`f16`s. cubek's kernels load along the channels of channels-last operands as
+/// wide as the channel count allows: the stem's 3 channels take one value per load (as its
+/// weight's), so the stem's forward and weight-gradient passes get zero channels up to this
+/// (a third more multiply-adds on the stem, the usual trade of cuDNN's channels-last
+/// kernels); `sca bench convs` times the passes with it.
+pub fn load_channels(c: usize, dtype: DType) -> usize {
+    c.next_multiple_of((16 / dtype.size()).max(1))
+}
+
 /// The forward pass on `kernel`: `[N, C, H, W]` × `[O, C, kh, kw]` → `[N, O, H', W']`.
+/// cubek's kernels get the channels padded to [`load_channels`].
 pub fn forward_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, weight: CubeTensor<R>, options: &ConvOptions<2>) -> Result<CubeTensor<R>, ConvSetupError> {
     if kernel == ConvKernel::Matmul {
         return as_matmul::forward::<Matmuls<R>>(x, weight, options).map_err(refusal);
+    }
+    let padded = load_channels(x.shape()[1], x.dtype);
+    if padded != x.shape()[1] {
+        return forward_padded_on(kernel, x, weight, options, padded);
     }
     let (xs, ws) = (x.shape(), weight.shape());
     let [oh, ow] = output_size([xs[2], xs[3]], [ws[2], ws[3]], options);
@@ -198,6 +214,12 @@ pub fn forward_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, weight: 
         bias: None,
         out,
     })
+}
+
+/// [`forward_on`] with `x` and the weight given zero channels up to `channels` (the same
+/// result: the added channels multiply zeros).
+pub fn forward_padded_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, weight: CubeTensor<R>, options: &ConvOptions<2>, channels: usize) -> Result<CubeTensor<R>, ConvSetupError> {
+    forward_on(kernel, pad_channels_last(x, channels), pad_channels_last(weight, channels), options)
 }
 
 /// The data gradient on `kernel` (stride 1 only: see [`strided_data_grad`]): `dy` and the
@@ -218,10 +240,15 @@ pub fn data_on<R: CubeRuntime>(kernel: ConvKernel, grad: CubeTensor<R>, weight: 
 }
 
 /// The weight gradient on `kernel`: `x` and `dy` → `dw` of shape `weight_shape` (OIHW).
+/// cubek's kernels get `x`'s channels padded to [`load_channels`].
 pub fn weight_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: CubeTensor<R>, weight_shape: Shape, options: &ConvOptions<2>) -> Result<CubeTensor<R>, ConvSetupError> {
     if kernel == ConvKernel::Matmul {
         let sms = sms(&x);
         return as_matmul::weight_grad_for::<Matmuls<R>>(x, grad, &weight_shape, options, sms).map_err(refusal);
+    }
+    let padded = load_channels(x.shape()[1], x.dtype);
+    if padded != x.shape()[1] {
+        return weight_padded_on(kernel, x, grad, weight_shape, options, padded);
     }
     let dtypes = elems(x.dtype, grad.dtype, grad.dtype);
     launch_nchw(kernel, &grad.clone(), weight_shape, options, dtypes, |weight_grad| ConvolutionInputs::BackwardWeight {
@@ -229,6 +256,15 @@ pub fn weight_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: Cub
         out_grad: binding(grad),
         weight_grad,
     })
+}
+
+/// [`weight_on`] with `x` given zero channels up to `channels`: the gradient of the padded
+/// weight, whose first `C` input channels are the weight's (a contiguous OIHW copy of them).
+pub fn weight_padded_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: CubeTensor<R>, weight_shape: Shape, options: &ConvOptions<2>, channels: usize) -> Result<CubeTensor<R>, ConvSetupError> {
+    let [o, c, kh, kw] = weight_shape.dims::<4>();
+    let dw = weight_on(kernel, pad_channels_last(x, channels), grad, Shape::new([o, channels, kh, kw]), options)?;
+    let dw = Tensor::<Matmuls<R>, 4>::from_primitive(TensorPrimitive::Float(dw)).slice([0..o, 0..c, 0..kh, 0..kw]);
+    Ok(into_contiguous(dw.into_primitive().tensor()))
 }
 
 /// Launches `kernel` on the inputs `inputs` builds around the output's binding: a new

@@ -74,6 +74,52 @@ mod kernel {
             }
         }
     }
+
+    /// Units per cube of [`pad_channels_last_kernel`].
+    pub(super) const UNITS: usize = 256;
+
+    /// `out[n, y, x, k] = input[n, k, y, x]` for `k` below the input's channels, else 0:
+    /// `out` contiguous `[N, H, W, K]`, `input` `[N, C, H, W]` with any strides.
+    #[cube(launch)]
+    pub(super) fn pad_channels_last_kernel<F: Numeric>(input: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype: StorageType) {
+        let i = crate::cube_util::cube_index() * UNITS + UNIT_POS_X as usize;
+        if i >= out.len() {
+            terminate!();
+        }
+        let k = i % out.shape(3);
+        let pixel = i / out.shape(3);
+        let x = pixel % out.shape(2);
+        let row = pixel / out.shape(2);
+        let y = row % out.shape(1);
+        let n = row / out.shape(1);
+        let mut v = F::from_int(0);
+        if k < input.shape(1) {
+            v = input[n * input.stride(0) + k * input.stride(1) + y * input.stride(2) + x * input.stride(3)];
+        }
+        out[i] = v;
+    }
+}
+
+/// The NCHW tensor `t` (any strides) with zero channels added up to `channels`, as an NCHW
+/// view of contiguous `[N, H, W, channels]` memory: what [`to_channels_last`] passes on
+/// without a copy. One pass over the output.
+pub fn pad_channels_last<R: CubeRuntime>(t: CubeTensor<R>, channels: usize) -> CubeTensor<R> {
+    let [n, c, h, w] = t.shape().dims::<4>();
+    assert!(channels >= c, "pad_channels_last: {channels} channels cannot hold {c}");
+    let out = empty_device_dtype(t.client.clone(), t.device.clone(), Shape::new([n, h, w, channels]), t.dtype);
+    let count = n * h * w * channels;
+    if count > 0 {
+        let dtype = t.dtype;
+        kernel::pad_channels_last_kernel::launch::<R>(
+            &t.client.clone(),
+            crate::cube_util::grid_for(count, kernel::UNITS),
+            CubeDim::new_1d(kernel::UNITS as u32),
+            t.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            dtype.into(),
+        );
+    }
+    permute_nhwc_to_nchw(out)
 }
 
 /// The contiguous `[batches, cols, rows]` transpose of the contiguous `[batches, rows, cols]`

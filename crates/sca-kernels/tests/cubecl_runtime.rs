@@ -678,3 +678,42 @@ fn convolutions_run_on_channels_last_rows() {
         check(dw_from_nchw, &want[2], "weight gradient from a channels-first output gradient");
     }
 }
+
+/// Zero channels for cubek's loads: `pad_channels_last` gives the input's values and zeros
+/// after them, channels-last in memory, from channels-first and channels-last inputs; and
+/// the stem's passes with them (on the `matmul` kernel, as lavapipe runs no cubek kernel)
+/// give the unpadded convolution's output and weight gradient.
+#[test]
+fn padded_channels_change_no_convolution_result() {
+    use burn::tensor::TensorMetadata;
+    use sca_kernels::conv::{forward_padded_on, load_channels, weight_padded_on};
+    use sca_kernels::layout::{has_layout, into_layout, pad_channels_last, Layout};
+    assert_eq!([load_channels(3, DType::F32), load_channels(3, DType::BF16), load_channels(3, DType::F16)], [4, 8, 8]);
+    assert_eq!([load_channels(64, DType::F32), load_channels(4, DType::F32), load_channels(12, DType::F16)], [64, 4, 16]);
+    let Some(device) = device() else { return };
+    let x = random([2, 3, 5, 4], 900);
+    for channels in [4, 8] {
+        let zeros = Tensor::<Flex, 4>::zeros([2, channels - 3, 5, 4], &Default::default());
+        let want = Tensor::cat(vec![x.clone(), zeros], 1);
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let padded = pad_channels_last(into_layout(on_wgpu(&x, &device), layout), channels);
+            assert!(has_layout(&padded, Layout::ChannelsLast), "{channels} channels from {layout:?}: not channels-last in memory");
+            assert_eq!(padded.shape().dims::<4>(), [2, channels, 5, 4]);
+            assert_eq!(back(padded).into_data(), want.to_data(), "{channels} channels from {layout:?}");
+        }
+    }
+    let stem = PLANNED[4];
+    assert_eq!(stem.c, 3, "the stem case");
+    let [x, w, dy] = operands(&stem, 910);
+    let want = reference(&stem, &x, &w, &dy);
+    let o = stem.options();
+    for channels in [4, 8] {
+        let y = forward_padded_on(ConvKernel::Matmul, on_wgpu(&x, &device), on_wgpu(&w, &device), &o, channels).unwrap();
+        let dw = weight_padded_on(ConvKernel::Matmul, on_wgpu(&x, &device), on_wgpu(&dy, &device), w.shape(), &o, channels).unwrap();
+        assert!(dw.is_contiguous() && dw.shape().dims::<4>() == stem.w_shape(), "the weight gradient is the weight's shape, contiguous");
+        for (got, want, what) in [(y, &want[0], "output"), (dw, &want[2], "weight gradient")] {
+            let e = rel_err(&back(got), want);
+            assert!(e < 1e-5, "stem padded to {channels} channels, {what}: off by {e}");
+        }
+    }
+}
