@@ -11,6 +11,8 @@
 //! matrix transposes ([`transpose_on`]): a cube loads a 32 × 32 tile with reads along rows
 //! and writes it transposed, along the other matrix's rows, so both sides go by whole
 //! sectors. Tensors already in the wanted layout pass through as views, without a copy.
+//! [`pad_channels_last`] makes the channels-last copy of a tensor whose channels do not fill
+//! whole vector loads (the stem's 3) with zero channels after them.
 //!
 //! With [`set_channels_last`] on, the convolutions hand on cubek's NHWC results as NCHW views
 //! instead of copying them back, and the kernels after them keep that memory order: batch
