@@ -185,14 +185,15 @@ fn launch<R: CubeRuntime>(kernel: ConvKernel, client: &burn_cubecl::cubecl::clie
     launch_ref::<R, 2>(&strategy, client, inputs, args, dtypes)
 }
 
-/// Input channels that fill whole 16-byte loads of `dtype`: `c` rounded up to 4 `f32`s or
-/// 8 `bf16`/`f16`s. cubek's kernels load along the channels of channels-last operands as
-/// wide as the channel count allows: the stem's 3 channels take one value per load (as its
-/// weight's), so the stem's forward and weight-gradient passes get zero channels up to this
-/// (a third more multiply-adds on the stem, the usual trade of cuDNN's channels-last
-/// kernels); `sca bench convs` times the passes with it.
-pub fn load_channels(c: usize, dtype: DType) -> usize {
-    c.next_multiple_of((16 / dtype.size()).max(1))
+/// Input channels for cubek's kernels: `c` rounded up to a multiple of 4, so that its
+/// loads along the channels of channels-last operands take 4 values (16 bytes of `f32`, 8
+/// of `bf16`/`f16`). cubek loads as wide as the channel count allows: the stem's 3 channels
+/// took one value per load (as its weight's), so the stem's forward and weight-gradient
+/// passes get a zero fourth channel (a third more multiply-adds on the stem; 8 channels would
+/// fill 16-byte half loads at near three times them). `sca bench convs` times the passes
+/// with it.
+pub fn load_channels(c: usize) -> usize {
+    c.next_multiple_of(4)
 }
 
 /// The forward pass on `kernel`: `[N, C, H, W]` × `[O, C, kh, kw]` → `[N, O, H', W']`.
@@ -201,7 +202,7 @@ pub fn forward_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, weight: 
     if kernel == ConvKernel::Matmul {
         return as_matmul::forward::<Matmuls<R>>(x, weight, options).map_err(refusal);
     }
-    let padded = load_channels(x.shape()[1], x.dtype);
+    let padded = load_channels(x.shape()[1]);
     if padded != x.shape()[1] {
         return forward_padded_on(kernel, x, weight, options, padded);
     }
@@ -246,7 +247,7 @@ pub fn weight_on<R: CubeRuntime>(kernel: ConvKernel, x: CubeTensor<R>, grad: Cub
         let sms = sms(&x);
         return as_matmul::weight_grad_for::<Matmuls<R>>(x, grad, &weight_shape, options, sms).map_err(refusal);
     }
-    let padded = load_channels(x.shape()[1], x.dtype);
+    let padded = load_channels(x.shape()[1]);
     if padded != x.shape()[1] {
         return weight_padded_on(kernel, x, grad, weight_shape, options, padded);
     }

@@ -688,8 +688,7 @@ fn padded_channels_change_no_convolution_result() {
     use burn::tensor::TensorMetadata;
     use sca_kernels::conv::{forward_padded_on, load_channels, weight_padded_on};
     use sca_kernels::layout::{has_layout, into_layout, pad_channels_last, Layout};
-    assert_eq!([load_channels(3, DType::F32), load_channels(3, DType::BF16), load_channels(3, DType::F16)], [4, 8, 8]);
-    assert_eq!([load_channels(64, DType::F32), load_channels(4, DType::F32), load_channels(12, DType::F16)], [64, 4, 16]);
+    assert_eq!([3, 4, 5, 64].map(load_channels), [4, 4, 8, 64]);
     let Some(device) = device() else { return };
     let x = random([2, 3, 5, 4], 900);
     for channels in [4, 8] {
