@@ -710,13 +710,13 @@ fn sum_grid(channels: usize, per_channel: usize, last: bool) -> (usize, CubeCoun
     }
 }
 
-/// Values per read of the per-channel sums over `x` (`[B, C, L]` in `layout`): a vector's
-/// values must share a channel (channels-first, runs of `L`); channels-last a warp already
-/// reads whole lines of neighbouring channels, one value each.
+/// Values per read of the per-channel sums over `x` (`[B, C, L]` in `layout`): as the
+/// element-wise kernels read channels-first ([`channel_vector`]); channels-last one value
+/// each, a warp already reading whole lines of neighbouring channels.
 fn sum_vector<R: CubeRuntime>(x: &CubeTensor<R>, layout: Layout) -> usize {
     match layout {
         Layout::ChannelsLast => 1,
-        Layout::ChannelsFirst => vector_size(x, dims(x)[2]),
+        Layout::ChannelsFirst => channel_vector(x, layout),
     }
 }
 
