@@ -86,7 +86,9 @@ pub fn install_requested() -> anyhow::Result<()> {
 /// directory's if there is one. Says which on stderr.
 fn install_plan(r: &Requested) -> anyhow::Result<()> {
     let Some(path) = plan_path(r) else {
-        eprintln!("convolution kernels: built-in default ({}; `sca bench convs` measures a plan)", sca_kernels::plan::ConvKernel::DEFAULT);
+        use sca_kernels::plan::{ConvKernel, Pass};
+        let passes: Vec<String> = Pass::ALL.iter().map(|&p| format!("{p} {}", ConvKernel::built_in(p))).collect();
+        eprintln!("convolution kernels: built-in ({}; `sca bench convs` measures a plan)", passes.join(", "));
         return Ok(());
     };
     let plan = sca_kernels::plan::ConvPlan::load(&path).map_err(anyhow::Error::msg)?;

@@ -90,8 +90,21 @@ pub enum ConvKernel {
 
 impl ConvKernel {
     /// What burn-cubecl's `ConvStrategy::ImplicitGemm` runs: the kernel every pass ran on
-    /// before plans existed, and the default of a plan that names none.
+    /// before plans existed, the built-in forward and data passes, and the first fallback.
     pub const DEFAULT: ConvKernel = ConvKernel::Gemm { algorithm: ConvAlgorithm::SimpleSyncCyclic, tile: AcceleratedTileKind::Cmma };
+
+    /// The kernel `pass` runs where no plan names one: [`ConvKernel::DEFAULT`], but `matmul`
+    /// for weight gradients. Measured on an H200 (`sca bench convs`, ResNet-50 at batch 128,
+    /// f32, channels-last; docs/BENCHMARKS.md): over one network pass, cubek's kernel took
+    /// 586 ms for the weight gradients against 50 ms for `matmul` (it tiles only the small
+    /// `O × C·k²` output), and the forward and data passes 35 and 34 ms against 46 and 45;
+    /// with these the built-in kernels come within 5 % of the measured plan.
+    pub fn built_in(pass: Pass) -> ConvKernel {
+        match pass {
+            Pass::Weight => ConvKernel::Matmul,
+            Pass::Forward | Pass::Data => ConvKernel::DEFAULT,
+        }
+    }
 
     /// cubek's eighteen and the matmul.
     pub fn all() -> Vec<ConvKernel> {
@@ -221,7 +234,7 @@ pub struct ConvPlan {
     /// The batch (images per convolution) it was measured at.
     #[serde(default)]
     pub batch: usize,
-    /// Per pass, for shapes not listed; a pass missing here runs [`ConvKernel::DEFAULT`].
+    /// Per pass, for shapes not listed; a pass missing here runs [`ConvKernel::built_in`].
     #[serde(default)]
     pub default: PassKernels,
     /// Per shape (keyed by [`ConvShape`]'s display), per pass.
@@ -239,7 +252,7 @@ impl ConvPlan {
             .or_else(|| entry(&other_order))
             .or_else(|| self.default.get(&pass))
             .copied()
-            .unwrap_or(ConvKernel::DEFAULT)
+            .unwrap_or(ConvKernel::built_in(pass))
     }
 
     /// Reads a plan, naming the file (and through serde the field) in any error.
@@ -254,7 +267,7 @@ impl ConvPlan {
 
     /// The plan that picks, for each shape and pass, the fastest kernel that ran; the
     /// default of each pass is the fastest of the kernels that took the most shapes (see
-    /// `fastest_overall`; a pass never timed has none, so [`ConvKernel::DEFAULT`]).
+    /// `fastest_overall`; a pass never timed has none, so [`ConvKernel::built_in`]).
     pub fn fastest(timings: &[Timing], device: &str, batch: usize) -> ConvPlan {
         let mut shapes: BTreeMap<String, PassKernels> = BTreeMap::new();
         let mut best: BTreeMap<(String, Pass), (ConvKernel, f64)> = BTreeMap::new();
@@ -328,10 +341,10 @@ pub fn use_plan(plan: ConvPlan) {
     *PLAN.write().unwrap_or_else(|p| p.into_inner()) = Some(plan);
 }
 
-/// The kernel the current plan (or [`ConvKernel::DEFAULT`] without one) names.
+/// The kernel the current plan (or [`ConvKernel::built_in`] without one) names.
 pub fn planned_kernel(pass: Pass, shape: &ConvShape) -> ConvKernel {
     match &*PLAN.read().unwrap_or_else(|p| p.into_inner()) {
         Some(plan) => plan.kernel(pass, shape),
-        None => ConvKernel::DEFAULT,
+        None => ConvKernel::built_in(pass),
     }
 }
