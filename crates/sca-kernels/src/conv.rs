@@ -34,6 +34,7 @@ use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems, MatmulSetupError
 use cubek::std::InputBinding;
 
 use crate::plan::{planned_kernel, ConvKernel, ConvShape, Pass};
+use crate::residual::{register_summed, ResidualKernels};
 use crate::as_matmul;
 use crate::layout::{channels_last, pad_channels_last, to_channels_first, to_channels_last};
 use crate::{dispatch, report_fallback, BinaryOp, ExplicitOps};
@@ -429,7 +430,7 @@ impl ConvKernels for Flex {
 }
 
 /// The convolution as one autodiff operation whose passes run on `B`'s [`ConvKernels`].
-pub(crate) fn autodiff_conv<B: ConvKernels, C: CheckpointStrategy>(
+pub(crate) fn autodiff_conv<B: ConvKernels + ResidualKernels, C: CheckpointStrategy>(
     x: FloatTensor<Autodiff<B, C>>,
     weight: FloatTensor<Autodiff<B, C>>,
     options: ConvOptions<2>,
@@ -437,7 +438,7 @@ pub(crate) fn autodiff_conv<B: ConvKernels, C: CheckpointStrategy>(
     #[derive(Debug)]
     struct ConvBackward;
 
-    impl<B: ConvKernels> Backward<B, 2> for ConvBackward {
+    impl<B: ConvKernels + ResidualKernels> Backward<B, 2> for ConvBackward {
         type State = (NodeId, NodeId, ConvOptions<2>);
 
         fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
@@ -451,7 +452,8 @@ pub(crate) fn autodiff_conv<B: ConvKernels, C: CheckpointStrategy>(
                 _ => grad,
             };
             if let Some(node) = node_x {
-                grads.register::<B>(node.id, B::conv_dgrad(x.clone(), weight.clone(), grad.clone(), options.clone()));
+                // A block's input also feeds its shortcut: the sum is ours (register_summed).
+                register_summed!(B, grads, node, B::conv_dgrad(x.clone(), weight.clone(), grad.clone(), options.clone()));
             }
             if let Some(node) = node_weight {
                 grads.register::<B>(node.id, B::conv_wgrad(x, weight, grad, options));

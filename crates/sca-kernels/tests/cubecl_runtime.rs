@@ -446,6 +446,57 @@ fn add_relu_matches_relu_of_the_sum(shape: [usize; 4], seed: u64, device: &WgpuD
     assert_eq!(got.into_data(), want.into_data(), "{shape:?} f16 forward");
 }
 
+/// A tensor used twice (a block's input: its first convolution and its shortcut) gets the
+/// sum of both gradients, summed by our kernel (`register_summed!`): `relu(conv(x, w) + x)`
+/// against Flex's autodiff of Burn's operations, with `x` channels-last in memory and not;
+/// then the sum kernel alone on sizes of 240, 210 and 105 values (vectors of 4, 2 and 1),
+/// its result in the first operand's memory order.
+#[test]
+fn gradients_of_a_tensor_used_twice_are_summed_in_its_memory_order() {
+    use sca_kernels::layout::{has_layout, Layout};
+    use sca_kernels::residual::ResidualKernels;
+    let Some(device) = device() else { return };
+    type A = Autodiff<W>;
+    // Same size out as in: 8 channels to 8, 3×3, padding 1 (not in the plan: its default
+    // refuses on lavapipe, then the fallback chain's `matmul` runs it).
+    let case = Case { c: 8, o: 8, k: 3, s: 1, p: 1, d: 1, hw: [6, 5] };
+    let [x, w, dy] = operands(&case, 900);
+    let want = {
+        type F = Autodiff<Flex>;
+        let (xf, wf) = (Tensor::<F, 4>::from_data(x.to_data(), &Default::default()).require_grad(), Tensor::<F, 4>::from_data(w.to_data(), &Default::default()).require_grad());
+        let y = burn::tensor::activation::relu(burn::tensor::module::conv2d(xf.clone(), wf.clone(), None, case.options()) + xf.clone());
+        let grads = (y * Tensor::<F, 4>::from_data(dy.to_data(), &Default::default())).sum().backward();
+        [xf.grad(&grads).unwrap(), wf.grad(&grads).unwrap()]
+    };
+    for last in [false, true] {
+        let xa = match last {
+            false => Tensor::<A, 4>::from_data(x.to_data(), &device),
+            true => Tensor::<A, 4>::from_data(x.clone().permute([0, 2, 3, 1]).to_data(), &device).permute([0, 3, 1, 2]),
+        }
+        .require_grad();
+        let wa = Tensor::<A, 4>::from_data(w.to_data(), &device).require_grad();
+        let y = sca_kernels::add_relu(sca_kernels::gemm_conv2d(xa.clone(), wa.clone(), case.options()), xa.clone());
+        let grads = (y * Tensor::<A, 4>::from_data(dy.to_data(), &device)).sum().backward();
+        for (got, (want, what)) in [xa.grad(&grads).unwrap(), wa.grad(&grads).unwrap()].into_iter().zip(want.iter().zip(["x", "weight"])) {
+            let e = rel_err(&Tensor::<Flex, 4>::from_data(got.into_data(), &Default::default()), want);
+            assert!(e < 1e-5, "x channels-last {last}: {what} grad off by {e}");
+        }
+    }
+    for (i, shape) in [[2, 4, 6, 5], [2, 3, 7, 5], [1, 3, 7, 5]].into_iter().enumerate() {
+        let (a, b) = (random(shape, 910 + 2 * i as u64), random(shape, 911 + 2 * i as u64));
+        let a_last: FloatTensor<W> = Tensor::<W, 4>::from_data(a.clone().permute([0, 2, 3, 1]).to_data(), &device).permute([0, 3, 1, 2]).into_primitive().tensor();
+        for (b_last, what) in [(false, "b NCHW"), (true, "b channels-last")] {
+            let b_t: FloatTensor<W> = match b_last {
+                false => on_wgpu(&b, &device),
+                true => Tensor::<W, 4>::from_data(b.clone().permute([0, 2, 3, 1]).to_data(), &device).permute([0, 3, 1, 2]).into_primitive().tensor(),
+            };
+            let sum = <W as ResidualKernels>::grad_sum(a_last.clone(), b_t);
+            assert!(has_layout(&sum, Layout::ChannelsLast), "{shape:?}, {what}: the sum left a's channels-last order");
+            assert_eq!(back(sum).into_data(), (a.clone() + b.clone()).into_data(), "{shape:?}, {what}");
+        }
+    }
+}
+
 #[test]
 fn layout_copies_match_permutes() {
     use burn::tensor::TensorMetadata;
