@@ -63,12 +63,14 @@ def report(title, start, end, per):
     for name, (ms, n) in sorted(acc.items(), key=lambda kv: -kv[1][0])[:25]:
         print(f"  {ms / per:9.2f} ms {100 * ms / max(total, 1e-9):5.1f} %  x{n // max(per, 1):<5} {name}")
 
-# (a): from the end of the warm-up step (its optimiser phase) to the row of (a);
-# (c): from there to the row of (c) (its first batch, compilation included, is in it).
+# (a): from the end of the warm-up step (its optimiser phase) to its time per step, the
+# end of its two timed steps (the two phase-timed steps after them are left out);
+# (c): from the row of (a) to the row of (c) (its first batch, compilation included, is in it).
 opt = next((int(n) for n, l in marks if "warm-up optimiser" in l), None)
+timed = next((int(n) for n, l in marks if l.endswith(" ms/step")), None)
 done = [int(n) for n, l in marks if l.startswith("done:")]
-if opt is not None and done:
-    report("(a) training step", opt, done[0], 2)
+if opt is not None and timed is not None and done:
+    report("(a) training step", opt, timed, 2)
     if len(done) > 1:
         report("(c) feature batch (first batch included)", done[0], done[1], 3)
 else:
