@@ -317,12 +317,22 @@ impl<B: TrackedSum> Trainer<B> {
         self.train_step(batch, batches, n_images, Instant::now())
     }
 
-    /// Times every step's forward pass, backward pass (with the gradient exchange) and
-    /// optimiser update, waiting for the device after each, and hands each to `report` as it
-    /// ends: a first step that takes minutes on a GPU then shows where. The waits cost a
-    /// little throughput, so benchmarks time their steps without it. `None` stops it.
+    /// Times every step's upload of the images, forward pass, backward pass (with the
+    /// gradient exchange) and optimiser update, waiting for the device after each, and hands
+    /// each to `report` as it ends: a first step that takes minutes on a GPU then shows where.
+    /// The forward and backward passes also report the host's own time to queue them
+    /// (`forward_host`, `backward_host`, before the wait): near the phase's whole time, the
+    /// host is what holds the device back. The waits cost a little throughput, so
+    /// benchmarks time their steps without it. `None` stops it.
     pub fn time_phases(&mut self, report: Option<PhaseReport>) {
         self.phase_report = report;
+    }
+
+    /// The host's time since `since`, the device not waited on: how long queuing took.
+    fn phase_note(&mut self, phase: &str, since: &Instant) {
+        if let Some(report) = self.phase_report.as_mut() {
+            report(phase, since.elapsed().as_secs_f64());
+        }
     }
 
     /// The device finished everything queued; `phase` took the time since `since`.
@@ -352,7 +362,14 @@ impl<B: TrackedSum> Trainer<B> {
             sca_dist::sync_bn::install(self.replica.world(), sum)
         });
         let mut phase_start = Instant::now();
-        let losses = self.forward(&model, batch);
+        // The images go to the device first, a phase of their own: from host memory, as the
+        // loader hands them over.
+        let mut batch = batch;
+        let views: Vec<Tensor<B, 4>> = std::mem::take(&mut batch.crops).into_iter().map(|c| to_tensor(c, &self.device)).collect();
+        let positives = batch.positives.take().map(|p| to_tensor(p, &self.device));
+        self.phase_done("upload", &mut phase_start);
+        let losses = self.forward(&model, views, positives, &batch);
+        self.phase_note("forward_host", &phase_start);
         // The logged values are means over the global batch (replica means averaged), so a
         // non-finite value on any replica stops all of them at the same step.
         let scalar = |t: &Tensor<B, 1>| t.clone().into_scalar().elem::<f32>();
@@ -377,6 +394,7 @@ impl<B: TrackedSum> Trainer<B> {
             None => GradientsParams::new(),
         };
         let mut core_grads = GradientsParams::from_grads(grads, &model);
+        self.phase_note("backward_host", &phase_start);
         let mut addon_grads = match &model.addon {
             Some(a) => crate::dist::average_gradients(&self.replica, a, addon_grads),
             None => addon_grads,
@@ -408,7 +426,7 @@ impl<B: TrackedSum> Trainer<B> {
             }
             self.model = model;
         }
-        // Reported on skipped steps too, so every step reports its three phases.
+        // Reported on skipped steps too, so every step reports all its phases.
         self.phase_done("optimiser", &mut phase_start);
         if let Some(queue) = self.queue.as_mut() {
             if self.epoch >= queue_start(&self.cfg) {
@@ -437,9 +455,8 @@ impl<B: TrackedSum> Trainer<B> {
     }
 
     /// Forward pass and the three loss terms for one batch.
-    fn forward(&self, model: &SslModel<B>, batch: TrainBatch) -> Losses<B> {
+    fn forward(&self, model: &SslModel<B>, views: Vec<Tensor<B, 4>>, positives: Option<Tensor<B, 4>>, batch: &TrainBatch) -> Losses<B> {
         let b = batch.indices.len();
-        let views: Vec<Tensor<B, 4>> = batch.crops.into_iter().map(|c| to_tensor(c, &self.device)).collect();
         // Views of one resolution go through the backbone together, as in SwAV.
         let mut pooled = Vec::with_capacity(views.len());
         let mut source_stages = None;
@@ -461,7 +478,7 @@ impl<B: TrackedSum> Trainer<B> {
             return Losses { total: ssl.clone(), ssl, mu: None, cls: None, queue_z };
         };
         let pseudo = self.pseudo.as_ref().expect("clustering ran at epoch start");
-        let positives = to_tensor(batch.positives.expect("loader serves positives with the add-on"), &self.device);
+        let positives = positives.expect("loader serves positives with the add-on");
         let pos_stages = model.backbone.forward_stages(positives).to_array();
         let labels = |idx: &[usize]| {
             let v: Vec<i64> = idx.iter().map(|&i| pseudo[i] as i64).collect();
