@@ -25,8 +25,9 @@
 #
 # PLAN=FILE starts the cache with that convolution plan (e.g. one an earlier session measured
 # on the same card, configs/conv-plans/): a `more` run in a fresh session then has its plan,
-# and core's cold run runs on it instead of the built-in kernel. CHANNELS_LAST=1 runs `more`
-# with channels-last activations (the layout core found faster).
+# and core's cold run runs on it instead of the built-in kernels. `more` runs with
+# channels-last activations (the default since core found them faster on an H200), NCHW
+# with CHANNELS_LAST=0.
 set -u
 OUT=${1:-gpu-bench}
 PART=${2:-all}
@@ -108,12 +109,12 @@ print(pick)
 EOF
 }
 
-layout=()
-[ "${CHANNELS_LAST:-0}" = 1 ] && layout=(--channels-last)
+layout=(--channels-last)
+[ "${CHANNELS_LAST:-1}" = 0 ] && layout=(--nchw)
 if [ "$PART" = core ] || [ "$PART" = all ]; then
-    ours cold 150 --only a --conv gemm --precision f32 --steps 3
+    ours cold 150 --only a --conv gemm --precision f32 --steps 3 --nchw
     ours nhwc 70 --only a --conv gemm --precision f32 --steps 3 --channels-last
-    [ "$(faster_layout "$OUT/sca-cold.json" "$OUT/sca-nhwc.json")" = nhwc ] && layout=(--channels-last)
+    if [ "$(faster_layout "$OUT/sca-cold.json" "$OUT/sca-nhwc.json")" = nhwc ]; then layout=(--channels-last); else layout=(--nchw); fi
     cat "$OUT/layout.txt"
     convs f32 200 --precision f32 --steps 3 ${layout[@]+"${layout[@]}"}
     ours plan 70 --only a --conv gemm --precision f32 --steps 5 ${layout[@]+"${layout[@]}"}
@@ -130,7 +131,7 @@ if [ "$PART" = more ] || [ "$PART" = all ]; then
     convs bf16 180 --precision bf16 --steps 3 ${layout[@]+"${layout[@]}"}
     torch convs-bf16 60 --cases convs --precisions bf16 --steps 5
     ours bf16 120 --only a,c --conv gemm --precision bf16 --steps 5 ${layout[@]+"${layout[@]}"}
-    ours rest 150 --only b,d,e --conv gemm --precision f32
+    ours rest 150 --only b,d,e --conv gemm --precision f32 ${layout[@]+"${layout[@]}"}
     torch features 60 --cases features
 fi
 
@@ -149,13 +150,14 @@ def load(path):
     except (OSError, ValueError) as e:
         print(f"{os.path.basename(path)}: unreadable ({e}); its run's log says why", file=sys.stderr)
         return None
-print(f"\n{'run':<7} {'case':<66} {'images/s':>9} {'ms/step':>9} {'first s':>8}  fwd/bwd/opt ms")
+print(f"\n{'run':<7} {'case':<66} {'images/s':>9} {'ms/step':>9} {'first s':>8}  up/fwd/bwd/opt ms (host fwd/bwd)")
 for path in sorted(glob.glob(os.path.join(out, "sca-*.json"))):
     run = os.path.basename(path)[4:-5]
     doc = load(path)
     for r in (doc or {}).get("rows", []):
         f = lambda k: f"{r[k]:.1f}" if isinstance(r.get(k), (int, float)) else "-"
-        phases = "/".join(f(k) for k in ("forward_ms", "backward_ms", "optimiser_ms"))
+        phases = "/".join(f(k) for k in ("upload_ms", "forward_ms", "backward_ms", "optimiser_ms"))
+        phases += " (" + "/".join(f(k) for k in ("forward_host_ms", "backward_host_ms")) + ")"
         print(f"{run:<7} {r.get('case', '?')[:66]:<66} {f('images_per_s'):>9} {f('ms_per_step'):>9} {f('first_step_s'):>8}  {phases}")
     # Shapes an explicit kernel refused ran on a fallback: slower, or tuned on a cold cache.
     for fb in (doc or {}).get("fallbacks", []):

@@ -99,11 +99,12 @@ fn core_goes_on_in_the_layout_whose_warm_step_was_faster() {
         let sca: Vec<&String> = s.calls.iter().collect();
         assert_eq!(sca.len(), 5, "{sca:?}");
         assert!(sca[0].starts_with("bench gpu ") && sca[0].contains("--json ") && sca[0].contains("sca-cold.json"), "{}", sca[0]);
-        assert!(!sca[0].contains("--channels-last") && sca[1].contains("sca-nhwc.json") && sca[1].ends_with("--channels-last"), "{sca:?}");
+        assert!(sca[0].ends_with("--nchw") && sca[1].contains("sca-nhwc.json") && sca[1].ends_with("--channels-last"), "{sca:?}");
         assert!(sca[2].starts_with("bench convs ") && sca[3].contains("sca-plan.json"), "{sca:?}");
         assert!(sca[4].contains("sca-rest.json") && sca[4].contains("--only b,c,d,e"), "{sca:?}");
         for call in &sca[2..] {
             assert_eq!(call.contains("--channels-last"), pick == "nhwc", "{nchw} vs {nhwc}: {call}");
+            assert_eq!(call.contains("--nchw"), pick == "nchw", "{nchw} vs {nhwc}: {call}");
         }
         // The closing table has every run's row, PyTorch's included; a run that left no
         // readable JSON is said to, and the others' rows still come.

@@ -174,7 +174,7 @@ fn gpu_benchmark_runs_scaled_down_on_the_cpu() {
     assert!(rows.iter().all(|r| r["ms_per_step"].as_f64().is_some_and(|t| t > 0.0)), "{rows:?}");
     // The training-step cases break a warm step down by phase.
     for r in &rows[..2] {
-        for phase in ["forward_ms", "backward_ms", "optimiser_ms"] {
+        for phase in ["upload_ms", "forward_host_ms", "forward_ms", "backward_host_ms", "backward_ms", "optimiser_ms"] {
             assert!(r[phase].as_f64().is_some_and(|t| t > 0.0), "{phase} missing: {r}");
         }
     }
@@ -240,7 +240,7 @@ fn convolution_benchmark_times_every_shape_and_pass_on_the_cpu() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("convs.json");
     let mut c = sca();
-    c.args(["bench", "convs", "--device", "cpu", "--arch", "resnet18", "--small-stem", "--size", "32", "--batch", "2", "--steps", "1", "--precision", "bf16", "--kernels", "flex"]);
+    c.args(["bench", "convs", "--device", "cpu", "--arch", "resnet18", "--small-stem", "--size", "32", "--batch", "2", "--steps", "1", "--precision", "bf16", "--kernels", "flex", "--nchw"]);
     c.args(["--plan"]).arg(tmp.path().join("plan.json")).arg("--json").arg(&json);
     let log = run_ok(c);
     // ResNet-18 with the small stem: 20 convolutions in 11 shapes, three passes each but
@@ -332,15 +332,16 @@ fn compare_convs_reads_half(dir: &Path, ours: &Path, precision: &str) {
     }
 }
 
-/// `--channels-last` measures the convolutions on NHWC activations (all but the stem's
-/// input), under keys of their own that compare_convs.py still joins with PyTorch's.
+/// By default (as `model.channels_last` trains) the convolutions are measured on NHWC
+/// activations (all but the stem's input), under keys of their own that compare_convs.py
+/// still joins with PyTorch's.
 #[test]
 fn convolution_benchmark_measures_channels_last_activations() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("convs.json");
     let mut c = sca();
     c.args(["bench", "convs", "--device", "cpu", "--arch", "resnet18", "--small-stem", "--size", "16", "--batch", "2", "--steps", "1"]);
-    c.args(["--passes", "forward,data", "--kernels", "flex", "--channels-last", "--json"]).arg(&json);
+    c.args(["--passes", "forward,data", "--kernels", "flex", "--json"]).arg(&json);
     let log = run_ok(c);
     assert!(log.contains("activations channels-last (NHWC)"), "{log}");
     assert!(log.contains("[1/11] 64x16x16 * 64x64x3x3 s1 p1 d1 f32 nhwc (4 layers) measured"), "{log}");
@@ -358,7 +359,7 @@ fn convolution_benchmark_resumes_where_a_run_ended() {
     let (full, cut) = (tmp.path().join("full.json"), tmp.path().join("cut.json"));
     let bench = |json: &Path, batch: &str| {
         let mut c = sca();
-        c.args(["bench", "convs", "--device", "cpu", "--arch", "resnet18", "--small-stem", "--size", "16", "--steps", "1", "--passes", "forward", "--kernels", "flex,matmul"]);
+        c.args(["bench", "convs", "--device", "cpu", "--arch", "resnet18", "--small-stem", "--size", "16", "--steps", "1", "--passes", "forward", "--kernels", "flex,matmul", "--nchw"]);
         c.args(["--batch", batch, "--json"]).arg(json);
         c
     };

@@ -64,7 +64,10 @@ fn a_run_on_cubecl_gives_the_cpu_runs_losses() {
     let all = r#"{"forward": "matmul", "data": "matmul", "weight": "matmul"}"#;
     use_plan(ConvPlan::parse(&format!(r#"{{"device": "lavapipe", "batch": 4, "default": {all}, "shapes": {{}}}}"#)).unwrap());
 
-    let got = same_losses(config(), device.clone());
+    // NCHW activations first (channels-last is the default).
+    let mut nchw = config();
+    nchw.model.channels_last = false;
+    let got = same_losses(nchw, device.clone());
     assert_eq!(got, 4, "2 epochs of 8 images in batches of 4");
 
     // Channels-last activations: ResNet-50 with its full stem, whose max pool hands on
@@ -75,7 +78,7 @@ fn a_run_on_cubecl_gives_the_cpu_runs_losses() {
     cfg.epochs = 1;
     cfg.model.arch = sca_backbone::Arch::ResNet50;
     cfg.model.small_stem = false;
-    cfg.model.channels_last = true;
+    assert!(cfg.model.channels_last);
     let got = same_losses(cfg, device);
     assert_eq!(got, 2, "1 epoch of 8 images in batches of 4");
 }

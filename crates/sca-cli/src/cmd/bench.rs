@@ -56,10 +56,13 @@ pub enum BenchCommand {
         /// Arithmetic of the convolutions: f32, bf16 or f16.
         #[arg(long, default_value = "f32")]
         precision: sca_backbone::Precision,
-        /// Keep activations channels-last (NHWC) between the convolutions
-        /// (`model.channels_last`; CUDA with gemm convolutions).
+        /// Keep activations channels-last (NHWC) between the convolutions, as training
+        /// does by default (`model.channels_last`; CUDA with gemm convolutions).
         #[arg(long)]
         channels_last: bool,
+        /// Keep activations NCHW instead (`model.channels_last=false`).
+        #[arg(long, conflicts_with = "channels_last")]
+        nchw: bool,
         /// Run only these cases (letters a-e, e.g. `--only a,c`).
         #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
         only: Vec<char>,
@@ -133,7 +136,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pretrain(c) => pretrain::<B>(&c, matches!(choice, crate::device::Choice::Cuda(_)), device)?,
         BenchCommand::Addon(c) => addon::<B>(&c, device)?,
         BenchCommand::Kmeans { n, d, c, iterations, .. } => kmeans::<B>(n, d, c, iterations, device)?,
-        BenchCommand::Gpu { common, scale, size, feature_batch, conv, precision, channels_last, only } => {
+        BenchCommand::Gpu { common, scale, size, feature_batch, conv, precision, nchw, only, .. } => {
+            let channels_last = !nchw;
             let cuda = matches!(choice, crate::device::Choice::Cuda(_));
             gpu::<B>(&common, cuda, GpuCases { scale, size, feature_batch, conv, precision, channels_last, only }, &device_name, device)?
         }
@@ -213,9 +217,12 @@ fn time_steps_on<B: sca_dist::TrackedSum>(case: &str, cfg: TrainConfig, b: usize
     B::sync(&device)?;
     let first = t0.elapsed().as_secs_f64();
     trainer.time_phases(None);
+    // The batches are made first: making one (random images on the device, read back into
+    // host memory as a loader would hand them over) is no part of a step. Uploading them is.
+    let batches: Vec<TrainBatch> = (0..steps).map(|_| random_batch::<B>(local, views, size, p, &device)).collect();
     let (t0, comm0) = (Instant::now(), replica.comm_totals());
-    for _ in 0..steps {
-        trainer.step_batch(random_batch::<B>(local, views, size, p, &device))?;
+    for batch in batches {
+        trainer.step_batch(batch)?;
     }
     B::sync(&device)?;
     let (n, comm) = (steps.max(1) as f64, replica.comm_totals() - comm0);
@@ -236,8 +243,8 @@ fn time_steps_on<B: sca_dist::TrackedSum>(case: &str, cfg: TrainConfig, b: usize
                 None => sums.push((phase.to_string(), s)),
             }
         })));
-        for _ in 0..phase_steps {
-            trainer.step_batch(random_batch::<B>(local, views, size, p, &device))?;
+        for batch in (0..phase_steps).map(|_| random_batch::<B>(local, views, size, p, &device)).collect::<Vec<_>>() {
+            trainer.step_batch(batch)?;
         }
         trainer.time_phases(None);
         let phases: Vec<String> = sums.borrow().iter().map(|(phase, s)| {

@@ -58,11 +58,23 @@ pub struct ConvsArgs {
     /// on without it).
     #[arg(long, default_value_t = 120.0)]
     pub kernel_timeout: f64,
-    /// Measure with channels-last activations, as `model.channels_last` trains: inputs and
-    /// output gradients in NHWC memory (the stem's input, the images, stays NCHW), results
-    /// left channels-last, no layout copies timed; the plan's keys end in ` nhwc`.
+    /// Measure with channels-last activations (the default), as `model.channels_last`
+    /// trains: inputs and output gradients in NHWC memory (the stem's input, the images,
+    /// stays NCHW), results left channels-last, no layout copies timed; the plan's keys end
+    /// in ` nhwc`.
     #[arg(long)]
     pub channels_last: bool,
+    /// Measure with NCHW activations instead (`model.channels_last=false`): a cubek kernel's
+    /// time then includes the copies to and from channels-last.
+    #[arg(long, conflicts_with = "channels_last")]
+    pub nchw: bool,
+}
+
+impl ConvsArgs {
+    /// Whether the activations are channels-last: unless `--nchw`.
+    pub fn channels_last(&self) -> bool {
+        !self.nchw
+    }
 }
 
 /// What a candidate's row says while it runs; a run that ends there leaves it on record.
@@ -96,7 +108,7 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
     type I<B> = <B as AutodiffBackend>::InnerBackend;
     let compute = args.precision.compute_dtype();
     // Before the shapes are made: their keys carry the layout.
-    sca_kernels::layout::set_channels_last(args.channels_last);
+    sca_kernels::layout::set_channels_last(args.channels_last());
     let kernels = choose_kernels::<I<B>>(&args.kernels)?;
     let problems = problems(args, compute.map(DType::from).unwrap_or(DType::F32));
     let plan_path = plan_destination::<I<B>>(args)?;
@@ -114,7 +126,7 @@ pub fn convs<B: AutodiffBackend>(args: &ConvsArgs, batch: usize, steps: usize, d
         problems.len(),
         args.passes.len(),
         kernels.len(),
-        if args.channels_last { "channels-last (NHWC)" } else { "NCHW" }
+        if args.channels_last() { "channels-last (NHWC)" } else { "NCHW" }
     );
     anyhow::ensure!(args.kernel_timeout > 0.0, "--kernel-timeout must be positive seconds, not {}", args.kernel_timeout);
     let rows = if args.resume { earlier_rows(json_path, device_name, batch)? } else { Vec::new() };
@@ -499,7 +511,7 @@ mod tests {
 
     #[test]
     fn resnet50_has_23_shapes_and_layer_counts_sum_to_53() {
-        let args = ConvsArgs { arch: Arch::ResNet50, size: 224, small_stem: false, precision: Precision::F32, kernels: vec![], passes: Pass::ALL.to_vec(), plan: None, resume: false, kernel_timeout: 120.0, channels_last: false };
+        let args = ConvsArgs { arch: Arch::ResNet50, size: 224, small_stem: false, precision: Precision::F32, kernels: vec![], passes: Pass::ALL.to_vec(), plan: None, resume: false, kernel_timeout: 120.0, channels_last: false, nchw: true };
         let ps = problems(&args, DType::F32);
         assert_eq!(ps.len(), 23);
         assert_eq!(ps.iter().map(|p| p.names.len()).sum::<usize>(), 53);
