@@ -178,7 +178,7 @@ fn gpu_benchmark_runs_scaled_down_on_the_cpu() {
             assert!(r[phase].as_f64().is_some_and(|t| t > 0.0), "{phase} missing: {r}");
         }
     }
-    assert!(log.contains("phases of a warm step (device waited on after each): forward "), "{log}");
+    assert!(log.contains("phases of a warm step (device waited on after each): upload ") && log.contains(" ms, forward_host "), "{log}");
 
     // A subset of the cases in another setting; the warm-up step reports its phases.
     let mut c = sca();
