@@ -101,6 +101,22 @@ fn lookups_go_shape_then_default_then_the_built_in_kernels() {
     assert_eq!(ConvPlan::parse(&text).unwrap(), plan);
 }
 
+/// The plan shipped for the H200 reads, names all 23 ResNet-50 shapes at 224 px in
+/// channels-last order, and keeps weight gradients mostly on `matmul`, as measured.
+#[test]
+fn the_shipped_h200_plan_reads() {
+    let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/conv-plans/h200-f32.json"));
+    let plan = ConvPlan::load(path).unwrap();
+    assert!(plan.device.contains("H200") && plan.batch == 128, "{plan:?}");
+    assert_eq!(plan.shapes.len(), 23);
+    assert!(plan.shapes.keys().all(|k| k.ends_with(" f32 nhwc")), "{:?}", plan.shapes.keys());
+    assert_eq!(plan.default.get(&Pass::Weight), Some(&ConvKernel::Matmul));
+    let stem = ConvShape { channels_last: true, ..stem() };
+    assert!(plan.shapes.contains_key(&stem.to_string()), "the stem's key: {stem}");
+    let on_matmul = plan.shapes.values().filter(|k| k.get(&Pass::Weight) == Some(&ConvKernel::Matmul)).count();
+    assert!(on_matmul >= 18, "{on_matmul} of 23 weight passes on matmul");
+}
+
 #[test]
 fn bad_plans_name_what_is_wrong() {
     let err = ConvPlan::parse(r#"{"default": {"forward": "fastest_cmma"}}"#).unwrap_err();
