@@ -573,8 +573,9 @@ fn tensors_move_between_channels_first_and_channels_last_memory() {
 /// parts), offset and scaled so that centring matters; with and without the ReLU inside the
 /// operation. Each also with `x` channels-last in
 /// memory (the channels-last kernels: a cube per 32 channels, here fewer, and 40 channels
-/// over two cubes, the second part-filled, whose 3,720 values each are split over 30 cubes),
-/// where the output and the gradient of `x` must keep that memory order.
+/// over two cubes, the second part-filled, whose 3,720 values each are split over 30 cubes;
+/// 4 × 2,304 in 72 parts, more than a merge cube's 64 units: several per unit, then merged
+/// across the cube), where the output and the gradient of `x` must keep that memory order.
 #[test]
 fn batch_norm_kernels_match_the_tensor_operations() {
     use burn::tensor::TensorMetadata;
