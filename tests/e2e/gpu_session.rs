@@ -44,6 +44,11 @@ struct Session {
 /// steps taking the given milliseconds (written into the JSON as they are), in a call of
 /// `budget` seconds (`CORE_BUDGET`).
 fn core_session(dir: &Path, nchw_ms: &str, nhwc_ms: &str, budget: u32) -> Session {
+    core_session_with(dir, nchw_ms, nhwc_ms, budget, &[])
+}
+
+/// [`core_session`] with more variables set for the script (e.g. `PLAN`).
+fn core_session_with(dir: &Path, nchw_ms: &str, nhwc_ms: &str, budget: u32, vars: &[(&str, &Path)]) -> Session {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let executable = |name: &str, text: &str| {
@@ -71,6 +76,7 @@ fn core_session(dir: &Path, nchw_ms: &str, nhwc_ms: &str, budget: u32) -> Sessio
         .env("FAKE_NCHW_MS", nchw_ms)
         .env("FAKE_NHWC_MS", nhwc_ms)
         .env("CORE_BUDGET", budget.to_string())
+        .envs(vars.iter().copied())
         .output()
         .expect("bash runs");
     let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
@@ -124,5 +130,16 @@ fn core_goes_on_in_the_layout_whose_warm_step_was_faster() {
     assert!(!s.stdout.contains("rest "), "{}", s.stdout);
     // Both steps' figures are on record with the choice.
     let s = std::fs::read_to_string(tmp.path().join("nhwc/950.5/out/layout.txt")).unwrap();
-    assert_eq!(s.trim(), "nhwc: warm ms per step on the built-in kernel, NCHW 1157.0, channels-last 950.5");
+    assert_eq!(s.trim(), "nhwc: warm ms per step on the same kernels, NCHW 1157.0, channels-last 950.5");
+
+    // With a plan measured before, it is in the cache from the start and the convolution
+    // benchmark is skipped (said), its time going to the other cases.
+    let plan = tmp.path().join("plan.json");
+    std::fs::write(&plan, r#"{"device": "fake", "shapes": {}}"#).unwrap();
+    let s = core_session_with(&tmp.path().join("planned"), "1157.0", "950.5", 560, &[("PLAN", &plan)]);
+    assert!(s.calls.iter().all(|c| !c.starts_with("bench convs")), "{:?}", s.calls);
+    assert_eq!(s.calls.len(), 4, "cold, nhwc, plan and rest: {:?}", s.calls);
+    assert!(s.stdout.contains("convs f32: skipped, the plan is "), "{}", s.stdout);
+    let cached = std::fs::read_to_string(tmp.path().join("planned/out/cubecl/conv-plan.json")).unwrap();
+    assert!(cached.contains("fake"), "{cached}");
 }
