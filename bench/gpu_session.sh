@@ -9,7 +9,8 @@
 #
 # PART splits the session in calls of a few minutes each (all = core and more, the default):
 #   core  ours with gemm convolutions (implicit GEMM, no autotune) in f32 on (a), cold
-#         (caches empty: the first step includes compilation) on the built-in kernels, with
+#         (caches empty: the first step includes compilation) on the plan shipped for the
+#         card (configs/conv-plans/; else the built-in kernels), with
 #         NCHW activations (row `cold`) and then channels-last ones (`nhwc`); the faster of
 #         the two layouts (warm ms per step) goes on: `sca bench convs` in it (every
 #         ResNet-50 convolution shape × pass × candidate kernel, which writes the fastest per
@@ -17,7 +18,8 @@
 #         PyTorch's training step (a) in fp32, TF32 and bf16. OUT/layout.txt says which
 #         layout went on and why. What is left of CORE_BUDGET seconds (default 560, a
 #         device call's 600 s less a margin) then goes to (b), (c), (d) and (e) in that
-#         layout (row `rest`; each case's row is kept as it ends).
+#         layout (row `rest`; each case's row is kept as it ends), and what is left after
+#         them to bench/profile_step.sh on the same caches (OUT/profile.txt, printed last).
 #   more  PyTorch's convolutions layer by layer in TF32 (bench/compare_convs.py sets them
 #         against ours); bf16: convolutions (ours and PyTorch's), then (a) and (c) with the
 #         plan; the add-on step (b), k-means (d) and KNN (e); PyTorch's features (c).
@@ -132,6 +134,15 @@ if [ "$PART" = core ] || [ "$PART" = all ]; then
     if [ "$PART" = core ] && [ "$left" -ge 60 ]; then
         ours rest "$left" --only b,c,d,e --conv gemm --precision f32 ${layout[@]+"${layout[@]}"}
     fi
+    # And what they leave then to the per-kernel profile of (a) and (c) in that layout, on
+    # the same caches (its first, cache-filling run is then quick).
+    left=$((${CORE_BUDGET:-560} - SECONDS))
+    if [ "$PART" = core ] && [ "$left" -ge 60 ]; then
+        t0=$SECONDS
+        SCA="$SCA" LIMIT=$(((left - 5) / 2)) CACHE="$CACHE" bash bench/profile_step.sh "$OUT/profile" --conv gemm \
+            --precision f32 ${layout[@]+"${layout[@]}"} > "$OUT/profile.txt" 2>&1
+        echo "profile: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+    fi
 fi
 if [ "$PART" = more ] || [ "$PART" = all ]; then
     torch convs-tf32 60 --cases convs --precisions tf32 --steps 5
@@ -188,4 +199,5 @@ for p in f32:tf32 bf16:bf16; do
         sed -n '/^one network pass/,$p' "$OUT/compare-convs-${p%%:*}.txt"
     fi
 done
+[ -f "$OUT/profile.txt" ] && { echo; echo "per-kernel profile (profile/):"; cat "$OUT/profile.txt"; }
 cat "$OUT/runs.txt" 2>/dev/null

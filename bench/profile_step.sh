@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Per-kernel GPU time of the ResNet-50 SwAV step and of the feature pass, summed by kernel
 # name, largest first. Two runs of `sca bench gpu --only a,c` on one cache directory: the
-# first fills the compilation and tuning caches; the second runs under CubeCL's kernel
-# profiler (a cubecl.toml in the working directory), which syncs after every kernel and
-# counts a kernel's first launch with its compilation, so only its timed steps are kept.
-# (Profiling a cold run instead made its warm-up step 6x slower: 77 s forward, H200.)
+# first fills the compilation and tuning caches (CACHE, default OUT/cubecl: e.g. the cache
+# of runs before, which makes it quick); the second runs under CubeCL's kernel profiler (a
+# cubecl.toml in a directory of its own: CubeCL reads the first it finds from the working
+# directory up, so one in a checkout would reach other processes), which syncs after every
+# kernel and counts a kernel's first launch with its compilation, so only its timed steps
+# are kept. (Profiling a cold run instead made its warm-up step 6x slower: 77 s forward, H200.)
 #
 #   bash bench/profile_step.sh OUT [sca bench gpu flags...]
 #   e.g. SCA=target/release/sca bash bench/profile_step.sh prof --conv gemm --precision bf16
@@ -15,11 +17,17 @@ SCA=${SCA:-target/release/sca}
 LIMIT=${LIMIT:-200}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+CACHE=${CACHE:-$OUT/cubecl}
+mkdir -p "$CACHE"
+CACHE=$(cd "$CACHE" && pwd)
+# Absolute: the profiled run starts in another directory.
+case $SCA in */*) SCA=$(cd "$(dirname "$SCA")" && pwd)/$(basename "$SCA") ;; esac
 t0=$SECONDS
-timeout "$LIMIT" "$SCA" bench gpu --device cuda --autotune minimal --gpu-cache "$OUT/cubecl" --steps 1 \
+timeout "$LIMIT" "$SCA" bench gpu --device cuda --autotune minimal --gpu-cache "$CACHE" --steps 1 \
     --only a,c "$@" > "$OUT/warm-caches.log" 2>&1
 echo "caches filled: exit $? after $((SECONDS - t0)) s"
-cat > cubecl.toml <<EOF
+RUN_DIR=$(mktemp -d)
+cat > "$RUN_DIR/cubecl.toml" <<EOF
 [profiling.logger]
 level = "basic"
 file = "$OUT/profile.log"
@@ -31,12 +39,12 @@ touch "$OUT/profile.log"
 # Each line of the run's output is prefixed with the profile log's length at that moment, so
 # the kernels can be split at the phase messages. The profiler logs asynchronously; every
 # phase message follows a device sync, so the split is right to within a few kernels.
-timeout "$LIMIT" "$SCA" bench gpu --device cuda --autotune minimal --gpu-cache "$OUT/cubecl" --steps 2 \
-    --only a,c --json "$OUT/run.json" "$@" 2>&1 | while IFS= read -r line; do
+(cd "$RUN_DIR" && timeout "$LIMIT" "$SCA" bench gpu --device cuda --autotune minimal --gpu-cache "$CACHE" --steps 2 \
+    --only a,c --json "$OUT/run.json" "$@") 2>&1 | while IFS= read -r line; do
     echo "$(wc -l < "$OUT/profile.log") $line"
 done > "$OUT/run.log"
 echo "exit ${PIPESTATUS[0]}" >> "$OUT/run.log"
-rm -f cubecl.toml
+rm -rf "$RUN_DIR"
 
 python3 - "$OUT" <<'PY'
 import collections, re, sys

@@ -64,7 +64,7 @@ pub fn cuda_driver_present() -> bool {
 
 /// The model of GPU `ordinal` as the driver names it (e.g. "NVIDIA H200"), asked once per
 /// process: benchmark rows, convolution plans and logs say which card they come from.
-fn gpu_name(ordinal: usize) -> Option<String> {
+pub fn gpu_name(ordinal: usize) -> Option<String> {
     static NAMES: Mutex<BTreeMap<usize, Option<String>>> = Mutex::new(BTreeMap::new());
     NAMES.lock().unwrap_or_else(|p| p.into_inner()).entry(ordinal).or_insert_with(|| driver_gpu_name(ordinal)).clone()
 }
@@ -110,8 +110,8 @@ impl DeviceArg {
     pub fn resolve_and_report(self) -> anyhow::Result<Choice> {
         let choice = self.resolve()?;
         eprintln!("device: {choice}{}", if self == DeviceArg::Auto { " [auto]" } else { "" });
-        if let Choice::Cuda(_) = choice {
-            crate::gpu_cache::install_requested()?;
+        if let Choice::Cuda(i) = choice {
+            crate::gpu_cache::install_requested(gpu_name(i).as_deref())?;
         }
         Ok(choice)
     }

@@ -9,7 +9,8 @@
 //!
 //! The same directory holds the convolution plan (`conv-plan.json`, written by
 //! `sca bench convs`): which kernel each convolution pass runs. A CUDA run
-//! uses the plan it finds there, or the one `--conv-plan FILE` names.
+//! uses the plan it finds there, or the one `--conv-plan FILE` names, else the plan shipped
+//! for its card if there is one (`configs/conv-plans/`), else the built-in kernels.
 
 use std::path::{Path, PathBuf};
 
@@ -71,20 +72,38 @@ pub fn requested() -> Requested {
     REQUESTED.get().cloned().unwrap_or_else(|| Requested { cache: PathBuf::from(DEFAULT_CACHE_DIR), level: None, plan: None })
 }
 
-/// Installs the requested settings once, when a command has chosen CUDA and before its
-/// first CUDA operation (CubeCL reads its configuration once). CPU runs create nothing.
-pub fn install_requested() -> anyhow::Result<()> {
+/// Installs the requested settings once, when a command has chosen CUDA (on the card the
+/// driver names `gpu`) and before its first CUDA operation (CubeCL reads its configuration
+/// once). CPU runs create nothing.
+pub fn install_requested(gpu: Option<&str>) -> anyhow::Result<()> {
     let mut result = Ok(());
     INSTALLED.call_once(|| {
         let r = requested();
-        result = install(&r.cache, r.level).map(|_| ()).and_then(|_| install_plan(&r));
+        result = install(&r.cache, r.level).map(|_| ()).and_then(|_| install_plan(&r, gpu));
     });
     result
 }
 
+/// Convolution plans measured on a card and shipped with the binary: (the card's name as
+/// the driver gives it, the file in this repository, its text).
+const SHIPPED_PLANS: [(&str, &str, &str); 1] = [("NVIDIA H200", "configs/conv-plans/h200-f32.json", include_str!("../../../configs/conv-plans/h200-f32.json"))];
+
+/// The shipped plan measured on `gpu`'s model, and its file's name.
+pub fn shipped_plan(gpu: Option<&str>) -> Option<(sca_kernels::plan::ConvPlan, &'static str)> {
+    let gpu = gpu?;
+    let (_, file, text) = SHIPPED_PLANS.iter().find(|(card, _, _)| gpu.starts_with(card))?;
+    Some((sca_kernels::plan::ConvPlan::parse(text).unwrap_or_else(|e| panic!("{file}: {e}")), file))
+}
+
 /// The convolution plan a CUDA run uses: `--conv-plan`'s (which must exist), else the cache
-/// directory's if there is one. Says which on stderr.
-fn install_plan(r: &Requested) -> anyhow::Result<()> {
+/// directory's if there is one, else the one shipped for the card if there is one. Says
+/// which on stderr.
+fn install_plan(r: &Requested, gpu: Option<&str>) -> anyhow::Result<()> {
+    if let (None, Some((plan, file))) = (plan_path(r), shipped_plan(gpu)) {
+        eprintln!("convolution kernels: plan {file}, shipped for this card ({} shapes, measured at batch {})", plan.shapes.len(), plan.batch);
+        sca_kernels::plan::use_plan(plan);
+        return Ok(());
+    }
     let Some(path) = plan_path(r) else {
         use sca_kernels::plan::{ConvKernel, Pass};
         let passes: Vec<String> = Pass::ALL.iter().map(|&p| format!("{p} {}", ConvKernel::built_in(p))).collect();
@@ -121,6 +140,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_h200_gets_its_shipped_plan_and_other_cards_none() {
+        let (plan, file) = shipped_plan(Some("NVIDIA H200")).expect("a plan for the H200");
+        assert_eq!(file, "configs/conv-plans/h200-f32.json");
+        assert_eq!(plan.shapes.len(), 23);
+        assert!(plan.device.contains("H200"), "{}", plan.device);
+        assert!(shipped_plan(Some("NVIDIA H200 NVL")).is_some());
+        assert!(shipped_plan(Some("NVIDIA H100 80GB HBM3")).is_none());
+        assert!(shipped_plan(None).is_none());
+    }
+
+    #[test]
     fn caches_go_under_the_chosen_directory_and_the_level_is_applied() {
         let c = runtime_config(CubeClRuntimeConfig::default(), Path::new("/tmp/x"), Some(Autotune::Minimal));
         assert_eq!(c.autotune.cache.root(), PathBuf::from("/tmp/x/autotune"));
@@ -140,8 +170,9 @@ mod tests {
         std::fs::write(dir.path().join(PLAN_FILE), "{}").unwrap();
         assert_eq!(plan_path(&r(None)), Some(dir.path().join(PLAN_FILE)));
         assert_eq!(plan_path(&r(Some("/elsewhere/p.json"))), Some(PathBuf::from("/elsewhere/p.json")));
-        // A named plan that is missing is an error naming it, not a silent default.
-        let err = install_plan(&r(Some("/elsewhere/p.json"))).unwrap_err().to_string();
+        // A named plan that is missing is an error naming it, not a silent default (not
+        // even the plan shipped for the card).
+        let err = install_plan(&r(Some("/elsewhere/p.json")), Some("NVIDIA H200")).unwrap_err().to_string();
         assert!(err.contains("/elsewhere/p.json"), "{err}");
     }
 }

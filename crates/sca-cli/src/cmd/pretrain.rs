@@ -143,8 +143,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     sca_dist::group::reset();
     let choices: Vec<Choice> = devices.iter().map(|d| d.resolve()).collect::<anyhow::Result<_>>()?;
-    if choices.iter().any(|c| matches!(c, Choice::Cuda(_))) {
-        crate::gpu_cache::install_requested()?;
+    if let Some(&Choice::Cuda(i)) = choices.iter().find(|c| matches!(c, Choice::Cuda(_))) {
+        crate::gpu_cache::install_requested(crate::device::gpu_name(i).as_deref())?;
     }
     let sync_bn = !args.dist.no_sync_bn;
     let (tx, rx) = std::sync::mpsc::channel();
