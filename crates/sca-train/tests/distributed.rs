@@ -122,7 +122,11 @@ fn check(extra: &[&str]) {
     assert_eq!(checkpoints, 1, "one checkpoint per epoch");
     for (step, (got, want)) in losses.iter().zip(&want_losses).enumerate() {
         for (k, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!((g - w).abs() <= 1e-4 * w.abs().max(1e-3), "step {step}, loss term {k}: {got:?} vs single replica {want:?}");
+            // 1e-4 relative, and 1e-6 absolute for small terms: under a loaded test run the
+            // CPU backend's threaded sums vary in their last bits, and after two updates a
+            // 0.0033 attention term once differed by 3.5e-7. A replica that misses the
+            // exchange is off by far more.
+            assert!((g - w).abs() <= 1e-4 * w.abs().max(1e-2), "step {step}, loss term {k}: {got:?} vs single replica {want:?}");
         }
     }
     // The weights moved (the comparison is not of two untouched copies) ...
