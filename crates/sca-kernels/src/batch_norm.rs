@@ -223,6 +223,13 @@ mod kernel {
         g
     }
 
+    /// `Σ (v − m)²` over a vector's values.
+    #[cube]
+    fn squared_deviation<N: Size>(v: Vector<f32, N>, m: f32) -> f32 {
+        let d = v - Vector::new(m);
+        lanes_total(d * d)
+    }
+
     /// The sum of a vector's values.
     #[cube]
     fn lanes_total<N: Size>(v: Vector<f32, N>) -> f32 {
@@ -398,22 +405,44 @@ mod kernel {
         // How many values of a channel one pass of the cube covers (see [`first_value`]).
         let step = comptime!(if last { ROW_LANES } else { UNITS });
         let mut shared = SharedMemory::<f32>::new(UNITS);
-        let mut s = 0.0f32;
+        // Both passes keep four loads in flight per unit (four running sums): with one, the
+        // H200 read the moments' input at under half its bandwidth, the other passes (two
+        // or three loads each) nearer it.
+        let mut s0 = 0.0f32;
+        let mut s1 = 0.0f32;
+        let mut s2 = 0.0f32;
+        let mut s3 = 0.0f32;
         let mut e = first_value(start, last);
+        while e + 3 * step < end && live {
+            s0 += lanes_total(x[value_at(e, c, channels, len, last)]);
+            s1 += lanes_total(x[value_at(e + step, c, channels, len, last)]);
+            s2 += lanes_total(x[value_at(e + 2 * step, c, channels, len, last)]);
+            s3 += lanes_total(x[value_at(e + 3 * step, c, channels, len, last)]);
+            e += 4 * step;
+        }
         while e < end && live {
-            s += lanes_total(x[value_at(e, c, channels, len, last)]);
+            s0 += lanes_total(x[value_at(e, c, channels, len, last)]);
             e += step;
         }
         let n = f32::cast_from((end - start) * x.vector_size());
-        let m = channel_sum(s, &mut shared, last) / n;
-        let mut q = 0.0f32;
+        let m = channel_sum((s0 + s1) + (s2 + s3), &mut shared, last) / n;
+        let mut q0 = 0.0f32;
+        let mut q1 = 0.0f32;
+        let mut q2 = 0.0f32;
+        let mut q3 = 0.0f32;
         let mut e = first_value(start, last);
+        while e + 3 * step < end && live {
+            q0 += squared_deviation(x[value_at(e, c, channels, len, last)], m);
+            q1 += squared_deviation(x[value_at(e + step, c, channels, len, last)], m);
+            q2 += squared_deviation(x[value_at(e + 2 * step, c, channels, len, last)], m);
+            q3 += squared_deviation(x[value_at(e + 3 * step, c, channels, len, last)], m);
+            e += 4 * step;
+        }
         while e < end && live {
-            let d = x[value_at(e, c, channels, len, last)] - Vector::new(m);
-            q += lanes_total(d * d);
+            q0 += squared_deviation(x[value_at(e, c, channels, len, last)], m);
             e += step;
         }
-        let m2 = channel_sum(q, &mut shared, last);
+        let m2 = channel_sum((q0 + q1) + (q2 + q3), &mut shared, last);
         if writes_channel(c, channels, last) {
             if split {
                 let slot = c * splits + CUBE_POS_Y as usize;
