@@ -18,8 +18,9 @@
 #         PyTorch's training step (a) in fp32, TF32 and bf16. OUT/layout.txt says which
 #         layout went on and why. What is left of CORE_BUDGET seconds (default 560, a
 #         device call's 600 s less a margin) then goes to (b), (c), (d) and (e) in that
-#         layout (row `rest`; each case's row is kept as it ends), and what is left after
-#         them to bench/profile_step.sh on the same caches (OUT/profile.txt, printed last).
+#         layout (row `rest`; each case's row is kept as it ends), what is left after
+#         them to bench/profile_step.sh on the same caches (OUT/profile.txt, printed last),
+#         and what is left then to (a) and (c) in bf16 (row `bf16`).
 #   more  PyTorch's convolutions layer by layer in TF32 (bench/compare_convs.py sets them
 #         against ours); bf16: convolutions (ours and PyTorch's), then (a) and (c) with the
 #         plan; the add-on step (b), k-means (d) and KNN (e); PyTorch's features (c).
@@ -142,6 +143,11 @@ if [ "$PART" = core ] || [ "$PART" = all ]; then
         SCA="$SCA" LIMIT=$(((left - 5) / 2)) CACHE="$CACHE" bash bench/profile_step.sh "$OUT/profile" --conv gemm \
             --precision f32 ${layout[@]+"${layout[@]}"} > "$OUT/profile.txt" 2>&1
         echo "profile: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/runs.txt"
+    fi
+    # Then bf16 (a) and (c) in that layout (its kernels compile cold: the plan is f32's).
+    left=$((${CORE_BUDGET:-560} - SECONDS))
+    if [ "$PART" = core ] && [ "$left" -ge 90 ]; then
+        ours bf16 "$left" --only a,c --conv gemm --precision bf16 --steps 5 ${layout[@]+"${layout[@]}"}
     fi
 fi
 if [ "$PART" = more ] || [ "$PART" = all ]; then

@@ -101,9 +101,9 @@ fn core_goes_on_in_the_layout_whose_warm_step_was_faster() {
         let s = core_session(&dir, nchw, nhwc, 560);
         assert!(s.layout.starts_with(&format!("{pick}: ")), "{nchw} vs {nhwc}: {}", s.layout);
         // cold (NCHW), nhwc, the convolution benchmark, the plan run, and in the time left
-        // the other cases and the profile's two runs of (a) and (c): in that order.
+        // the other cases, the profile's two runs of (a) and (c) and bf16: in that order.
         let sca: Vec<&String> = s.calls.iter().collect();
-        assert_eq!(sca.len(), 7, "{sca:?}");
+        assert_eq!(sca.len(), 8, "{sca:?}");
         assert!(sca[0].starts_with("bench gpu ") && sca[0].contains("--json ") && sca[0].contains("sca-cold.json"), "{}", sca[0]);
         assert!(sca[0].ends_with("--nchw") && sca[1].contains("sca-nhwc.json") && sca[1].ends_with("--channels-last"), "{sca:?}");
         assert!(sca[2].starts_with("bench convs ") && sca[3].contains("sca-plan.json"), "{sca:?}");
@@ -112,6 +112,7 @@ fn core_goes_on_in_the_layout_whose_warm_step_was_faster() {
         let cache = format!("--gpu-cache {}", dir.join("out/cubecl").display());
         assert!(sca[5..].iter().all(|c| c.starts_with("bench gpu ") && c.contains("--only a,c") && c.contains(&cache)), "{sca:?}");
         assert!(sca[6].contains("profile/run.json"), "{sca:?}");
+        assert!(sca[7].contains("sca-bf16.json") && sca[7].contains("--precision bf16"), "{sca:?}");
         assert!(s.stdout.contains("per-kernel profile (profile/):"), "{}", s.stdout);
         for call in &sca[2..] {
             assert_eq!(call.contains("--channels-last"), pick == "nhwc", "{nchw} vs {nhwc}: {call}");
@@ -143,7 +144,7 @@ fn core_goes_on_in_the_layout_whose_warm_step_was_faster() {
     std::fs::write(&plan, r#"{"device": "fake", "shapes": {}}"#).unwrap();
     let s = core_session_with(&tmp.path().join("planned"), "1157.0", "950.5", 560, &[("PLAN", &plan)]);
     assert!(s.calls.iter().all(|c| !c.starts_with("bench convs")), "{:?}", s.calls);
-    assert_eq!(s.calls.len(), 6, "cold, nhwc, plan, rest and the profile's two: {:?}", s.calls);
+    assert_eq!(s.calls.len(), 7, "cold, nhwc, plan, rest, the profile's two and bf16: {:?}", s.calls);
     assert!(s.stdout.contains("convs f32: skipped, the plan is "), "{}", s.stdout);
     let cached = std::fs::read_to_string(tmp.path().join("planned/out/cubecl/conv-plan.json")).unwrap();
     assert!(cached.contains("fake"), "{cached}");
