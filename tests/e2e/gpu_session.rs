@@ -149,3 +149,67 @@ fn core_goes_on_in_the_layout_whose_warm_step_was_faster() {
     let cached = std::fs::read_to_string(tmp.path().join("planned/out/cubecl/conv-plan.json")).unwrap();
     assert!(cached.contains("fake"), "{cached}");
 }
+
+/// A stand-in `sca` for bench/profile_step.sh: logs its working directory and arguments; in
+/// the profiled run (a cubecl.toml in its working directory) it writes kernel lines to the
+/// profile log the file names, as CubeCL's profiler does, around the phase messages of
+/// `sca bench gpu`: a warm-up kernel, two timed steps of three kernels, two phase-timed steps
+/// of another, then three feature batches of one. Each message waits for the script's reader.
+const FAKE_PROFILED_SCA: &str = r#"#!/usr/bin/env bash
+echo "$PWD $*" >> "$FAKE_CALLS"
+[ -f cubecl.toml ] || exit 0
+prof=$(sed -n 's/^file = "\(.*profile.log\)"$/\1/p' cubecl.toml)
+k() { echo "| $1 | $2" >> "$prof"; }
+mark() { echo "$1"; sleep 0.3; }
+k 9.000ms WarmUpKernel
+mark "(a) case: warm-up optimiser 0.0 s"
+for s in 1 2; do k 2.000ms KernelA; k 500.000us KernelB; k 1.500ms KernelB; done
+mark "(a) case: 10.0 ms/step"
+for s in 1 2; do k 50.000ms PhaseStepKernel; done
+mark "(a) case: phases of a warm step (device waited on after each): forward 1.0 ms"
+mark 'done: {"case": "(a)"}'
+for b in 1 2 3; do k 3.000ms KernelD; done
+mark 'done: {"case": "(c)"}'
+"#;
+
+/// bench/profile_step.sh counts the two timed steps of (a) (not the warm-up, not the
+/// phase-timed steps after them) and the three batches of (c), per step; both runs use the
+/// cache it is given; the profiled run's cubecl.toml is in a directory of its own.
+#[test]
+fn the_profile_counts_the_timed_steps_per_step() {
+    if !python3_runs() {
+        eprintln!("skipping: bench/profile_step.sh needs python3");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sca = tmp.path().join("sca");
+    std::fs::write(&sca, FAKE_PROFILED_SCA).unwrap();
+    std::fs::set_permissions(&sca, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (out, cache, calls) = (tmp.path().join("prof"), tmp.path().join("cache"), tmp.path().join("calls.txt"));
+    let root = std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).unwrap();
+    let o = Command::new("bash")
+        .current_dir(&root)
+        .arg("bench/profile_step.sh")
+        .arg(&out)
+        .args(["--conv", "gemm"])
+        .env("SCA", &sca)
+        .env("CACHE", &cache)
+        .env("FAKE_CALLS", &calls)
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    // Per step: KernelA 2 ms once, KernelB 0.5 + 1.5 ms; the (c) kernel 3 ms a batch.
+    assert!(stdout.contains("(a) training step: 4.0 ms of kernel time per step, 3 launches per step"), "{stdout}");
+    assert!(stdout.contains("2.00 ms  50.0 %  x1     KernelA") && stdout.contains("2.00 ms  50.0 %  x2     KernelB"), "{stdout}");
+    assert!(!stdout.contains("PhaseStepKernel") && !stdout.contains("WarmUpKernel"), "{stdout}");
+    assert!(stdout.contains("(c) feature batch (first batch included): 3.0 ms of kernel time per step, 1 launches per step"), "{stdout}");
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let cache = std::fs::canonicalize(&cache).unwrap();
+    assert!(calls.iter().all(|c| c.contains(&format!("--gpu-cache {} ", cache.display())) && c.ends_with("--conv gemm")), "{calls:?}");
+    let profiled_dir = calls[1].split(' ').next().unwrap();
+    assert!(!Path::new(profiled_dir).starts_with(&root), "the profiled run ran in the checkout: {profiled_dir}");
+    assert!(!root.join("cubecl.toml").exists() && !Path::new(profiled_dir).exists(), "a cubecl.toml was left behind");
+}
