@@ -53,8 +53,7 @@ fn core_session_with(dir: &Path, nchw_ms: &str, nhwc_ms: &str, budget: u32, vars
     std::fs::create_dir_all(&bin).unwrap();
     let executable = |name: &str, text: &str| {
         let path = bin.join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        write_executable(&path, text);
         path
     };
     let sca = executable("sca", FAKE_SCA);
@@ -85,14 +84,24 @@ fn core_session_with(dir: &Path, nchw_ms: &str, nhwc_ms: &str, budget: u32, vars
     Session { layout: read(&out.join("layout.txt")), calls: read(&calls).lines().map(String::from).collect(), stdout, stderr }
 }
 
-fn python3_runs() -> bool {
-    Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success())
+/// Whether `script` cannot run here for want of python3 (said, so the test can skip).
+fn lacks_python3(script: &str) -> bool {
+    let runs = Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !runs {
+        eprintln!("skipping: {script} needs python3");
+    }
+    !runs
+}
+
+/// Writes `text` to `path` as an executable script.
+fn write_executable(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 }
 
 #[test]
 fn core_goes_on_in_the_layout_whose_warm_step_was_faster() {
-    if !python3_runs() {
-        eprintln!("skipping: bench/gpu_session.sh needs python3");
+    if lacks_python3("bench/gpu_session.sh") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -177,14 +186,12 @@ mark 'done: {"case": "(c)"}'
 /// cache it is given; the profiled run's cubecl.toml is in a directory of its own.
 #[test]
 fn the_profile_counts_the_timed_steps_per_step() {
-    if !python3_runs() {
-        eprintln!("skipping: bench/profile_step.sh needs python3");
+    if lacks_python3("bench/profile_step.sh") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let sca = tmp.path().join("sca");
-    std::fs::write(&sca, FAKE_PROFILED_SCA).unwrap();
-    std::fs::set_permissions(&sca, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_executable(&sca, FAKE_PROFILED_SCA);
     let (out, cache, calls) = (tmp.path().join("prof"), tmp.path().join("cache"), tmp.path().join("calls.txt"));
     let root = std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).unwrap();
     let o = Command::new("bash")
