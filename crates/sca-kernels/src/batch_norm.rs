@@ -223,11 +223,44 @@ mod kernel {
         g
     }
 
-    /// `Σ (v − m)²` over a vector's values.
+    /// This unit's share of the sum over channel `c`'s values in `[start, end)` of `x`: of
+    /// the values, or with `squared` of their squared deviations from `m`. Four loads are in
+    /// flight per unit (four running sums): with one, the H200 read the moments' input at
+    /// under half its bandwidth, the other passes (two or three loads each) nearer it.
     #[cube]
-    fn squared_deviation<N: Size>(v: Vector<f32, N>, m: f32) -> f32 {
-        let d = v - Vector::new(m);
-        lanes_total(d * d)
+    #[allow(clippy::too_many_arguments)]
+    fn part_sum<N: Size>(x: &Tensor<Vector<f32, N>>, start: usize, end: usize, c: usize, channels: usize, len: usize, live: bool, m: f32, #[comptime] squared: bool, #[comptime] last: bool) -> f32 {
+        // How many values of a channel one pass of the cube covers (see [`first_value`]).
+        let step = comptime!(if last { ROW_LANES } else { UNITS });
+        let mut s0 = 0.0f32;
+        let mut s1 = 0.0f32;
+        let mut s2 = 0.0f32;
+        let mut s3 = 0.0f32;
+        let mut e = first_value(start, last);
+        while e + 3 * step < end && live {
+            s0 += summand(x[value_at(e, c, channels, len, last)], m, squared);
+            s1 += summand(x[value_at(e + step, c, channels, len, last)], m, squared);
+            s2 += summand(x[value_at(e + 2 * step, c, channels, len, last)], m, squared);
+            s3 += summand(x[value_at(e + 3 * step, c, channels, len, last)], m, squared);
+            e += 4 * step;
+        }
+        while e < end && live {
+            s0 += summand(x[value_at(e, c, channels, len, last)], m, squared);
+            e += step;
+        }
+        (s0 + s1) + (s2 + s3)
+    }
+
+    /// A vector's part of [`part_sum`]: the sum of its values, or with `squared` of their
+    /// squared deviations from `m`.
+    #[cube]
+    fn summand<N: Size>(v: Vector<f32, N>, m: f32, #[comptime] squared: bool) -> f32 {
+        let mut d = v;
+        if squared {
+            d = v - Vector::new(m);
+            d = d * d;
+        }
+        lanes_total(d)
     }
 
     /// The sum of a vector's values.
@@ -402,47 +435,10 @@ mod kernel {
         let splits = CUBE_COUNT_Y as usize;
         let start = part_start(per_channel);
         let end = part_end(per_channel);
-        // How many values of a channel one pass of the cube covers (see [`first_value`]).
-        let step = comptime!(if last { ROW_LANES } else { UNITS });
         let mut shared = SharedMemory::<f32>::new(UNITS);
-        // Both passes keep four loads in flight per unit (four running sums): with one, the
-        // H200 read the moments' input at under half its bandwidth, the other passes (two
-        // or three loads each) nearer it.
-        let mut s0 = 0.0f32;
-        let mut s1 = 0.0f32;
-        let mut s2 = 0.0f32;
-        let mut s3 = 0.0f32;
-        let mut e = first_value(start, last);
-        while e + 3 * step < end && live {
-            s0 += lanes_total(x[value_at(e, c, channels, len, last)]);
-            s1 += lanes_total(x[value_at(e + step, c, channels, len, last)]);
-            s2 += lanes_total(x[value_at(e + 2 * step, c, channels, len, last)]);
-            s3 += lanes_total(x[value_at(e + 3 * step, c, channels, len, last)]);
-            e += 4 * step;
-        }
-        while e < end && live {
-            s0 += lanes_total(x[value_at(e, c, channels, len, last)]);
-            e += step;
-        }
         let n = f32::cast_from((end - start) * x.vector_size());
-        let m = channel_sum((s0 + s1) + (s2 + s3), &mut shared, last) / n;
-        let mut q0 = 0.0f32;
-        let mut q1 = 0.0f32;
-        let mut q2 = 0.0f32;
-        let mut q3 = 0.0f32;
-        let mut e = first_value(start, last);
-        while e + 3 * step < end && live {
-            q0 += squared_deviation(x[value_at(e, c, channels, len, last)], m);
-            q1 += squared_deviation(x[value_at(e + step, c, channels, len, last)], m);
-            q2 += squared_deviation(x[value_at(e + 2 * step, c, channels, len, last)], m);
-            q3 += squared_deviation(x[value_at(e + 3 * step, c, channels, len, last)], m);
-            e += 4 * step;
-        }
-        while e < end && live {
-            q0 += squared_deviation(x[value_at(e, c, channels, len, last)], m);
-            e += step;
-        }
-        let m2 = channel_sum((q0 + q1) + (q2 + q3), &mut shared, last);
+        let m = channel_sum(part_sum(x, start, end, c, channels, len, live, 0.0, false, last), &mut shared, last) / n;
+        let m2 = channel_sum(part_sum(x, start, end, c, channels, len, live, m, true, last), &mut shared, last);
         if writes_channel(c, channels, last) {
             if split {
                 let slot = c * splits + CUBE_POS_Y as usize;
