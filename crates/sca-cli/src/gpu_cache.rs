@@ -99,12 +99,12 @@ pub fn shipped_plan(gpu: Option<&str>) -> Option<(sca_kernels::plan::ConvPlan, &
 /// directory's if there is one, else the one shipped for the card if there is one. Says
 /// which on stderr.
 fn install_plan(r: &Requested, gpu: Option<&str>) -> anyhow::Result<()> {
-    if let (None, Some((plan, file))) = (plan_path(r), shipped_plan(gpu)) {
-        eprintln!("convolution kernels: plan {file}, shipped for this card ({} shapes, measured at batch {})", plan.shapes.len(), plan.batch);
-        sca_kernels::plan::use_plan(plan);
-        return Ok(());
-    }
     let Some(path) = plan_path(r) else {
+        if let Some((plan, file)) = shipped_plan(gpu) {
+            eprintln!("convolution kernels: plan {file}, shipped for this card ({} shapes, measured at batch {})", plan.shapes.len(), plan.batch);
+            sca_kernels::plan::use_plan(plan);
+            return Ok(());
+        }
         use sca_kernels::plan::{ConvKernel, Pass};
         let passes: Vec<String> = Pass::ALL.iter().map(|&p| format!("{p} {}", ConvKernel::built_in(p))).collect();
         eprintln!("convolution kernels: built-in ({}; `sca bench convs` measures a plan)", passes.join(", "));
