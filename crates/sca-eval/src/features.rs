@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use sca_backbone::ResNet;
 use sca_data::{eval_batches, num_eval_batches, DataError, Dataset, EvalTransform, ImageBatch, Subset};
 use sca_dist::Replica;
@@ -12,8 +12,7 @@ use crate::knn::{l2_normalize, weighted_knn, KnnResult};
 
 /// An [`ImageBatch`] as a tensor on `device`.
 pub fn image_tensor<B: Backend>(images: ImageBatch, device: &B::Device) -> Tensor<B, 4> {
-    let shape = images.shape;
-    Tensor::from_data(TensorData::new(images.data, shape), device)
+    sca_kernels::upload(images.data, images.shape, device)
 }
 
 /// Pooled features `[len, D]` of every image of `ds` in index order (as they come from
@@ -119,7 +118,7 @@ pub fn knn_eval_across<B: Backend>(
     let (n, mine) = (train_ds.len(), replica.shard(train_ds.len()));
     let rows = mine.start * d..mine.end * d;
     let bank = replica.assemble(n * d, rows, &sca_dist::to_vec(bank_part));
-    let bank = Tensor::<B, 1>::from_data(TensorData::new(bank, [n * d]), device).reshape([n, d]);
+    let bank = sca_kernels::upload(bank, [n, d], device);
     let labels: Vec<f32> = bank_part_labels.iter().map(|&l| l as f32).collect();
     let bank_labels: Vec<usize> = replica.assemble(n, mine, &labels).into_iter().map(|l| l as usize).collect();
     let (queries, query_labels) = share(&test_ds)?;

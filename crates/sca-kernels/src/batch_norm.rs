@@ -34,7 +34,6 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -804,7 +803,7 @@ fn channel_vector<R: CubeRuntime>(x: &CubeTensor<R>, layout: Layout) -> usize {
 }
 
 fn per_channel<R: CubeRuntime>(like: &CubeTensor<R>, channels: usize) -> CubeTensor<R> {
-    empty_device_dtype(like.client.clone(), like.device.clone(), Shape::new([channels]), DType::F32)
+    crate::cube_util::empty_dense(like, Shape::new([channels]), DType::F32)
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormKernels for CubeBackend<R, F, I, BT> {

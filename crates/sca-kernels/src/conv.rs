@@ -23,7 +23,6 @@ use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{DType, FloatDType, Shape, Slice, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::ops::{permute_nchw_to_nhwc_shape, permute_nhwc_to_nchw};
 use burn_cubecl::cubecl::prelude::TensorBinding;
 use burn_cubecl::tensor::CubeTensor;
@@ -280,7 +279,7 @@ fn launch_nchw<R: CubeRuntime>(
     dtypes: MatmulElems,
     inputs: impl FnOnce(TensorBinding<R>) -> ConvolutionInputs<R>,
 ) -> Result<CubeTensor<R>, ConvSetupError> {
-    let out = empty_device_dtype(like.client.clone(), like.device.clone(), permute_nchw_to_nhwc_shape(out_shape), like.dtype);
+    let out = crate::cube_util::empty_dense(like, permute_nchw_to_nhwc_shape(out_shape), like.dtype);
     launch(kernel, &like.client, inputs(out.clone().binding()), options, dtypes)?;
     Ok(if channels_last() { permute_nhwc_to_nchw(out) } else { to_channels_first(out) })
 }

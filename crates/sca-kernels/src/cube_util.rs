@@ -1,10 +1,23 @@
-//! Pieces shared by this crate's CubeCL kernels: a sum over a cube's units, and the 2-D grid
-//! of cubes that lays out more cubes than one grid dimension holds.
+//! Pieces shared by this crate's CubeCL kernels: a sum over a cube's units, the 2-D grid
+//! of cubes that lays out more cubes than one grid dimension holds, and dense outputs.
 
+use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
+
+/// A new tensor on `like`'s device whose `shape` is stored densely, row-major: every kernel
+/// of this crate writes its outputs by their place in memory. Burn's `empty_device*` ask
+/// CubeCL for its "optimized" layout instead, which on CUDA (not on wgpu or the CPU) pads
+/// each row, the last dimension, to an aligned pitch: a `[64, 64, 3, 3]` weight keeps rows
+/// of 4 floats for 3, an `[N, C, 56, 56]` activation rows of 64 for 56. A kernel that wrote
+/// such an output by memory position would have it read back scrambled
+/// (`tests/dense_outputs.rs`).
+pub(crate) fn empty_dense<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
+    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, dtype)
+}
 
 /// Cubes per grid dimension that every runtime accepts (wgpu's limit; CUDA's y and z).
 const GRID_SIDE: usize = 65_535;

@@ -17,7 +17,6 @@ use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{FloatDType, Shape, Slice, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::cubecl::prelude::CubeDim;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::conv::output_size;
@@ -229,7 +228,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Im2col for
         let [n, c, h, w] = x.shape().dims::<4>();
         let [oh, ow] = output_size([h, w], k, o);
         let x = crate::layout::into_layout(x, crate::layout::Layout::ChannelsLast);
-        let out = empty_device_dtype(x.client.clone(), x.device.clone(), Shape::new([n * oh * ow, k[0] * k[1] * c]), x.dtype);
+        let out = crate::cube_util::empty_dense(&x, Shape::new([n * oh * ow, k[0] * k[1] * c]), x.dtype);
         if out.shape().num_elements() == 0 {
             return out;
         }
@@ -268,7 +267,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Im2col for
             return x.reshape([n, c, h * w]).into_primitive().tensor();
         }
         let x = into_contiguous(x);
-        let out = empty_device_dtype(x.client.clone(), x.device.clone(), Shape::new([groups, ck, per * l]), x.dtype);
+        let out = crate::cube_util::empty_dense(&x, Shape::new([groups, ck, per * l]), x.dtype);
         if out.shape().num_elements() == 0 {
             return out;
         }

@@ -12,7 +12,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -157,9 +156,9 @@ fn lars_step_on<R: CubeRuntime>(
     step: &LarsStep,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
     let (p, g) = (into_contiguous(p), into_contiguous(g));
-    let (client, device) = (p.client.clone(), p.device.clone());
+    let client = p.client.clone();
     let n = p.shape().num_elements();
-    let empty = |shape: Shape| empty_device_dtype(client.clone(), device.clone(), shape, DType::F32);
+    let empty = |shape: Shape| crate::cube_util::empty_dense(&p, shape, DType::F32);
     // Both squared norms: partial sums of up to 1,024 cubes (added up by the update kernel).
     let partial = if step.lars {
         let cubes = n.div_ceil(kernel::UNITS * 16).clamp(1, 1024);

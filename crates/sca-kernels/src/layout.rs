@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::ops::{permute, permute_nchw_to_nhwc, permute_nhwc_to_nchw};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
@@ -108,7 +107,7 @@ mod kernel {
 pub fn pad_channels_last<R: CubeRuntime>(t: CubeTensor<R>, channels: usize) -> CubeTensor<R> {
     let [n, c, h, w] = t.shape().dims::<4>();
     assert!(channels >= c, "pad_channels_last: {channels} channels cannot hold {c}");
-    let out = empty_device_dtype(t.client.clone(), t.device.clone(), Shape::new([n, h, w, channels]), t.dtype);
+    let out = crate::cube_util::empty_dense(&t, Shape::new([n, h, w, channels]), t.dtype);
     let count = n * h * w * channels;
     if count > 0 {
         let dtype = t.dtype;
@@ -130,7 +129,7 @@ pub fn transpose_on<R: CubeRuntime>(t: CubeTensor<R>, [batches, rows, cols]: [us
     assert!(t.is_contiguous(), "transpose_on reads a contiguous tensor");
     assert_eq!(t.shape().num_elements(), batches * rows * cols, "transpose_on: shape {:?} is not {batches} × {rows} × {cols}", t.shape());
     assert_eq!(out_shape.num_elements(), batches * rows * cols, "transpose_on: output shape {out_shape:?}");
-    let out = empty_device_dtype(t.client.clone(), t.device.clone(), out_shape, t.dtype);
+    let out = crate::cube_util::empty_dense(&t, out_shape, t.dtype);
     if batches * rows * cols == 0 {
         return out;
     }
@@ -271,7 +270,7 @@ pub fn into_layout<R: CubeRuntime>(t: CubeTensor<R>, layout: Layout) -> CubeTens
 /// A new tensor of `shape` and `dtype` on `like`'s device, its memory in `layout`.
 pub fn empty_in<R: CubeRuntime>(layout: Layout, like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
     let order = memory_order(layout, shape.num_dims());
-    permute(empty_device_dtype(like.client.clone(), like.device.clone(), stored_shape(&shape, &order), dtype), &inverse(&order))
+    permute(crate::cube_util::empty_dense(like, stored_shape(&shape, &order), dtype), &inverse(&order))
 }
 
 /// `shape`'s sizes in the memory order `order` (outermost first): the shape of the

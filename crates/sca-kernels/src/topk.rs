@@ -19,7 +19,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Int, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::cubecl::prelude::CubeDim;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -191,9 +190,9 @@ pub fn row_topk_on<R: CubeRuntime>(x: CubeTensor<R>, k: usize, index_dtype: DTyp
     assert_eq!(x.dtype, DType::F32, "row_topk_on selects among f32 values");
     assert!(k <= n && k <= u32::MAX as usize, "k = {k} of a row of {n}");
     let x = into_contiguous(x);
-    let (client, device) = (x.client.clone(), x.device.clone());
-    let values = empty_device_dtype(client.clone(), device.clone(), Shape::new([rows, k]), DType::F32);
-    let columns = empty_device_dtype(client.clone(), device, Shape::new([rows, k]), index_dtype);
+    let client = x.client.clone();
+    let values = crate::cube_util::empty_dense(&x, Shape::new([rows, k]), DType::F32);
+    let columns = crate::cube_util::empty_dense(&x, Shape::new([rows, k]), index_dtype);
     if rows == 0 || k == 0 {
         return (values, columns);
     }

@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use sca_attention::{AddOn, AddOnConfig};
 use sca_backbone::{ResNet, ResNetConfig};
@@ -82,5 +82,5 @@ pub fn addon_config(cfg: &TrainConfig, stage_channels: [usize; 4]) -> AddOnConfi
 
 /// An [`ImageBatch`] (NCHW, normalised) as a tensor on `device`.
 pub fn to_tensor<B: Backend>(batch: ImageBatch, device: &B::Device) -> Tensor<B, 4> {
-    Tensor::from_data(TensorData::new(batch.data, batch.shape), device)
+    sca_kernels::upload(batch.data, batch.shape, device)
 }
