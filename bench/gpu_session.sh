@@ -25,6 +25,10 @@
 #         against ours); bf16: convolutions (ours and PyTorch's), then (a) and (c) with the
 #         plan; the add-on step (b), k-means (d) and KNN (e); PyTorch's features (c).
 #   profile  bench/profile_step.sh under OUT/profile: per-kernel time of the timed steps.
+#   check  `sca check-device`: four ResNet-50 training steps on the GPU and on the CPU from
+#         one start, compared (losses, each weight's update, features, top-k); the GPU's
+#         figures mean little where it does not compute what the CPU does. OUT/parity.json,
+#         OUT/check-device.log (its table printed last). Run it first in a fresh session.
 #
 # PLAN=FILE starts the cache with that convolution plan (e.g. one an earlier session measured
 # on the same card, configs/conv-plans/): a `more` run in a fresh session then has its plan,
@@ -157,6 +161,12 @@ if [ "$PART" = more ] || [ "$PART" = all ]; then
     ours bf16 120 --only a,c --conv gemm --precision bf16 --steps 5 ${layout[@]+"${layout[@]}"}
     ours rest 150 --only b,d,e --conv gemm --precision f32 ${layout[@]+"${layout[@]}"}
     torch features 60 --cases features
+fi
+
+if [ "$PART" = check ]; then
+    limited "check-device" "${CHECK_LIMIT:-300}" "$OUT/check-device.log" "$SCA" check-device --device cuda --autotune minimal \
+        --gpu-cache "$CACHE" --json "$OUT/parity.json"
+    tail -n 20 "$OUT/check-device.log"
 fi
 
 if [ "$PART" = profile ]; then

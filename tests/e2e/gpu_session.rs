@@ -220,3 +220,32 @@ fn the_profile_counts_the_timed_steps_per_step() {
     assert!(!Path::new(profiled_dir).starts_with(&root), "the profiled run ran in the checkout: {profiled_dir}");
     assert!(!root.join("cubecl.toml").exists() && !Path::new(profiled_dir).exists(), "a cubecl.toml was left behind");
 }
+
+#[test]
+fn check_compares_the_gpu_with_the_cpu_under_its_limit() {
+    if lacks_python3("bench/gpu_session.sh") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    write_executable(&bin.join("sca"), "#!/bin/sh\necho \"$*\" >> \"$FAKE_CALLS\"\necho 'the GPU agrees with the CPU (tolerance 0.05)'\n");
+    write_executable(&bin.join("nvidia-smi"), "#!/bin/sh\necho 'Fake GPU, 1 MiB, 0'\n");
+    let (out, calls) = (dir.path().join("out"), dir.path().join("calls.txt"));
+    let o = Command::new("bash")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .args(["bench/gpu_session.sh", out.to_str().unwrap(), "check"])
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("SCA", bin.join("sca"))
+        .env("FAKE_CALLS", &calls)
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    let want = format!("check-device --device cuda --autotune minimal --gpu-cache {0}/cubecl --json {0}/parity.json\n", out.display());
+    assert_eq!(calls, want, "one call, nothing else measured");
+    assert!(stdout.contains("the GPU agrees with the CPU"), "its table is printed: {stdout}");
+    let runs = std::fs::read_to_string(out.join("runs.txt")).unwrap();
+    assert!(runs.starts_with("check-device: exit 0 after "), "{runs}");
+}

@@ -439,3 +439,22 @@ fn convolution_benchmark_resumes_where_a_run_ended() {
     let err = run_err(c);
     assert!(err.contains("cut.json is not JSON (truncated?)"), "{err}");
 }
+
+/// `check-device` compares a GPU with the CPU: on the CPU it says there is nothing to compare
+/// (and with `auto` on a machine without the driver, that it found none).
+#[test]
+fn check_device_needs_a_gpu() {
+    let mut c = sca();
+    c.args(["check-device", "--device", "cpu"]);
+    let err = run_err(c);
+    assert!(err.contains("--device cpu leaves nothing to compare"), "{err}");
+    if !std::path::Path::new("/usr/lib/x86_64-linux-gnu/libcuda.so.1").exists() {
+        let mut c = sca();
+        c.args(["check-device"]);
+        let err = run_err(c);
+        assert!(err.contains("--device auto found no NVIDIA driver"), "{err}");
+    }
+    let mut c = sca();
+    c.args(["check-device", "--device", "cpu", "--size", "0"]);
+    assert!(run_err(c).contains("must be at least 1"));
+}

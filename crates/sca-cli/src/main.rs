@@ -48,6 +48,8 @@ enum Command {
     CamMetrics(cmd::eval::CamArgs),
     /// Export a backbone for torchvision and Detectron2.
     Export(cmd::export::Args),
+    /// Train a few steps on the GPU and on the CPU from one start and compare them.
+    CheckDevice(cmd::check::Args),
     /// Throughput benchmarks (training step, add-on share, k-means, the GPU set, convolution kernels).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -67,6 +69,7 @@ fn main() {
         Command::CamMetrics(args) => cmd::eval::run_cam(args),
         Command::Export(args) => cmd::export::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::CheckDevice(args) => cmd::check::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -15,6 +15,7 @@ pub mod config;
 pub mod dist;
 pub mod loss_scale;
 pub mod model;
+pub mod parity;
 pub mod trainer;
 
 pub use config::TrainConfig;

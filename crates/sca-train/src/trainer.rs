@@ -21,7 +21,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde_json::json;
 
 use sca_backbone::resnet::global_avg_pool;
-use sca_data::{Dataset, EvalTransform, LoaderConfig, Shard, TrainBatch};
+use sca_data::{Dataset, EvalTransform, ImageBatch, LoaderConfig, Shard, TrainBatch};
 use sca_dist::{Replica, TrackedSum};
 use sca_engine::swav::{SwavQueue, SwavQueueData};
 use sca_optim::lars::{Lars, LarsConfig};
@@ -635,6 +635,12 @@ impl<B: TrackedSum> Trainer<B> {
     /// The backbone alone, torchvision-named: what pretraining hands to evaluation.
     pub fn backbone_safetensors(&self) -> Vec<u8> {
         self.model.valid().backbone.to_safetensors()
+    }
+
+    /// The backbone's pooled features of `images` (inference mode), row-major `[N, D]`.
+    pub fn pooled_features(&self, images: ImageBatch) -> Vec<f32> {
+        let f = self.model.valid().backbone.forward_features(to_tensor(images, &self.device));
+        f.into_data().convert::<f32>().to_vec::<f32>().expect("f32 features")
     }
 
     pub fn eval_transform(&self) -> EvalTransform {

@@ -73,14 +73,25 @@ fn a_run_on_cubecl_gives_the_cpu_runs_losses() {
     // Channels-last activations: ResNet-50 with its full stem, whose max pool hands on
     // channels-last memory; from there every convolution runs on rows of channels and
     // leaves its result channels-last, batch norm runs its channels-last kernels both ways,
-    // and the residual ends meet both layouts.
-    let mut cfg = config();
+    // and the residual ends meet both layouts. This is the run `sca check-device` compares
+    // on a GPU (one epoch of it here), through the same comparison.
+    let mut o = sca_train::parity::check_overrides(16);
+    o.push("model.conv=gemm".into());
+    let mut cfg = sca_train::config::parse(DEFAULT, "default.json", &o).unwrap();
     cfg.epochs = 1;
-    cfg.model.arch = sca_backbone::Arch::ResNet50;
-    cfg.model.small_stem = false;
     assert!(cfg.model.channels_last);
-    let got = same_losses(cfg, device);
-    assert_eq!(got, 2, "1 epoch of 8 images in batches of 4");
+    let parity = sca_train::parity::compare_with_cpu::<Gpu>(cfg, data(), device).unwrap();
+    assert_eq!(parity.steps.len(), 2, "1 epoch of 8 images in batches of 4");
+    for s in &parity.steps {
+        eprintln!("step {}: loss {} (cpu {})", s.step, s.device, s.cpu);
+    }
+    for t in parity.tensors.iter().take(5) {
+        eprintln!("{}: update error {:.2e}", t.name, t.update_error);
+    }
+    eprintln!("features {:.2e}, top-k mismatches {}", parity.features, parity.top_k_mismatches);
+    assert_eq!(parity.tensors.len(), 53 * 5, "53 convolution weights and 53 batch norms of four tensors (their batch counters left out)");
+    let failures = parity.failures(1e-3);
+    assert!(failures.is_empty(), "wgpu against the CPU:\n{}", failures.join("\n"));
 }
 
 /// Trains `cfg` on Flex and on wgpu from the same start, asserts that every step's loss

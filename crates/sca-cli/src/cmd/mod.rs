@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap `Args` and a `run` function.
 pub mod bench;
 pub mod bench_convs;
+pub mod check;
 pub mod data;
 pub mod eval;
 pub mod export;
