@@ -24,12 +24,48 @@ use crate::{Observer, RunEnd, StepMetrics, TrainConfig, TrainError, Trainer};
 
 type Cpu = Autodiff<Flex>;
 
-/// One step's loss on the device and on the CPU.
+/// One loss term of one step on the device and on the CPU.
+#[derive(Clone, Debug, Serialize)]
+pub struct TermParity {
+    /// `total`, `ssl`, `attention_mse` or `cluster_ce`.
+    pub term: &'static str,
+    pub device: f64,
+    pub cpu: f64,
+}
+
+impl TermParity {
+    /// `|device − cpu| / |cpu|`.
+    pub fn relative(&self) -> f64 {
+        (self.device - self.cpu).abs() / self.cpu.abs().max(1e-6)
+    }
+}
+
+/// One step's loss terms on the device and on the CPU (the add-on's where either ran it).
 #[derive(Clone, Debug, Serialize)]
 pub struct StepParity {
     pub step: usize,
-    pub device: f64,
-    pub cpu: f64,
+    /// `total` first.
+    pub terms: Vec<TermParity>,
+}
+
+impl StepParity {
+    fn of(device: &StepMetrics, cpu: &StepMetrics) -> StepParity {
+        let both = [("total", Some(device.loss), Some(cpu.loss)), ("ssl", Some(device.loss_ssl), Some(cpu.loss_ssl))];
+        let addon = [("attention_mse", device.loss_mu, cpu.loss_mu), ("cluster_ce", device.loss_cls, cpu.loss_cls)];
+        let terms = both
+            .into_iter()
+            .chain(addon)
+            .filter(|(_, d, c)| d.is_some() || c.is_some())
+            // A term on one side only compares against NaN, which no tolerance accepts.
+            .map(|(term, d, c)| TermParity { term, device: d.unwrap_or(f64::NAN), cpu: c.unwrap_or(f64::NAN) })
+            .collect();
+        StepParity { step: device.step, terms }
+    }
+
+    /// The total loss on the device and on the CPU.
+    pub fn total(&self) -> &TermParity {
+        &self.terms[0]
+    }
 }
 
 /// One backbone tensor after the run: `‖device − cpu‖ / ‖cpu − start‖` (its update's error).
@@ -52,9 +88,9 @@ pub struct Parity {
 }
 
 impl Parity {
-    /// The largest relative difference of a step's loss.
+    /// The largest relative difference of a step's loss term.
     pub fn worst_loss(&self) -> f64 {
-        self.steps.iter().map(|s| (s.device - s.cpu).abs() / s.cpu.abs().max(1e-6)).fold(0.0, f64::max)
+        self.steps.iter().flat_map(|s| &s.terms).map(TermParity::relative).fold(0.0, f64::max)
     }
 
     /// The largest [`TensorParity::update_error`].
@@ -67,9 +103,8 @@ impl Parity {
     pub fn failures(&self, tolerance: f64) -> Vec<String> {
         let mut out = Vec::new();
         for s in &self.steps {
-            let rel = (s.device - s.cpu).abs() / s.cpu.abs().max(1e-6);
-            if !(rel <= tolerance) {
-                out.push(format!("step {}: loss {} on the device, {} on the CPU (relative difference {rel:.2e})", s.step, s.device, s.cpu));
+            for t in s.terms.iter().filter(|t| !(t.relative() <= tolerance)) {
+                out.push(format!("step {}: {} loss {} on the device, {} on the CPU (relative difference {:.2e})", s.step, t.term, t.device, t.cpu, t.relative()));
             }
         }
         for t in self.tensors.iter().filter(|t| !(t.update_error <= tolerance)) {
@@ -131,7 +166,10 @@ pub fn compare_with_cpu<G: TrackedSum>(cfg: TrainConfig, data: Arc<dyn Dataset>,
     let mut got = Losses::default();
     finished(dev.run(&mut got)?)?;
 
-    let steps = got.0.iter().zip(&want.0).map(|(g, w)| StepParity { step: g.step, device: g.loss, cpu: w.loss }).collect();
+    if got.0.len() != want.0.len() {
+        return Err(TrainError::Observer(format!("the device ran {} steps and the CPU {}", got.0.len(), want.0.len())));
+    }
+    let steps = got.0.iter().zip(&want.0).map(|(g, w)| StepParity::of(g, w)).collect();
     let mut tensors = update_errors(&start_weights, &cpu.backbone_safetensors(), &dev.backbone_safetensors());
     tensors.sort_by(|a, b| b.update_error.total_cmp(&a.update_error));
     let batch = fixed_batch(4, cfg.data.image_size);
