@@ -103,14 +103,14 @@ impl Parity {
     pub fn failures(&self, tolerance: f64) -> Vec<String> {
         let mut out = Vec::new();
         for s in &self.steps {
-            for t in s.terms.iter().filter(|t| !(t.relative() <= tolerance)) {
+            for t in s.terms.iter().filter(|t| !within(t.relative(), tolerance)) {
                 out.push(format!("step {}: {} loss {} on the device, {} on the CPU (relative difference {:.2e})", s.step, t.term, t.device, t.cpu, t.relative()));
             }
         }
-        for t in self.tensors.iter().filter(|t| !(t.update_error <= tolerance)) {
+        for t in self.tensors.iter().filter(|t| !within(t.update_error, tolerance)) {
             out.push(format!("{}: its update is off by {:.2e} of the CPU's", t.name, t.update_error));
         }
-        if !(self.features <= tolerance) {
+        if !within(self.features, tolerance) {
             out.push(format!("pooled features differ by {:.2e} (relative)", self.features));
         }
         if self.top_k_mismatches > 0 {
@@ -118,6 +118,12 @@ impl Parity {
         }
         out
     }
+}
+
+/// Whether `x` is at most `tolerance`; a NaN (a term on one side only, a non-finite
+/// result) never is.
+fn within(x: f64, tolerance: f64) -> bool {
+    x <= tolerance
 }
 
 #[derive(Default)]
