@@ -28,7 +28,9 @@
 #   check  `sca check-device`: four ResNet-50 training steps on the GPU and on the CPU from
 #         one start, compared (losses, each weight's update, features, top-k); the GPU's
 #         figures mean little where it does not compute what the CPU does. OUT/parity.json,
-#         OUT/check-device.log (its table printed last). Run it first in a fresh session.
+#         OUT/check-device.log (its table printed last), within CHECK_LIMIT seconds (default
+#         300), on a cache of its own (core's first run stays cold). Run it first in a
+#         fresh session.
 #
 # PLAN=FILE starts the cache with that convolution plan (e.g. one an earlier session measured
 # on the same card, configs/conv-plans/): a `more` run in a fresh session then has its plan,
@@ -165,7 +167,7 @@ fi
 
 if [ "$PART" = check ]; then
     limited "check-device" "${CHECK_LIMIT:-300}" "$OUT/check-device.log" "$SCA" check-device --device cuda --autotune minimal \
-        --gpu-cache "$CACHE" --json "$OUT/parity.json"
+        --gpu-cache "$OUT/cubecl-check" --json "$OUT/parity.json"
     tail -n 20 "$OUT/check-device.log"
 fi
 
