@@ -15,8 +15,8 @@ pub struct Args {
     /// The GPU to check (`cuda`, `cuda:N`; `auto` picks the first GPU).
     #[arg(long, default_value = "auto")]
     device: DeviceArg,
-    /// Image size of the run (ResNet-50, two epochs of 8 images in batches of 4). 48 px gives
-    /// rows of 12 and 6 pixels, which CUDA pads.
+    /// Image size of the run (ResNet-50, two epochs of 8 images in batches of 4). At 48 px
+    /// the stages' rows are 12, 6 and 3 pixels, which CUDA pads in NCHW tensors.
     #[arg(long, default_value_t = 48, value_parser = crate::cmd::bench::at_least_one)]
     size: usize,
     /// The largest relative difference accepted (losses, each tensor's update, features).
