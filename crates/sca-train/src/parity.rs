@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use burn::backend::flex::FlexDevice;
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::TensorData;
 use sca_data::{Dataset, ImageBatch};
 use sca_dist::TrackedSum;
 use serde::Serialize;
@@ -61,11 +61,6 @@ impl StepParity {
             .collect();
         StepParity { step: device.step, terms }
     }
-
-    /// The total loss on the device and on the CPU.
-    pub fn total(&self) -> &TermParity {
-        &self.terms[0]
-    }
 }
 
 /// One backbone tensor after the run: `‖device − cpu‖ / ‖cpu − start‖` (its update's error).
@@ -88,16 +83,6 @@ pub struct Parity {
 }
 
 impl Parity {
-    /// The largest relative difference of a step's loss term.
-    pub fn worst_loss(&self) -> f64 {
-        self.steps.iter().flat_map(|s| &s.terms).map(TermParity::relative).fold(0.0, f64::max)
-    }
-
-    /// The largest [`TensorParity::update_error`].
-    pub fn worst_update(&self) -> f64 {
-        self.tensors.first().map_or(0.0, |t| t.update_error)
-    }
-
     /// What exceeds `tolerance` (loss, update or feature difference; any top-k mismatch),
     /// one line each; empty when the device agrees.
     pub fn failures(&self, tolerance: f64) -> Vec<String> {
@@ -159,12 +144,10 @@ pub fn check_overrides(size: usize) -> Vec<String> {
 pub fn compare_with_cpu<G: TrackedSum>(cfg: TrainConfig, data: Arc<dyn Dataset>, device: G::Device) -> Result<Parity, TrainError> {
     use burn::tensor::backend::Backend;
     Cpu::seed(&FlexDevice, 5);
-    let start = Trainer::<Cpu>::new(cfg.clone(), data.clone(), None, FlexDevice);
-    let start_bytes = start.checkpoint_bytes();
-    let start_weights = start.backbone_safetensors();
-    drop(start);
+    // The CPU trains from where it starts; the device from a copy of that start.
     let mut cpu = Trainer::<Cpu>::new(cfg.clone(), data.clone(), None, FlexDevice);
-    cpu.restore(&start_bytes)?;
+    let start_bytes = cpu.checkpoint_bytes();
+    let start_weights = cpu.backbone_safetensors();
     let mut want = Losses::default();
     finished(cpu.run(&mut want)?)?;
     let mut dev = Trainer::<G>::new(cfg.clone(), data, None, device.clone());
@@ -180,7 +163,7 @@ pub fn compare_with_cpu<G: TrackedSum>(cfg: TrainConfig, data: Arc<dyn Dataset>,
     tensors.sort_by(|a, b| b.update_error.total_cmp(&a.update_error));
     let batch = fixed_batch(4, cfg.data.image_size);
     let (f_dev, f_cpu) = (dev.pooled_features(batch.clone()), cpu.pooled_features(batch));
-    let features = l2(&f_dev, &f_cpu) / l2(&f_cpu, &vec![0.0; f_cpu.len()]).max(1e-12);
+    let features = l2(&f_dev, &f_cpu) / norm(&f_cpu).max(1e-12);
     Ok(Parity { steps, tensors, features, top_k_mismatches: top_k_mismatches::<G::InnerBackend>(&device) })
 }
 
@@ -208,15 +191,21 @@ fn update_errors(start: &[u8], cpu: &[u8], dev: &[u8]) -> Vec<TensorParity> {
         .filter(|n| !n.ends_with("num_batches_tracked"))
         .map(|name| {
             let (s, c, d) = (values(&start, &name), values(&cpu, &name), values(&dev, &name));
-            let moved = l2(&c, &s);
-            let update_error = if moved == 0.0 { if l2(&d, &c) == 0.0 { 0.0 } else { f64::INFINITY } } else { l2(&d, &c) / moved };
+            let (moved, off) = (l2(&c, &s), l2(&d, &c));
+            let update_error = if moved == 0.0 { if off == 0.0 { 0.0 } else { f64::INFINITY } } else { off / moved };
             TensorParity { name, update_error }
         })
         .collect()
 }
 
+/// `‖a − b‖`.
 fn l2(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// `‖a‖`.
+fn norm(a: &[f32]) -> f64 {
+    a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
 }
 
 /// A deterministic batch of `n` images of `size` pixels, values in [-1, 1).
@@ -237,7 +226,7 @@ fn top_k_mismatches<B: burn::tensor::backend::Backend>(device: &B::Device) -> us
         v.chunks_mut(k).for_each(|row| row.sort_by(f32::total_cmp));
         v
     };
-    let got = rows_sorted(sca_kernels::top_k(Tensor::<B, 2>::from_data(TensorData::new(values.clone(), [rows, n]), device), k).0.into_data());
-    let want = rows_sorted(sca_kernels::top_k(Tensor::<Flex, 2>::from_data(TensorData::new(values, [rows, n]), &FlexDevice), k).0.into_data());
+    let got = rows_sorted(sca_kernels::top_k(sca_kernels::upload::<B, 2>(values.clone(), [rows, n], device), k).0.into_data());
+    let want = rows_sorted(sca_kernels::top_k(sca_kernels::upload::<Flex, 2>(values, [rows, n], &FlexDevice), k).0.into_data());
     got.iter().zip(&want).filter(|(a, b)| a != b).count() + got.len().abs_diff(want.len())
 }
