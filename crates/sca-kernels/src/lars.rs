@@ -1,4 +1,4 @@
-//! One LARC + momentum-SGD step of a parameter in two kernel launches.
+//! One LARC + momentum-SGD step of a parameter in one or two kernel launches.
 //!
 //! Written with tensor operations, the step of one parameter (`sca_optim::Lars`: two norms,
 //! the trust ratio and its masks, weight decay, momentum, the update) is about thirty
@@ -6,7 +6,10 @@
 //! ResNet-50 step launched about 4,500 of them in the optimiser alone. [`lars_step`] runs
 //! the same arithmetic in the same order in two: one kernel for both squared norms (partial
 //! sums per cube), and one element-wise kernel whose cubes each add up the partials, derive
-//! the factors from the norms and write the new parameter and momentum buffer.
+//! the factors from the norms and write the new parameter and momentum buffer. A parameter
+//! of at most [`INLINE_NORMS_MAX`] values (batch norm's γ and β: 106 of ResNet-50's 161)
+//! takes one: each cube of the update kernel computes both norms over the whole parameter
+//! itself, a few loads per unit, where a launch of its own costs more than the reads.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
@@ -65,8 +68,9 @@ mod kernel {
     }
 
     /// The step of every element: `g' = (g + decay·p)·factor` (with `lars`, factors from
-    /// `‖p‖²` and `‖g‖²`, each cube adding up the `P` partial sums of each in `partial`;
-    /// else `decay = wd`, `factor = 1`), `buf' = momentum·buf + g'` (`g'` without
+    /// `‖p‖²` and `‖g‖²`, each cube adding up the `P` partial sums of each in `partial`, or
+    /// with `norms_inline` the squares of all of `p` and `g` itself; else `decay = wd`,
+    /// `factor = 1`), `buf' = momentum·buf + g'` (`g'` without
     /// `had_buffer`), `p' = p − lr·buf'` (`lr·g'` without `with_momentum`). The cubes go
     /// over the elements in grid strides.
     #[cube(launch)]
@@ -84,6 +88,7 @@ mod kernel {
         trust: f32,
         eps: f32,
         #[comptime] lars: bool,
+        #[comptime] norms_inline: bool,
         #[comptime] clip: bool,
         #[comptime] decay_on: bool,
         #[comptime] with_momentum: bool,
@@ -92,14 +97,22 @@ mod kernel {
         let mut factor = 1.0f32;
         let mut decay = wd;
         if lars {
-            let parts = partial.len() / 2;
             let mut sp = 0.0f32;
             let mut sg = 0.0f32;
             let mut j = UNIT_POS_X as usize;
-            while j < parts {
-                sp += partial[j];
-                sg += partial[parts + j];
-                j += UNITS;
+            if norms_inline {
+                while j < p.len() {
+                    sp += p[j] * p[j];
+                    sg += g[j] * g[j];
+                    j += UNITS;
+                }
+            } else {
+                let parts = partial.len() / 2;
+                while j < parts {
+                    sp += partial[j];
+                    sg += partial[parts + j];
+                    j += UNITS;
+                }
             }
             let mut shared = SharedMemory::<f32>::new(UNITS);
             // As the tensor version: denom = ‖g‖ + ‖p‖·wd + eps, a = ‖p‖·trust / denom.
@@ -144,6 +157,10 @@ mod kernel {
     }
 }
 
+/// Parameters of at most this many values have their norms computed inside the update
+/// kernel (16 per unit at most, in at most 16 cubes) instead of by a launch of their own.
+pub const INLINE_NORMS_MAX: usize = 16 * kernel::UNITS;
+
 /// Cubes of the update kernel at most: enough to keep every SM of an H100/H200 busy (about
 /// eight per SM), few enough that each adding up the norms' partial sums costs nothing.
 const UPDATE_CUBES: usize = 1024;
@@ -159,8 +176,10 @@ fn lars_step_on<R: CubeRuntime>(
     let client = p.client.clone();
     let n = p.shape().num_elements();
     let empty = |shape: Shape| crate::cube_util::empty_dense(&p, shape, DType::F32);
-    // Both squared norms: partial sums of up to 1,024 cubes (added up by the update kernel).
-    let partial = if step.lars {
+    // Both squared norms: partial sums of up to 1,024 cubes (added up by the update kernel),
+    // or, for a small parameter, computed by the update kernel itself.
+    let norms_inline = step.lars && n <= INLINE_NORMS_MAX;
+    let partial = if step.lars && !norms_inline {
         let cubes = n.div_ceil(kernel::UNITS * 16).clamp(1, 1024);
         let partial = empty(Shape::new([2 * cubes]));
         kernel::square_norms_kernel::launch::<R>(
@@ -197,6 +216,7 @@ fn lars_step_on<R: CubeRuntime>(
             step.trust_coefficient as f32,
             step.eps as f32,
             step.lars,
+            norms_inline,
             step.clip,
             step.lars || step.weight_decay != 0.0,
             with_momentum,

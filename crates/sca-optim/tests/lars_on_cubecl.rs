@@ -1,4 +1,4 @@
-//! The fused LARS step (`sca_kernels::lars`, two kernel launches on CubeCL backends)
+//! The fused LARS step (`sca_kernels::lars`, one or two kernel launches on CubeCL backends)
 //! against the tensor-operation step on Flex, through `Lars::step` on both: wgpu over Mesa's
 //! software Vulkan (lavapipe), the runtime the CUDA backend shares its CubeCL code with.
 //! Skipped without Vulkan unless `SCA_REQUIRE_VULKAN` is set (CI sets it).
@@ -37,18 +37,9 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
     assert!(err <= 2e-6 * scale, "{what}: off by {err} (scale {scale})");
 }
 
-#[test]
-fn the_fused_step_matches_the_tensor_operations() {
-    let Some(device) = sca_kernels::cubecl_test_device::<W>() else { return };
-    // A 2-D weight larger than one cube's share (several cubes of partial norms) and than
-    // one pass of the update kernel's cubes (each cube then steps several elements), and a
-    // 1-D one.
-    let n = 300_000;
-    let p = TensorData::new(values(n, 1, 0.2), [600, 500]);
-    let g = TensorData::new(values(n, 2, 0.01), [600, 500]);
-    let buf = TensorData::new(values(n, 3, 0.005), [600, 500]);
-    let zero = TensorData::new(vec![0.0f32; n], [600, 500]);
-    let configs: Vec<(&str, LarsConfig, f64)> = vec![
+/// The optimiser settings compared, each with its learning rate.
+fn configs() -> Vec<(&'static str, LarsConfig, f64)> {
+    vec![
         ("SwAV LARC", LarsConfig::new(), 0.6),
         ("LARC, clip", LarsConfig::new().with_clip(true).with_weight_decay(1e-4), 0.6),
         ("LARC, clip, lr 0", LarsConfig::new().with_clip(true), 0.0),
@@ -56,17 +47,34 @@ fn the_fused_step_matches_the_tensor_operations() {
         ("LARC, no momentum", LarsConfig::new().with_momentum(0.0).with_weight_decay(1e-3), 0.3),
         ("SGD + weight decay", LarsConfig::sgd(0.9, 1e-4), 0.1),
         ("SGD, no decay, no momentum", LarsConfig::sgd(0.0, 0.0), 0.1),
-    ];
-    for (name, cfg, lr) in &configs {
-        for (first, buf) in [("first step", None), ("with buffer", Some(&buf))] {
-            for (which, p) in [("p", &p), ("p = 0 (LARC inactive)", &zero)] {
-                let what = format!("{name}, {first}, {which}");
-                let want = step::<Flex, 2>(cfg, *lr, p, &g, buf, &Default::default());
-                let got = step::<W, 2>(cfg, *lr, p, &g, buf, &device);
-                assert_close(&format!("{what}: parameter"), &got.0, &want.0);
-                assert_eq!(got.1.is_some(), want.1.is_some(), "{what}: buffer kept");
-                if let (Some(gb), Some(wb)) = (&got.1, &want.1) {
-                    assert_close(&format!("{what}: buffer"), gb, wb);
+    ]
+}
+
+#[test]
+fn the_fused_step_matches_the_tensor_operations() {
+    let Some(device) = sca_kernels::cubecl_test_device::<W>() else { return };
+    // A 2-D weight larger than one cube's share (several cubes of partial norms) and than
+    // one pass of the update kernel's cubes (each cube then steps several elements); one at
+    // the size up to which the update kernel computes the norms itself (16 cubes, each
+    // reading the whole parameter), and one under a cube (odd size).
+    assert_eq!(sca_kernels::lars::INLINE_NORMS_MAX, 4096);
+    for (shape, seed) in [([600, 500], 1), ([64, 64], 11), ([3, 97], 21)] {
+        let n = shape[0] * shape[1];
+        let p = TensorData::new(values(n, seed, 0.2), shape);
+        let g = TensorData::new(values(n, seed + 1, 0.01), shape);
+        let buf = TensorData::new(values(n, seed + 2, 0.005), shape);
+        let zero = TensorData::new(vec![0.0f32; n], shape);
+        for (name, cfg, lr) in &configs() {
+            for (first, buf) in [("first step", None), ("with buffer", Some(&buf))] {
+                for (which, p) in [("p", &p), ("p = 0 (LARC inactive)", &zero)] {
+                    let what = format!("{shape:?}, {name}, {first}, {which}");
+                    let want = step::<Flex, 2>(cfg, *lr, p, &g, buf, &Default::default());
+                    let got = step::<W, 2>(cfg, *lr, p, &g, buf, &device);
+                    assert_close(&format!("{what}: parameter"), &got.0, &want.0);
+                    assert_eq!(got.1.is_some(), want.1.is_some(), "{what}: buffer kept");
+                    if let (Some(gb), Some(wb)) = (&got.1, &want.1) {
+                        assert_close(&format!("{what}: buffer"), gb, wb);
+                    }
                 }
             }
         }
