@@ -222,44 +222,63 @@ mod kernel {
         g
     }
 
-    /// This unit's share of the sum over channel `c`'s values in `[start, end)` of `x`: of
-    /// the values, or with `squared` of their squared deviations from `m`. Four loads are in
-    /// flight per unit (four running sums): with one, the H200 read the moments' input at
-    /// under half its bandwidth, the other passes (two or three loads each) nearer it.
+    /// This unit's share of two sums over channel `c`'s values in `[start, end)` of `x`: of
+    /// their deviations from `shift` and of the squares of those, in one pass (the moments
+    /// used to read their input twice, for the mean and then the deviations from it). Four
+    /// loads are in flight per unit (four pairs of running sums): with one, the H200 read
+    /// the moments' input at under half its bandwidth.
     #[cube]
     #[allow(clippy::too_many_arguments)]
-    fn part_sum<N: Size>(x: &Tensor<Vector<f32, N>>, start: usize, end: usize, c: usize, channels: usize, len: usize, live: bool, m: f32, #[comptime] squared: bool, #[comptime] last: bool) -> f32 {
+    fn part_sums<N: Size>(x: &Tensor<Vector<f32, N>>, start: usize, end: usize, c: usize, channels: usize, len: usize, live: bool, shift: f32, #[comptime] last: bool) -> (f32, f32) {
         // How many values of a channel one pass of the cube covers (see [`first_value`]).
         let step = comptime!(if last { ROW_LANES } else { UNITS });
-        let mut s0 = 0.0f32;
-        let mut s1 = 0.0f32;
-        let mut s2 = 0.0f32;
-        let mut s3 = 0.0f32;
+        let s = Vector::<f32, N>::new(shift);
+        let mut a0 = 0.0f32;
+        let mut a1 = 0.0f32;
+        let mut a2 = 0.0f32;
+        let mut a3 = 0.0f32;
+        let mut q0 = 0.0f32;
+        let mut q1 = 0.0f32;
+        let mut q2 = 0.0f32;
+        let mut q3 = 0.0f32;
         let mut e = first_value(start, last);
         while e + 3 * step < end && live {
-            s0 += summand(x[value_at(e, c, channels, len, last)], m, squared);
-            s1 += summand(x[value_at(e + step, c, channels, len, last)], m, squared);
-            s2 += summand(x[value_at(e + 2 * step, c, channels, len, last)], m, squared);
-            s3 += summand(x[value_at(e + 3 * step, c, channels, len, last)], m, squared);
+            let d0 = x[value_at(e, c, channels, len, last)] - s;
+            let d1 = x[value_at(e + step, c, channels, len, last)] - s;
+            let d2 = x[value_at(e + 2 * step, c, channels, len, last)] - s;
+            let d3 = x[value_at(e + 3 * step, c, channels, len, last)] - s;
+            a0 += lanes_total(d0);
+            a1 += lanes_total(d1);
+            a2 += lanes_total(d2);
+            a3 += lanes_total(d3);
+            q0 += lanes_total(d0 * d0);
+            q1 += lanes_total(d1 * d1);
+            q2 += lanes_total(d2 * d2);
+            q3 += lanes_total(d3 * d3);
             e += 4 * step;
         }
         while e < end && live {
-            s0 += summand(x[value_at(e, c, channels, len, last)], m, squared);
+            let d0 = x[value_at(e, c, channels, len, last)] - s;
+            a0 += lanes_total(d0);
+            q0 += lanes_total(d0 * d0);
             e += step;
         }
-        (s0 + s1) + (s2 + s3)
+        ((a0 + a1) + (a2 + a3), (q0 + q1) + (q2 + q3))
     }
 
-    /// A vector's part of [`part_sum`]: the sum of its values, or with `squared` of their
-    /// squared deviations from `m`.
+    /// The value each part of channel `c` measures its deviations from: the channel's first
+    /// (0 for a unit past the last channel). Sums of squares about a value of the channel
+    /// itself keep the one-pass variance `Σd² − (Σd)²/n` free of the cancellation that sums
+    /// about 0 suffer where a channel's mean is large against its spread; only a first value
+    /// many standard deviations from the mean would cost digits.
     #[cube]
-    fn summand<N: Size>(v: Vector<f32, N>, m: f32, #[comptime] squared: bool) -> f32 {
-        let mut d = v;
-        if squared {
-            d = v - Vector::new(m);
-            d = d * d;
+    fn channel_shift<N: Size>(x: &Tensor<Vector<f32, N>>, c: usize, channels: usize, len: usize, live: bool, #[comptime] last: bool) -> f32 {
+        let mut shift = 0.0f32;
+        if live {
+            let first = x[value_at(0, c, channels, len, last)];
+            shift = first[0];
         }
-        lanes_total(d)
+        shift
     }
 
     /// The sum of a vector's values.
@@ -403,7 +422,7 @@ mod kernel {
 
     /// Cube `(c, k)` of `splits` per channel (channels-last: per [`LANES`] channels, `c` the
     /// tile): the count, mean and sum of squared deviations of part `k` of channel `c`'s
-    /// values (two passes over them), in `partial[0..3]` at `c·splits + k`. With one split
+    /// values (one pass over them, [`part_sums`]), in `partial[0..3]` at `c·splits + k`. With one split
     /// it writes the mean, biased variance and updated running statistics
     /// (`keep·running + momentum·batch`) itself; else [`merge_moments_kernel`] does, from
     /// the parts. It reads `N` values at a time (channels-first, `len` a multiple of `N`;
@@ -436,8 +455,16 @@ mod kernel {
         let end = part_end(per_channel);
         let mut shared = SharedMemory::<f32>::new(UNITS);
         let n = f32::cast_from((end - start) * x.vector_size());
-        let m = channel_sum(part_sum(x, start, end, c, channels, len, live, 0.0, false, last), &mut shared, last) / n;
-        let m2 = channel_sum(part_sum(x, start, end, c, channels, len, live, m, true, last), &mut shared, last);
+        let shift = channel_shift(x, c, channels, len, live, last);
+        let (d, d2) = part_sums(x, start, end, c, channels, len, live, shift, last);
+        let d = channel_sum(d, &mut shared, last);
+        let d2 = channel_sum(d2, &mut shared, last);
+        let m = shift + d / n;
+        // Σ(x − m)² = Σd² − (Σd)²/n, at least 0 after rounding.
+        let mut m2 = d2 - d * d / n;
+        if m2 < 0.0 {
+            m2 = 0.0;
+        }
         if writes_channel(c, channels, last) {
             if split {
                 let slot = c * splits + CUBE_POS_Y as usize;

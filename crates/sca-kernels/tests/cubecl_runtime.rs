@@ -643,6 +643,46 @@ fn batch_norm_kernels_match_the_tensor_operations() {
     }
 }
 
+/// The batch statistics of channels whose mean is far larger than their spread (10⁵ times:
+/// 1000 ± 0.01), against the same in f64: the moments kernel reads its input once, and sums
+/// of squares about 0 would lose the variance entirely in f32 (`Σx²/n − mean²` is 10⁶ minus
+/// 10⁶ for a variance of 10⁻⁴); about each channel's first value it keeps its digits.
+/// Channels-first and channels-last, one cube per channel and channels split over cubes.
+#[test]
+fn batch_statistics_keep_their_digits_for_large_means() {
+    use sca_kernels::batch_norm::batch_norm_on;
+    let Some(device) = device() else { return };
+    for (i, shape) in [[2, 3, 5, 7], [4, 3, 48, 48]].into_iter().enumerate() {
+        let c = shape[1];
+        let x = random(shape, 800 + i as u64) * 0.01 + 1000.0;
+        // f64 reference from the same f32 values.
+        let values: Vec<f32> = x.to_data().to_vec().unwrap();
+        let per_channel = |ch: usize| -> Vec<f64> {
+            let len = shape[2] * shape[3];
+            (0..shape[0]).flat_map(|b| values[(b * c + ch) * len..(b * c + ch + 1) * len].iter().map(|&v| v as f64)).collect()
+        };
+        for last in [false, true] {
+            let xa = match last {
+                false => Tensor::<Autodiff<W>, 4>::from_data(x.to_data(), &device),
+                true => Tensor::<Autodiff<W>, 4>::from_data(x.clone().permute([0, 2, 3, 1]).to_data(), &device).permute([0, 3, 1, 2]),
+            }
+            .require_grad();
+            let ones = Tensor::<Autodiff<W>, 1>::ones([c], &device);
+            let zeros = Tensor::<W, 1>::zeros([c], &device);
+            // Momentum 1: the running statistics returned are the batch's own.
+            let (_, mean, var) = batch_norm_on::<W>(xa, ones.clone(), ones.zeros_like(), (zeros.clone(), zeros), 1e-5, 1.0, false);
+            let (mean, var): (Vec<f32>, Vec<f32>) = (mean.into_data().to_vec().unwrap(), var.into_data().to_vec().unwrap());
+            for ch in 0..c {
+                let v = per_channel(ch);
+                let m = v.iter().sum::<f64>() / v.len() as f64;
+                let s2 = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64;
+                assert!(((mean[ch] as f64 - m) / m).abs() < 1e-6, "{shape:?} channels-last={last} channel {ch}: mean {} for {m}", mean[ch]);
+                assert!(((var[ch] as f64 - s2) / s2).abs() < 1e-3, "{shape:?} channels-last={last} channel {ch}: variance {} for {s2}", var[ch]);
+            }
+        }
+    }
+}
+
 /// Inference-mode batch norm in one kernel: `γ·(x − μ)/√(σ² + ε) + β` with the running
 /// statistics, against the formula on Flex; channels-first and channels-last input (which it
 /// keeps), with and without the ReLU; shapes whose units take one, two and four values.
