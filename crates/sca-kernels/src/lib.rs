@@ -18,7 +18,8 @@
 //!   as one autodiff operation of four kernel launches on the GPU; [`batch_norm_eval`], the
 //!   inference-mode one as one kernel.
 //! - [`residual`]: [`add_relu`], a residual block's `relu(a + b)` as one kernel each way.
-//! - [`lars`]: one LARC + momentum-SGD parameter step in two launches.
+//! - [`lars`]: one LARC + momentum-SGD parameter step in two launches (one for small
+//!   parameters).
 //! - [`layout`]: NCHW ↔ NHWC copies by tiles, for cubek's channels-last convolutions.
 //! - [`topk`]: [`top_k`], each row's k largest entries selected on the GPU (Burn's CubeCL
 //!   backends sort on the host).
