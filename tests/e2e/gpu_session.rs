@@ -229,7 +229,7 @@ fn check_compares_the_gpu_with_the_cpu_under_its_limit() {
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    write_executable(&bin.join("sca"), "#!/bin/sh\necho \"$*\" >> \"$FAKE_CALLS\"\necho 'the GPU agrees with the CPU (tolerance 0.05)'\n");
+    write_executable(&bin.join("sca"), "#!/bin/sh\necho \"$*\" >> \"$FAKE_CALLS\"\necho 'the GPU agrees with the CPU (tolerances: losses and features 0.05, median update 0.005, worst update 0.5)'\n");
     write_executable(&bin.join("nvidia-smi"), "#!/bin/sh\necho 'Fake GPU, 1 MiB, 0'\n");
     let (out, calls) = (dir.path().join("out"), dir.path().join("calls.txt"));
     let o = Command::new("bash")

@@ -18,7 +18,7 @@ use sca_data::scenes::{Scenes, Split};
 use sca_data::Dataset;
 use sca_kernels::plan::{use_plan, ConvPlan};
 use sca_kernels::WgpuBackend;
-use sca_train::parity::{compare_with_cpu, Parity};
+use sca_train::parity::{compare_with_cpu, Parity, Tolerances};
 use sca_train::TrainConfig;
 
 type Gpu = Autodiff<WgpuBackend>;
@@ -87,7 +87,7 @@ fn agrees(cfg: TrainConfig, device: burn::tensor::Device<WgpuBackend>) -> Parity
     }
     eprintln!("features {:.2e}, top-k mismatches {}", parity.features, parity.top_k_mismatches);
     assert!(parity.steps.iter().all(|s| s.terms.len() == 4), "the add-on runs from the first epoch's clustering on");
-    let failures = parity.failures(1e-3);
+    let failures = parity.failures(&Tolerances::all(1e-3));
     assert!(failures.is_empty(), "wgpu against the CPU:\n{}", failures.join("\n"));
     parity
 }
