@@ -66,7 +66,7 @@ pub fn forward<B: Im2col>(x: FloatTensor<B>, weight: FloatTensor<B>, options: &C
     let [oh, ow] = output_size([h, wd], [kh, kw], options);
     if rows {
         // [N·H'·W', kh·kw·C] · [kh·kw·C, O], the weight's taps and channels in the patches' order.
-        let w = w.permute([0, 2, 3, 1]).reshape([1, o, kh * kw * c]).swap_dims(1, 2);
+        let w = taps_then_channels(w).unsqueeze::<3>().swap_dims(1, 2);
         let y = mm(patch_rows(x, [kh, kw], options).unsqueeze(), w); // [1, N·H'·W', O]
         return Ok(from_channel_rows(y.squeeze_dim(0), [n, o, oh, ow]).into_primitive().tensor());
     }
@@ -101,6 +101,30 @@ pub fn data_grad<B: Im2col>(grad: FloatTensor<B>, weight: FloatTensor<B>, option
     let flipped = w.flip([2, 3]).swap_dims(0, 1); // [C, O, kh, kw]
     let transposed = ConvOptions::new([1, 1], padding, options.dilation, 1);
     forward::<B>(dy.into_primitive().tensor(), flipped.into_primitive().tensor(), &transposed)
+}
+
+/// A weight `[O, C, kh, kw]` as `[O, kh·kw·C]`, each output's taps and channels in the
+/// order of channels-last patches: one copy, except for a 1 × 1 kernel, whose memory is
+/// already in that order (a permuted view would look non-contiguous to the reshape: Burn
+/// compares even the strides of size-1 dimensions, and copied every 1 × 1 weight).
+fn taps_then_channels<B: Im2col>(w: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [o, c, kh, kw] = w.dims();
+    match kh * kw {
+        1 => w.reshape([o, c]),
+        _ => w.permute([0, 2, 3, 1]).reshape([o, kh * kw * c]),
+    }
+}
+
+/// [`taps_then_channels`] undone: `[O, kh·kw·C]` as the `[O, C, kh, kw]` weight it belongs
+/// to, a permuted view (copied where the optimiser needs it contiguous), or for a 1 × 1
+/// kernel a contiguous reshape of the same memory.
+fn channels_then_taps<B: Im2col>(w: Tensor<B, 2>, [kh, kw]: [usize; 2]) -> Tensor<B, 4> {
+    let [o, k] = w.dims();
+    let c = k / (kh * kw);
+    match kh * kw {
+        1 => w.reshape([o, c, 1, 1]),
+        _ => w.reshape([o, kh, kw, c]).permute([0, 3, 1, 2]),
+    }
 }
 
 /// `[N, C, H, W]` with channels-last memory as its `[N·H·W, C]` rows (a view).
@@ -148,7 +172,7 @@ pub fn weight_grad<B: Im2col>(x: FloatTensor<B>, grad: FloatTensor<B>, weight_sh
         let patches = patch_rows(x, [kh, kw], options).reshape([groups, r / groups, kh * kw * c]);
         let dyr = channel_rows(dy).reshape([groups, r / groups, o]);
         let dw = summed(mm(dyr.swap_dims(1, 2), patches)); // [O, (kh, kw, C)]
-        return Ok(dw.reshape([o, kh, kw, c]).permute([0, 3, 1, 2]).into_primitive().tensor());
+        return Ok(channels_then_taps(dw.reshape([o, kh * kw * c]), [kh, kw]).into_primitive().tensor());
     }
     let (per, l) = (n / groups, oh * ow);
     // [N, O, L] → [G, O, per·L] (a copy unless one image per group), as the patches are.
