@@ -18,7 +18,9 @@
 //!
 //! A ReLU after the batch norm can be part of the operation: the output is clamped in the
 //! forward map, and backward `g` is `dy` where the output is positive and 0 elsewhere, inside
-//! the two passes (the output is kept as the mask: it lives on as the next layer's input).
+//! the two passes. The tensor operations read the kept output for that mask; the kernels
+//! recompute the values before the ReLU from `x`, which they read anyway, the same way the
+//! forward pass computed them ([`Relu`]), and so read one tensor fewer each.
 //!
 //! On CubeCL backends the passes are kernels of this module (f32 tensors; others take the
 //! tensor-operation path); on the CPU's Flex backend they are tensor operations, which is
@@ -43,16 +45,16 @@ use crate::{is, same_type, CudaBackend};
 
 /// The passes of batch norm over `[B, C, S...]` tensors (`S`: the positions' dimensions, `L`
 /// positions in all), channels-first or (on CubeCL) channels-last in memory; per-channel
-/// vectors are `[C]`; `relu_out`, where given, is the output of a ReLU ending the forward map.
+/// vectors are `[C]`; `relu`, where given, is a ReLU ending the forward map.
 pub trait BatchNormKernels: Backend {
     /// Per-channel mean and biased variance, and the running statistics updated with them.
     fn channel_moments(x: FloatTensor<Self>, running: &Running<Self>) -> (FloatTensor<Self>, FloatTensor<Self>, Running<Self>);
     /// `(x − μ)·γ/σ + β`, with `relu` clamped at 0.
     fn normalize(x: FloatTensor<Self>, stats: &Stats<Self>, beta: FloatTensor<Self>, relu: bool) -> FloatTensor<Self>;
     /// `(dγ, dβ)`.
-    fn affine_grads(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, relu_out: Option<FloatTensor<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>);
+    fn affine_grads(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, relu: Option<Relu<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// `dx` from `dγ` and `dβ`.
-    fn input_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, d_gamma: FloatTensor<Self>, d_beta: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> FloatTensor<Self>;
+    fn input_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, d_gamma: FloatTensor<Self>, d_beta: FloatTensor<Self>, relu: Option<Relu<Self>>) -> FloatTensor<Self>;
     /// `dy` in `x`'s memory order, which both backward passes read it in: brought there
     /// once, not by each pass.
     fn in_layout_of(dy: FloatTensor<Self>, _x: &FloatTensor<Self>) -> FloatTensor<Self> {
@@ -67,6 +69,16 @@ pub struct Stats<B: Backend> {
     pub var: FloatTensor<B>,
     pub gamma: FloatTensor<B>,
     pub epsilon: f32,
+}
+
+/// A ReLU ending the forward map, as the backward passes see it: its output, whose sign is
+/// its mask on the tensor-operation path, and `β`, from which the CubeCL kernels recompute
+/// the values before the ReLU from `x` (which they read anyway) instead of reading the
+/// output: one full read fewer in each backward pass.
+#[derive(Clone, Debug)]
+pub struct Relu<B: Backend> {
+    pub out: FloatTensor<B>,
+    pub beta: FloatTensor<B>,
 }
 
 /// Running mean and (biased) variance, updated as `(1 − momentum)·running + momentum·batch`.
@@ -152,17 +164,17 @@ mod ops {
         shaped(if relu { burn::tensor::activation::relu(y) } else { y }, shape)
     }
 
-    pub(super) fn affine_grads<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, s: &Stats<B>, relu_out: Option<FloatTensor<B>>) -> (FloatTensor<B>, FloatTensor<B>) {
-        let (x, g) = (t3::<B>(x), through_relu::<B>(dy, relu_out));
+    pub(super) fn affine_grads<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, s: &Stats<B>, relu: Option<Relu<B>>) -> (FloatTensor<B>, FloatTensor<B>) {
+        let (x, g) = (t3::<B>(x), through_relu::<B>(dy, relu.map(|r| r.out)));
         let images = x.dims()[0];
         let (inv_std, _) = inv_std_and_scale(s);
         let centred = x - per_row(t::<B, 1>(s.mean.clone()), images);
         (p(sum(g.clone() * centred) * inv_std), p(sum(g)))
     }
 
-    pub(super) fn input_grad<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, s: &Stats<B>, d_gamma: FloatTensor<B>, d_beta: FloatTensor<B>, relu_out: Option<FloatTensor<B>>) -> FloatTensor<B> {
+    pub(super) fn input_grad<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, s: &Stats<B>, d_gamma: FloatTensor<B>, d_beta: FloatTensor<B>, relu: Option<Relu<B>>) -> FloatTensor<B> {
         let shape = x.shape();
-        let (x, g) = (t3::<B>(x), through_relu::<B>(dy, relu_out));
+        let (x, g) = (t3::<B>(x), through_relu::<B>(dy, relu.map(|r| r.out)));
         let (images, n) = (x.dims()[0], count(&x));
         let (inv_std, a) = inv_std_and_scale(s);
         let b = (a.clone() * t::<B, 1>(d_gamma) * inv_std).div_scalar(-n);
@@ -178,11 +190,11 @@ impl BatchNormKernels for Flex {
     fn normalize(x: FloatTensor<Self>, stats: &Stats<Self>, beta: FloatTensor<Self>, relu: bool) -> FloatTensor<Self> {
         ops::normalize::<Self>(x, stats, beta, relu)
     }
-    fn affine_grads(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, relu_out: Option<FloatTensor<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        ops::affine_grads::<Self>(x, dy, stats, relu_out)
+    fn affine_grads(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, relu: Option<Relu<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        ops::affine_grads::<Self>(x, dy, stats, relu)
     }
-    fn input_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, d_gamma: FloatTensor<Self>, d_beta: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
-        ops::input_grad::<Self>(x, dy, stats, d_gamma, d_beta, relu_out)
+    fn input_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>, stats: &Stats<Self>, d_gamma: FloatTensor<Self>, d_beta: FloatTensor<Self>, relu: Option<Relu<Self>>) -> FloatTensor<Self> {
+        ops::input_grad::<Self>(x, dy, stats, d_gamma, d_beta, relu)
     }
 }
 
@@ -211,13 +223,14 @@ mod kernel {
         (image * channels + c) * len + (e - image * len)
     }
 
-    /// `g`: `dy`, or 0 where `relu_out ≤ 0` with `masked`.
+    /// `g`: `dy`, or 0 where the values before the ReLU, `y` ([`normalized`]), are at most 0
+    /// with `masked` (where the forward pass clamped them to 0).
     #[cube]
-    fn masked_grad<N: Size>(dy: Vector<f32, N>, relu_out: Vector<f32, N>, #[comptime] masked: bool) -> Vector<f32, N> {
+    fn masked_grad<N: Size>(dy: Vector<f32, N>, y: Vector<f32, N>, #[comptime] masked: bool) -> Vector<f32, N> {
         let mut g = dy;
         if masked {
             let zero = Vector::new(0.0f32);
-            g = select_many(relu_out.less_equal(zero), zero, g);
+            g = select_many(y.less_equal(zero), zero, g);
         }
         g
     }
@@ -576,6 +589,41 @@ mod kernel {
         gamma[c] / f32::sqrt(var[c] + epsilon)
     }
 
+    /// Channel `c`'s factor and offset of the normalised values, `y = a·x + b` with
+    /// `a = γ/σ`, `b = β − μ·a`.
+    #[cube]
+    fn affine_of(c: usize, mean: &Tensor<f32>, var: &Tensor<f32>, gamma: &Tensor<f32>, beta: &Tensor<f32>, epsilon: f32) -> (f32, f32) {
+        let a = scale_of(c, var, gamma, epsilon);
+        (a, beta[c] - mean[c] * a)
+    }
+
+    /// `a·x + b` of one channel's factors ([`affine_of`]) for every value of `xv`.
+    #[cube]
+    fn affine<N: Size>(xv: Vector<f32, N>, a: f32, b: f32) -> Vector<f32, N> {
+        Vector::new(a) * xv + Vector::new(b)
+    }
+
+    /// The normalised values of `xv`, whose first value is of channel `first` (all of
+    /// it channels-first; channel `first + k` for value `k` channels-last), before any ReLU.
+    /// The forward pass and the backward passes' ReLU masks compute them the same way
+    /// ([`affine_of`], then one multiply and one add per value), so both see the same signs.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn normalized<N: Size>(xv: Vector<f32, N>, first: usize, mean: &Tensor<f32>, var: &Tensor<f32>, gamma: &Tensor<f32>, beta: &Tensor<f32>, epsilon: f32, #[comptime] channels_last: bool) -> Vector<f32, N> {
+        let mut y = Vector::<f32, N>::empty();
+        if channels_last {
+            #[unroll]
+            for k in 0..xv.size() {
+                let (a, b) = affine_of(first + k, mean, var, gamma, beta, epsilon);
+                y[k] = a * xv[k] + b;
+            }
+        } else {
+            let (a, b) = affine_of(first, mean, var, gamma, beta, epsilon);
+            y = affine(xv, a, b);
+        }
+        y
+    }
+
     /// `out = (x − μ)·γ/σ + β` (with `relu`, at least 0), `N` values per unit: of one channel
     /// channels-first (`len` is a multiple of `N`), of `N` consecutive ones channels-last
     /// (`channels` is).
@@ -597,21 +645,8 @@ mod kernel {
         if v >= out.len() {
             terminate!();
         }
-        let n = x.vector_size();
-        let first = channel_of(v * n, channels, len, channels_last);
-        let xv = x[v];
-        let mut y = Vector::<f32, N>::empty();
-        if channels_last {
-            #[unroll]
-            for k in 0..n {
-                let c = first + k;
-                let a = scale_of(c, var, gamma, epsilon);
-                y[k] = a * xv[k] + (beta[c] - mean[c] * a);
-            }
-        } else {
-            let a = scale_of(first, var, gamma, epsilon);
-            y = Vector::new(a) * xv + Vector::new(beta[first] - mean[first] * a);
-        }
+        let first = channel_of(v * x.vector_size(), channels, len, channels_last);
+        let mut y = normalized(x[v], first, mean, var, gamma, beta, epsilon, channels_last);
         if relu {
             let zero = Vector::new(0.0f32);
             y = select_many(y.less_than(zero), zero, y);
@@ -629,9 +664,10 @@ mod kernel {
     pub(super) fn affine_grads_kernel<N: Size>(
         x: &Tensor<Vector<f32, N>>,
         dy: &Tensor<Vector<f32, N>>,
-        relu_out: &Tensor<Vector<f32, N>>,
         mean: &Tensor<f32>,
         var: &Tensor<f32>,
+        gamma: &Tensor<f32>,
+        beta: &Tensor<f32>,
         partial: &mut Tensor<f32>,
         d_gamma: &mut Tensor<f32>,
         d_beta: &mut Tensor<f32>,
@@ -653,14 +689,17 @@ mod kernel {
         // How many values of a channel one pass of the cube covers (see [`first_value`]).
         let step = comptime!(if last { ROW_LANES } else { UNITS });
         let m = mean[select(live, c, 0)];
+        // The ReLU's mask: one channel per unit, so its factors once ([`normalized`]'s).
+        let (a, b) = affine_of(select(live, c, 0), mean, var, gamma, beta, epsilon);
         let mut sg = 0.0f32;
         let mut sgx = 0.0f32;
         let mut e = first_value(start, last);
         while e < end && live {
             let i = value_at(e, c, channels, len, last);
-            let g = masked_grad(dy[i], relu_out[i], masked);
+            let xv = x[i];
+            let g = masked_grad(dy[i], affine(xv, a, b), masked);
             sg += lanes_total(g);
-            sgx += lanes_total(g * (x[i] - Vector::new(m)));
+            sgx += lanes_total(g * (xv - Vector::new(m)));
             e += step;
         }
         let mut shared = SharedMemory::<f32>::new(UNITS);
@@ -719,16 +758,17 @@ mod kernel {
     }
 
     /// `out = a·g + b·x + d` (see [`input_grad_factors`]), `N` values per unit as in
-    /// [`normalize_kernel`]; `g` is `dy`, masked where `relu_out ≤ 0` with `masked`.
+    /// [`normalize_kernel`]; `g` is `dy`, masked where the forward pass's ReLU clamped with
+    /// `masked` (see [`masked_grad`]).
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn input_grad_kernel<N: Size>(
         x: &Tensor<Vector<f32, N>>,
         dy: &Tensor<Vector<f32, N>>,
-        relu_out: &Tensor<Vector<f32, N>>,
         mean: &Tensor<f32>,
         var: &Tensor<f32>,
         gamma: &Tensor<f32>,
+        beta: &Tensor<f32>,
         d_gamma: &Tensor<f32>,
         d_beta: &Tensor<f32>,
         out: &mut Tensor<Vector<f32, N>>,
@@ -745,8 +785,12 @@ mod kernel {
         }
         let n = x.vector_size();
         let first = channel_of(v * n, channels, len, channels_last);
-        let g = masked_grad(dy[v], relu_out[v], masked);
         let xv = x[v];
+        let mut y = xv;
+        if masked {
+            y = normalized(xv, first, mean, var, gamma, beta, epsilon, channels_last);
+        }
+        let g = masked_grad(dy[v], y, masked);
         let mut out_v = Vector::<f32, N>::empty();
         if channels_last {
             #[unroll]
@@ -921,16 +965,17 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         out
     }
 
-    fn affine_grads(x: FloatTensor<Self>, dy: FloatTensor<Self>, s: &Stats<Self>, relu_out: Option<FloatTensor<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        if !f32s(&[&x, &dy, &s.mean, &s.var]) || relu_out.as_ref().is_some_and(|y| !f32s(&[y])) {
-            return ops::affine_grads::<Self>(x, dy, s, relu_out);
+    fn affine_grads(x: FloatTensor<Self>, dy: FloatTensor<Self>, s: &Stats<Self>, relu: Option<Relu<Self>>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if !f32s(&[&x, &dy, &s.mean, &s.var, &s.gamma]) || relu.as_ref().is_some_and(|r| !f32s(&[&r.beta])) {
+            return ops::affine_grads::<Self>(x, dy, s, relu);
         }
         let (x, layout) = in_own_layout(x);
         let last = layout == Layout::ChannelsLast;
         let dy = into_layout(dy, layout);
         let [images, channels, len] = dims(&x);
-        let masked = relu_out.is_some();
-        let relu_out = relu_out.map(|y| into_layout(y, layout)).unwrap_or_else(|| x.clone());
+        let masked = relu.is_some();
+        // β only for the mask (γ's place, unread, without a ReLU).
+        let beta = into_contiguous(relu.map_or_else(|| s.gamma.clone(), |r| r.beta));
         let (d_gamma, d_beta) = (per_channel(&x, channels), per_channel(&x, channels));
         let (splits, cubes, cube) = sum_grid(channels, images * len, last);
         let vector = sum_vector(&x, layout);
@@ -944,9 +989,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
             vector,
             x.into_tensor_arg(),
             dy.into_tensor_arg(),
-            relu_out.into_tensor_arg(),
             into_contiguous(s.mean.clone()).into_tensor_arg(),
             var.clone().into_tensor_arg(),
+            into_contiguous(s.gamma.clone()).into_tensor_arg(),
+            beta.into_tensor_arg(),
             partial.clone().into_tensor_arg(),
             d_gamma.clone().into_tensor_arg(),
             d_beta.clone().into_tensor_arg(),
@@ -974,15 +1020,15 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
         (d_gamma, d_beta)
     }
 
-    fn input_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>, s: &Stats<Self>, d_gamma: FloatTensor<Self>, d_beta: FloatTensor<Self>, relu_out: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
-        if !f32s(&[&x, &dy, &s.mean, &s.var, &s.gamma, &d_gamma, &d_beta]) || relu_out.as_ref().is_some_and(|y| !f32s(&[y])) {
-            return ops::input_grad::<Self>(x, dy, s, d_gamma, d_beta, relu_out);
+    fn input_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>, s: &Stats<Self>, d_gamma: FloatTensor<Self>, d_beta: FloatTensor<Self>, relu: Option<Relu<Self>>) -> FloatTensor<Self> {
+        if !f32s(&[&x, &dy, &s.mean, &s.var, &s.gamma, &d_gamma, &d_beta]) || relu.as_ref().is_some_and(|r| !f32s(&[&r.beta])) {
+            return ops::input_grad::<Self>(x, dy, s, d_gamma, d_beta, relu);
         }
         let (x, layout) = in_own_layout(x);
         let dy = into_layout(dy, layout);
         let [images, channels, len] = dims(&x);
-        let masked = relu_out.is_some();
-        let relu_out = relu_out.map(|y| into_layout(y, layout)).unwrap_or_else(|| x.clone());
+        let masked = relu.is_some();
+        let beta = into_contiguous(relu.map_or_else(|| s.gamma.clone(), |r| r.beta));
         let vector = channel_vector(&x, layout);
         let out = empty_in(layout, &x, x.shape(), DType::F32);
         kernel::input_grad_kernel::launch::<R>(
@@ -992,10 +1038,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BatchNormK
             vector,
             x.into_tensor_arg(),
             dy.into_tensor_arg(),
-            relu_out.into_tensor_arg(),
             into_contiguous(s.mean.clone()).into_tensor_arg(),
             into_contiguous(s.var.clone()).into_tensor_arg(),
             into_contiguous(s.gamma.clone()).into_tensor_arg(),
+            beta.into_tensor_arg(),
             into_contiguous(d_gamma).into_tensor_arg(),
             into_contiguous(d_beta).into_tensor_arg(),
             out.clone().into_tensor_arg(),
@@ -1024,18 +1070,17 @@ fn autodiff_batch_norm<B: BatchNormKernels, C: CheckpointStrategy>(
     struct BatchNormBackward;
 
     impl<B: BatchNormKernels> Backward<B, 3> for BatchNormBackward {
-        /// `x`, the statistics, and the output when a ReLU ends the operation (its sign is
-        /// the ReLU's mask).
-        type State = (FloatTensor<B>, Stats<B>, Option<FloatTensor<B>>);
+        /// `x`, the statistics, and the ReLU when one ends the operation.
+        type State = (FloatTensor<B>, Stats<B>, Option<Relu<B>>);
 
         fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
             let [node_x, node_gamma, node_beta] = ops.parents;
             let dy = grads.consume::<B>(&ops.node);
-            let (x, stats, relu_out) = ops.state;
+            let (x, stats, relu) = ops.state;
             let dy = B::in_layout_of(dy, &x);
-            let (d_gamma, d_beta) = B::affine_grads(x.clone(), dy.clone(), &stats, relu_out.clone());
+            let (d_gamma, d_beta) = B::affine_grads(x.clone(), dy.clone(), &stats, relu.clone());
             if let Some(node) = node_x {
-                grads.register::<B>(node.id, B::input_grad(x, dy, &stats, d_gamma.clone(), d_beta.clone(), relu_out));
+                grads.register::<B>(node.id, B::input_grad(x, dy, &stats, d_gamma.clone(), d_beta.clone(), relu));
             }
             if let Some(node) = node_gamma {
                 grads.register::<B>(node.id, d_gamma);
@@ -1051,8 +1096,8 @@ fn autodiff_batch_norm<B: BatchNormKernels, C: CheckpointStrategy>(
     let y = B::normalize(x.primitive.clone(), &stats, beta.primitive.clone(), relu);
     let y = match BatchNormBackward.prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let relu_out = relu.then(|| y.clone());
-            prep.finish((x.primitive, stats, relu_out), y)
+            let relu = relu.then(|| Relu { out: y.clone(), beta: beta.primitive });
+            prep.finish((x.primitive, stats, relu), y)
         }
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
