@@ -457,4 +457,12 @@ fn check_device_needs_a_gpu() {
     let mut c = sca();
     c.args(["check-device", "--device", "cpu", "--size", "0"]);
     assert!(run_err(c).contains("must be at least 1"));
+    // The convolutions' arithmetic is checked as trained: f32, bf16 or f16.
+    let mut c = sca();
+    c.args(["check-device", "--device", "cpu", "--precision", "fp8"]);
+    let err = run_err(c);
+    assert!(err.contains("fp8") && err.contains("--precision"), "{err}");
+    let mut c = sca();
+    c.args(["check-device", "--device", "cpu", "--precision", "bf16"]);
+    assert!(run_err(c).contains("--device cpu leaves nothing to compare"));
 }

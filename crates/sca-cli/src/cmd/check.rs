@@ -20,6 +20,11 @@ pub struct Args {
     /// the stages' rows are 12, 6 and 3 pixels, which CUDA pads in NCHW tensors.
     #[arg(long, default_value_t = 48, value_parser = crate::cmd::bench::at_least_one)]
     size: usize,
+    /// Arithmetic of the convolutions on both sides: f32 (TF32 tensor cores on the GPU),
+    /// bf16 or f16 (f32 master weights; f16 with loss scaling), to check the mixed-precision
+    /// path as well.
+    #[arg(long, default_value = "f32")]
+    precision: sca_backbone::Precision,
     /// The largest relative difference accepted in each loss term of each step and in the
     /// pooled features.
     #[arg(long, default_value_t = Tolerances::GPU.loss)]
@@ -48,10 +53,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     let size = args.size;
-    let overrides = sca_train::parity::check_overrides(size);
+    let mut overrides = sca_train::parity::check_overrides(size);
+    overrides.push(format!("precision={}", args.precision));
     let cfg = sca_train::config::parse(crate::cmd::pretrain::DEFAULT_CONFIG, "configs/default.json (built in)", &overrides)?;
     let data = Arc::new(Scenes::new(size, 3, 8, 0, Split::Train)?);
-    eprintln!("training ResNet-50 at {size} px for 4 steps on the GPU and on the CPU from one start ...");
+    eprintln!("training ResNet-50 at {size} px for 4 steps ({} convolutions) on the GPU and on the CPU from one start ...", args.precision);
     let parity = crate::with_backend!(choice, |B, device| sca_train::parity::compare_with_cpu::<B>(cfg, data, device)?);
 
     println!("{:>6} {:<14} {:>14} {:>14} {:>12}", "step", "loss", "GPU", "CPU", "rel. diff");
@@ -69,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("top-k selection: {} entries differ from the CPU's", parity.top_k_mismatches);
     let tol = Tolerances { loss: args.tolerance, update_median: args.update_median, update_worst: args.update_worst };
     if let Some(path) = &args.json {
-        let doc = serde_json::json!({ "device": choice.to_string(), "tolerances": tol, "median_update_error": parity.median_update_error(), "parity": parity });
+        let doc = serde_json::json!({ "device": choice.to_string(), "precision": args.precision.to_string(), "tolerances": tol, "median_update_error": parity.median_update_error(), "parity": parity });
         files::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
     let failures = parity.failures(&tol);
