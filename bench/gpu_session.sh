@@ -30,7 +30,9 @@
 #         figures mean little where it does not compute what the CPU does. OUT/parity.json,
 #         OUT/check-device.log (its table printed last), within CHECK_LIMIT seconds (default
 #         300), on a cache of its own (core's first run stays cold). Run it first in a
-#         fresh session.
+#         fresh session. CHECK_PRECISIONS="f32 bf16 f16" checks the mixed-precision
+#         convolutions too (default f32; the others write OUT/parity-P.json and
+#         OUT/check-device-P.log, each within CHECK_LIMIT).
 #
 # PLAN=FILE starts the cache with that convolution plan (e.g. one an earlier session measured
 # on the same card, configs/conv-plans/): a `more` run in a fresh session then has its plan,
@@ -166,9 +168,13 @@ if [ "$PART" = more ] || [ "$PART" = all ]; then
 fi
 
 if [ "$PART" = check ]; then
-    limited "check-device" "${CHECK_LIMIT:-300}" "$OUT/check-device.log" "$SCA" check-device --device cuda --autotune minimal \
-        --gpu-cache "$OUT/cubecl-check" --json "$OUT/parity.json"
-    tail -n 20 "$OUT/check-device.log"
+    for precision in ${CHECK_PRECISIONS:-f32}; do
+        suffix=""
+        [ "$precision" = f32 ] || suffix="-$precision"
+        limited "check-device$suffix" "${CHECK_LIMIT:-300}" "$OUT/check-device$suffix.log" "$SCA" check-device --device cuda \
+            --precision "$precision" --autotune minimal --gpu-cache "$OUT/cubecl-check" --json "$OUT/parity$suffix.json"
+        tail -n 20 "$OUT/check-device$suffix.log"
+    done
 fi
 
 if [ "$PART" = profile ]; then

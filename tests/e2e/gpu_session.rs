@@ -231,21 +231,33 @@ fn check_compares_the_gpu_with_the_cpu_under_its_limit() {
     std::fs::create_dir_all(&bin).unwrap();
     write_executable(&bin.join("sca"), "#!/bin/sh\necho \"$*\" >> \"$FAKE_CALLS\"\necho 'the GPU agrees with the CPU (tolerances: losses and features 0.05, median update 0.005, worst update 0.5)'\n");
     write_executable(&bin.join("nvidia-smi"), "#!/bin/sh\necho 'Fake GPU, 1 MiB, 0'\n");
-    let (out, calls) = (dir.path().join("out"), dir.path().join("calls.txt"));
-    let o = Command::new("bash")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .args(["bench/gpu_session.sh", out.to_str().unwrap(), "check"])
-        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
-        .env("SCA", bin.join("sca"))
-        .env("FAKE_CALLS", &calls)
-        .output()
-        .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
-    let calls = std::fs::read_to_string(&calls).unwrap();
-    let want = format!("check-device --device cuda --autotune minimal --gpu-cache {0}/cubecl-check --json {0}/parity.json\n", out.display());
-    assert_eq!(calls, want, "one call, on a cache of its own (core's first run stays cold), nothing else measured");
-    assert!(stdout.contains("the GPU agrees with the CPU"), "its table is printed: {stdout}");
-    let runs = std::fs::read_to_string(out.join("runs.txt")).unwrap();
-    assert!(runs.starts_with("check-device: exit 0 after "), "{runs}");
+    // By default f32 only; CHECK_PRECISIONS adds the mixed-precision runs, each with files of its own.
+    for (precisions, wanted) in [(None, vec!["f32"]), (Some("f32 bf16"), vec!["f32", "bf16"])] {
+        let (out, calls) = (dir.path().join(format!("out-{}", wanted.len())), dir.path().join(format!("calls-{}.txt", wanted.len())));
+        let mut c = Command::new("bash");
+        c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .args(["bench/gpu_session.sh", out.to_str().unwrap(), "check"])
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+            .env("SCA", bin.join("sca"))
+            .env("FAKE_CALLS", &calls);
+        if let Some(p) = precisions {
+            c.env("CHECK_PRECISIONS", p);
+        }
+        let o = c.output().expect("bash runs");
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+        let calls = std::fs::read_to_string(&calls).unwrap();
+        let want: String = wanted
+            .iter()
+            .map(|p| {
+                let suffix = if *p == "f32" { String::new() } else { format!("-{p}") };
+                format!("check-device --device cuda --precision {p} --autotune minimal --gpu-cache {0}/cubecl-check --json {0}/parity{suffix}.json\n", out.display())
+            })
+            .collect();
+        assert_eq!(calls, want, "one call per precision, on a cache of its own (core's first run stays cold), nothing else measured");
+        assert!(stdout.contains("the GPU agrees with the CPU"), "its table is printed: {stdout}");
+        let runs = std::fs::read_to_string(out.join("runs.txt")).unwrap();
+        assert!(runs.starts_with("check-device: exit 0 after "), "{runs}");
+        assert_eq!(runs.contains("check-device-bf16: exit 0 after "), wanted.len() == 2, "{runs}");
+    }
 }
