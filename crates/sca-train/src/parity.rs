@@ -16,7 +16,7 @@
 //! with bf16, while half the tensors stay within 4e-5 (3e-4 with bf16). So [`Tolerances`]
 //! judges the updates by their median, which an error in any kernel that touches most
 //! layers raises, and by their worst against a loose bound, which a scrambled tensor
-//! passes.
+//! exceeds.
 
 use std::sync::Arc;
 
